@@ -1,0 +1,52 @@
+# Every target creates the virtual environment it needs (uv, from the lock file).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export BENTOML_DO_NOT_TRACK := true
+export UV_PYTHON := 3.11
+
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+MLOPS := $(VENV)/bin/mlops
+CONFIGS ?= configs
+
+.PHONY: help
+help: ## List the targets with what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	python3 -m pip install --quiet --user "uv>=0.5" || python3 -m pip install --quiet "uv>=0.5"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.synced ## Create .venv from uv.lock (runs by itself when needed)
+
+.PHONY: demo
+demo: venv ## The main job: train and validate the example model, print where the results are
+	$(MLOPS) config check --configs $(CONFIGS)
+	$(MLOPS) train --configs $(CONFIGS)
+	$(MLOPS) validate --configs $(CONFIGS)
+	@echo "Results: .mlops/results/ (JSON), .mlops/reports/ (markdown, HTML)," \
+	      "MLflow store: .mlops/mlflow/ (browse: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.mlops/mlflow/mlflow.db)"
+
+.PHONY: test
+test: venv ## Run every test tier (unit, integration, e2e)
+	$(VENV)/bin/pytest
+
+.PHONY: test-unit
+test-unit: venv ## Run the fast unit tests only
+	$(VENV)/bin/pytest -m unit
+
+.PHONY: lint
+lint: venv ## Run every pre-commit hook on all files
+	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
+
+.PHONY: bench
+bench: venv ## Benchmark train + validate of the example classifier (median of 3 runs)
+	$(VENV)/bin/python benchmarks/train_validate.py --runs 3
+
+.PHONY: clean
+clean: ## Remove generated state (.mlops/) and the virtual environment
+	rm -rf .mlops $(VENV)

@@ -1,0 +1,1 @@
+"""Steps of the model-promotion pipeline; each module exposes ``run(...) -> Result``."""
