@@ -1,0 +1,99 @@
+"""Shared fixtures: a real project copy in a temp git repository with its own MLflow store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigSet, load_config_set
+from pipelines.state import StateDir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_environment() -> None:
+    """Tests never talk to a tracking server or write state into the working tree."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLOPS_STATE_DIR", None)
+    os.environ.pop("GITHUB_STEP_SUMMARY", None)
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in ``root`` with a fixed identity; return stdout."""
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+@dataclass(frozen=True)
+class Project:
+    """A copy of this repository's configs and models in a temp git repository."""
+
+    root: Path
+
+    @property
+    def configs(self) -> Path:
+        """The project's ``configs/`` folder."""
+        return self.root / "configs"
+
+    @property
+    def state(self) -> StateDir:
+        """The project's own state folder (its MLflow store lives here)."""
+        return StateDir(self.root / ".mlops")
+
+    def config(self) -> ConfigSet:
+        """Load the project's configs as the CLI would."""
+        return load_config_set(self.configs)
+
+    def commit(self, message: str) -> str:
+        """Commit every change; return the new commit."""
+        git(self.root, "add", "-A")
+        git(self.root, "commit", "-q", "--allow-empty", "-m", message)
+        return git(self.root, "rev-parse", "HEAD")
+
+
+def make_project(root: Path) -> Project:
+    """Copy configs/ and models/ into ``root``, make it a git repository, commit."""
+    shutil.copytree(REPO_ROOT / "configs", root / "configs")
+    shutil.copytree(
+        REPO_ROOT / "models", root / "models", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (root / ".gitignore").write_text(".mlops/\n__pycache__/\n")
+    git(root, "init", "-q", "-b", "main")
+    project = Project(root)
+    project.commit("initial")
+    return project
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A fresh project with an empty MLflow store (function scope: tests may change it)."""
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory):
+    """A project whose example classifier is trained and registered once for the session.
+
+    Returns:
+        (project, train_result). Tests must not change its configs or the registry aliases.
+    """
+    from pipelines import train
+
+    project = make_project(tmp_path_factory.mktemp("trained") / "project")
+    result = train.run(project.config(), project.state)
+    return project, result
