@@ -30,7 +30,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=F
 config_app = typer.Typer(help="Check the YAML files in configs/.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break paths in error messages
 EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
 
@@ -162,3 +162,40 @@ def validate(
     console.print(f"decision: {path}", highlight=False)
     if not decision.passed:
         raise typer.Exit(EXIT_REFUSED)
+
+
+@app.command()
+def package(
+    configs: ConfigsOption = Path("configs"),
+    version: Annotated[
+        str | None, typer.Option("--version", help="Registered version number to package.")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Or a registry alias, e.g. challenger.")
+    ] = None,
+    serve_config: Annotated[
+        Path | None, typer.Option("--serve-config", help="[<configs>/serve.yaml]")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Result JSON [.mlops/results/package.json]")
+    ] = None,
+) -> None:
+    """Import one registered version into the BentoML store and build its Bento."""
+    from pipelines import package as step
+    from pipelines.serve_config import load_serve_config
+
+    with bad_input_exits():
+        config, state = load(configs)
+        serve = load_serve_config(serve_config or configs / "serve.yaml")
+        # BentoML reads its home once, on first use: set it before anything imports bentoml.
+        bentoml_home = Path(os.environ.setdefault("BENTOML_HOME", str(state.root / "bentoml")))
+        try:
+            result = step.run(config, state, serve, bentoml_home, version=version, alias=alias)
+        except step.PackageError as exc:
+            raise ConfigError(str(exc)) from None
+    path = write_json(output or state.results / "package.json", result)
+    console.print(
+        f"[green]packaged[/] {result.model_name} v{result.model_version} "
+        f"({result.resolved_from}) as Bento {result.bento_tag}\nresult: {path}",
+        highlight=False,
+    )

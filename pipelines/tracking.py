@@ -26,9 +26,17 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 
 
+# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; this marker tells our own export
+# apart from the user's, so a second project in the same process does not inherit the first's.
+_MANAGED = "MLOPS_MANAGED_TRACKING_URI"
+
+
 def tracking_uri(config: ConfigSet, state: StateDir) -> str:
-    """``MLFLOW_TRACKING_URI``, else the config's, else the embedded SQLite store."""
-    explicit = os.environ.get("MLFLOW_TRACKING_URI") or config.train.tracking_uri
+    """``MLFLOW_TRACKING_URI`` set by the user, else the config's, else the embedded store."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env and from_env == os.environ.get(_MANAGED):
+        from_env = None
+    explicit = from_env or config.train.tracking_uri
     if explicit:
         return explicit
     return f"sqlite:///{state.mlflow / 'mlflow.db'}"
@@ -41,6 +49,7 @@ def configure(config: ConfigSet, state: StateDir) -> str:
         state.mlflow.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    os.environ[_MANAGED] = uri
     return uri
 
 
@@ -90,6 +99,6 @@ def git_info(root: Path) -> GitInfo:
 def version_by_alias(name: str, alias: str) -> str | None:
     """The version number behind ``alias``, or None if the alias or the model is absent."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias).version
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None

@@ -69,6 +69,17 @@ def _pip_requirements() -> list[str]:
     ]
 
 
+def _own_types(estimator: Any) -> list[str]:
+    """Types skops would refuse in the model we just fitted ourselves, to mark them trusted.
+
+    MLflow stores the model with skops; trust is declared per type at save time so that
+    loading stays strict for anything that was not in this model when it was trained.
+    """
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(estimator)))
+
+
 def _dataset_source(dataset: Dataset) -> str | CodeDatasetSource:
     if dataset.source.startswith("sklearn:"):
         return CodeDatasetSource(tags={"loader": f"sklearn.datasets.load_{dataset.source[8:]}"})
@@ -142,6 +153,7 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
             signature=signature,
             input_example=parts.X_train.head(3),
             pip_requirements=_pip_requirements(),
+            skops_trusted_types=_own_types(estimator),
             registered_model_name=config.train.registered_model_name,
         )
         version = str(info.registered_model_version)

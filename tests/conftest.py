@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _isolated_environment() -> None:
     """Tests never talk to a tracking server or write state into the working tree."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
     os.environ.pop("MLOPS_STATE_DIR", None)
     os.environ.pop("GITHUB_STEP_SUMMARY", None)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
