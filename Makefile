@@ -4,7 +4,8 @@ SHELL := /bin/bash
 export BENTOML_DO_NOT_TRACK := true
 export UV_PYTHON := 3.11
 
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else the pip-installed module (installed on first use).
+UV ?= $(or $(shell command -v uv 2>/dev/null),python3 -m uv)
 VENV := .venv
 MLOPS := $(VENV)/bin/mlops
 CONFIGS ?= configs
@@ -13,10 +14,8 @@ CONFIGS ?= configs
 help: ## List the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(UV):
-	python3 -m pip install --quiet --user "uv>=0.5" || python3 -m pip install --quiet "uv>=0.5"
-
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
 	$(UV) sync --frozen
 	@touch $@
 
