@@ -1,0 +1,62 @@
+"""Loading model packages: the contract is checked and broken packages are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError
+from pipelines.metrics import Task
+from pipelines.model_code import available_models, load_model_code
+
+pytestmark = pytest.mark.unit
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def write_model(root: Path, name: str, body: str) -> Path:
+    """Create ``root/name/__init__.py`` with ``body``."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(body)
+    return root
+
+
+def test_shipped_models_honour_the_contract() -> None:
+    """Both example models load, declare their task and build an estimator."""
+    assert available_models(REPO_MODELS) == ["gbm_regressor", "logreg_classifier"]
+    classifier = load_model_code(REPO_MODELS, "logreg_classifier")
+    assert classifier.task is Task.CLASSIFICATION
+    assert hasattr(classifier.build({"C": 2.0}, seed=1), "fit")
+    assert load_model_code(REPO_MODELS, "gbm_regressor").task is Task.REGRESSION
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("TASK = 'classification'\n", "model package lacks Params, build"),
+        (
+            "from pydantic import BaseModel\nTASK = 'ranking'\nclass Params(BaseModel): pass\n"
+            "def build(p, s): pass\n",
+            "TASK must be one of ['classification', 'regression'], got 'ranking'",
+        ),
+        (
+            "TASK = 'regression'\nclass Params: pass\ndef build(p, s): pass\n",
+            "Params must be a pydantic BaseModel subclass",
+        ),
+        ("import not_a_module\n", "importing the model package failed"),
+    ],
+)
+def test_broken_model_packages_are_named(tmp_path: Path, body: str, expected: str) -> None:
+    """A package that breaks the contract is a ConfigError naming its file and the problem."""
+    write_model(tmp_path, "broken", body)
+    with pytest.raises(ConfigError, match=r"broken/__init__\.py") as info:
+        load_model_code(tmp_path, "broken")
+    assert expected in str(info.value)
+
+
+def test_unknown_model_lists_the_available_ones(tmp_path: Path) -> None:
+    """Asking for a model that is not there lists what is."""
+    write_model(tmp_path, "alpha", "")
+    with pytest.raises(ConfigError, match=r"no model package 'beta' .*\(available: alpha\)"):
+        load_model_code(tmp_path, "beta")
