@@ -31,8 +31,8 @@ demo: venv ## The main job: train and validate the example model, print where th
 	      "MLflow store: .mlops/mlflow/ (browse: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.mlops/mlflow/mlflow.db)"
 
 .PHONY: test
-test: venv ## Run every test tier (unit, integration, e2e)
-	$(VENV)/bin/pytest
+test: venv ## Run every test tier (unit, integration, e2e); MARKERS=unit narrows it
+	$(VENV)/bin/pytest $(if $(MARKERS),-m "$(MARKERS)")
 
 .PHONY: test-unit
 test-unit: venv ## Run the fast unit tests only
