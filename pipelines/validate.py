@@ -27,6 +27,7 @@ from pipelines.config import ConfigSet, GateMode
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
 from pipelines.metrics import Predictions, compute
+from pipelines.report import decision_markdown
 from pipelines.state import StateDir
 from pipelines.train import TrainResult, fit, prepare
 
@@ -259,8 +260,6 @@ def _record(
     decision: ValidationDecision, candidate: TrainResult, state: StateDir, config: ConfigSet
 ) -> ValidationDecision:
     """Log the decision to MLflow and move the registry: alias on pass, tags on failure."""
-    from pipelines.report import decision_markdown
-
     client = MlflowClient()
     name, version = candidate.model_name, candidate.model_version
     status = "passed" if decision.passed else "failed"
