@@ -65,7 +65,7 @@ def _pip_requirements() -> list[str]:
     # Pinned from this environment: faster than MLflow's inference, and exactly what trained it.
     return [
         f"{dist}=={importlib.metadata.version(dist)}"
-        for dist in ("mlflow", "scikit-learn", "pandas", "numpy", "scipy")
+        for dist in ("mlflow", "scikit-learn", "skops", "pandas", "numpy", "scipy")
     ]
 
 

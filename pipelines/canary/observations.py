@@ -1,0 +1,169 @@
+"""What the rollout loop observed: per version, over the same window of time.
+
+A window is any interval the loop chose (a check interval, or a whole step); windows are
+disjoint and tagged with the step they belong to. The judge merges the windows of each step
+(where the traffic share was constant) and compares steps side by side, so the loop may send
+one window per check or one per step, with the same result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipelines.metrics import Predictions
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """The requests of one version whose ground-truth label has arrived, joined by request id."""
+
+    y_true: np.ndarray
+    predictions: Predictions
+
+    def __post_init__(self) -> None:
+        if len(self.y_true) != len(self.predictions.values):
+            raise ValueError(
+                f"{len(self.y_true)} labels for {len(self.predictions.values)} predictions"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y_true)
+
+    @classmethod
+    def from_partial(cls, y_true: Sequence[float | None] | np.ndarray, predictions: Predictions):
+        """Keep the rows whose label is present (not None, not NaN); labels may still be due."""
+        raw = np.asarray(
+            [np.nan if v is None else v for v in np.asarray(y_true, dtype=object)], dtype=float
+        )
+        keep = ~np.isnan(raw)
+        labels = raw[keep]
+        if labels.size and np.all(labels == np.round(labels)):
+            labels = labels.astype(int)
+        return cls(labels, predictions.take(np.flatnonzero(keep)))
+
+    @classmethod
+    def join(
+        cls,
+        request_ids: Sequence[str],
+        predictions: Predictions,
+        labels: Mapping[str, float | None],
+    ) -> Labelled:
+        """Join predictions to labels by request id; requests without a label are left out."""
+        return cls.from_partial([labels.get(rid) for rid in request_ids], predictions)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Labelled]) -> Labelled | None:
+        """All rows of ``parts`` (None when there are none)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return None
+        scores = [p.predictions.scores for p in parts]
+        return cls(
+            np.concatenate([p.y_true for p in parts]),
+            Predictions(
+                values=np.concatenate([p.predictions.values for p in parts]),
+                scores=None if any(s is None for s in scores) else np.concatenate(scores),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class VersionWindow:
+    """One version (stable or canary) over one window.
+
+    Attributes:
+        requests: Requests this version answered (or, mirrored, received).
+        server_errors: Errors the model server reported (5xx).
+        gateway_errors: Errors the gateway saw for this version (5xx passed through, plus its
+            own timeouts and refused connections); None when the gateway does not see it
+            (shadow traffic).
+        latencies_ms: Per-request latency in milliseconds.
+        predictions: The version's predictions in the window (values, and scores if any).
+        labelled: The subset of requests with a label, joined by request id.
+        inputs: A sample of the request features, for input drift against the training data.
+    """
+
+    requests: int
+    server_errors: int = 0
+    gateway_errors: int | None = None
+    latencies_ms: np.ndarray | None = None
+    predictions: Predictions | None = None
+    labelled: Labelled | None = None
+    inputs: pd.DataFrame | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.requests < 0 or self.server_errors < 0 or (self.gateway_errors or 0) < 0:
+            raise ValueError("request and error counts must be nonnegative")
+        if self.errors > self.requests:
+            raise ValueError(f"{self.errors} errors for {self.requests} requests")
+
+    @property
+    def errors(self) -> int:
+        """Errors a client may have seen: the gateway sees every server error plus its own."""
+        return max(self.server_errors, self.gateway_errors or 0)
+
+
+@dataclass(frozen=True)
+class AgreementCounts:
+    """Mirrored requests scored by both versions, and on how many they predicted the same."""
+
+    pairs: int
+    agreed: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.agreed <= self.pairs:
+            raise ValueError(f"agreed ({self.agreed}) must lie in [0, pairs={self.pairs}]")
+
+
+@dataclass(frozen=True)
+class WindowObservation:
+    """Stable and canary over the same window of one step."""
+
+    step_index: int
+    duration_s: float
+    stable: VersionWindow
+    canary: VersionWindow
+    agreement: AgreementCounts | None = None
+
+    def __post_init__(self) -> None:
+        if self.step_index < 0:
+            raise ValueError("step_index must be nonnegative")
+        if not (math.isfinite(self.duration_s) and self.duration_s >= 0):
+            raise ValueError("duration_s must be a finite nonnegative number of seconds")
+
+
+def _concat(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    present = [np.asarray(a, dtype=float) for a in arrays if a is not None and len(a)]
+    return np.concatenate(present) if present else None
+
+
+def _concat_predictions(parts: Sequence[Predictions | None]) -> Predictions | None:
+    present = [p for p in parts if p is not None and len(p.values)]
+    if not present:
+        return None
+    scores = [p.scores for p in present]
+    return Predictions(
+        values=np.concatenate([p.values for p in present]),
+        scores=None if any(s is None for s in scores) else np.concatenate(scores),
+    )
+
+
+def merge_versions(parts: Sequence[VersionWindow]) -> VersionWindow:
+    """One version over the union of several disjoint windows."""
+    gateway = [p.gateway_errors for p in parts if p.gateway_errors is not None]
+    inputs = [p.inputs for p in parts if p.inputs is not None and len(p.inputs)]
+    labelled = [p.labelled for p in parts if p.labelled is not None]
+    return VersionWindow(
+        requests=sum(p.requests for p in parts),
+        server_errors=sum(p.server_errors for p in parts),
+        gateway_errors=sum(gateway) if gateway else None,
+        latencies_ms=_concat([p.latencies_ms for p in parts]),
+        predictions=_concat_predictions([p.predictions for p in parts]),
+        labelled=Labelled.concat(labelled) if labelled else None,
+        inputs=pd.concat(inputs, ignore_index=True) if inputs else None,
+    )

@@ -1,0 +1,379 @@
+"""The canary judge over its edge cases: small simulated windows, no I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.canary import (
+    Action,
+    AgreementCounts,
+    Labelled,
+    SignalStatus,
+    StepSummary,
+    Verdict,
+    VersionWindow,
+    WindowObservation,
+    judge,
+    judge_summaries,
+    summarize_step,
+)
+from pipelines.canary.simulation import Fault, Traffic, simulate_window
+from pipelines.canary_config import CanaryConfig
+from pipelines.config import GateMode
+from pipelines.metrics import Predictions
+
+pytestmark = pytest.mark.unit
+
+STEPS = [
+    {"weight": 10, "min_requests": 300, "min_duration_s": 120},
+    {"weight": 50, "min_requests": 1500, "min_duration_s": 120},
+]
+CONFIG = CanaryConfig.model_validate(
+    {
+        "steps": STEPS,
+        "hard_limits": {"min_requests": 50, "max_error_rate": 0.2, "max_p99_latency_ms": 500},
+        "quality": {
+            "min_labels": 100,
+            "metrics": {
+                "accuracy": {"max_regression": 0.01},
+                "roc_auc": {"max_regression": 0.01},
+            },
+        },
+    }
+)
+TRAFFIC = Traffic(rps=50.0, check_interval_s=60.0)
+
+
+def _stream(fault: Fault, checks_per_step: tuple[int, ...], seed: int = 0, **traffic):
+    """Windows for the given number of check intervals per step, canary with ``fault``."""
+    rng = np.random.default_rng(seed)
+    spec = Traffic(**{**TRAFFIC.__dict__, **traffic})
+    return [
+        simulate_window(rng, spec, step, CONFIG.steps[step].weight, fault)
+        for step, checks in enumerate(checks_per_step)
+        for _ in range(checks)
+    ]
+
+
+def _names(verdict: Verdict) -> set[str]:
+    return {s.name for s in verdict.signals if s.status is SignalStatus.FAILED}
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_identical_versions_advance_after_the_first_step(seed: int) -> None:
+    """It advances to the next weight once the step has its requests and time and no signal fails."""
+    verdict = judge(CONFIG, 0, _stream(Fault.NONE, (10,), seed))
+    assert verdict.action is Action.ADVANCE, verdict.reasons
+    assert verdict.next_weight == 50
+    assert verdict.reasons[0].startswith("advance to 50 %")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_identical_versions_promote_after_the_last_step(seed: int) -> None:
+    """It promotes (next weight 100) when the last step is complete and nothing failed."""
+    verdict = judge(CONFIG, 1, _stream(Fault.NONE, (10, 10), seed))
+    assert verdict.action is Action.PROMOTE, verdict.reasons
+    assert verdict.next_weight == 100
+    tested = {s.name for s in verdict.signals if s.p_value is not None}
+    assert {"error_rate", "latency", "prediction_drift", "quality.accuracy"} <= tested
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "signal", "step", "checks"),
+    [
+        (Fault.ERRORS, "error_rate", 1, (10, 4)),
+        (Fault.LATENCY, "latency", 0, (3,)),
+        (Fault.ACCURACY, "quality.", 1, (10, 10)),
+        (Fault.DRIFT, "prediction_drift", 0, (4,)),
+    ],
+)
+def test_each_fault_rolls_back_naming_its_signal(
+    fault: Fault, signal: str, step: int, checks: tuple[int, ...]
+) -> None:
+    """A canary with one injected fault is rolled back and the reasons name that signal."""
+    verdict = judge(CONFIG, step, _stream(fault, checks))
+    assert verdict.action is Action.ROLLBACK, verdict.reasons
+    assert verdict.next_weight == 0
+    assert any(name.startswith(signal) for name in _names(verdict))
+    assert any(signal in reason for reason in verdict.reasons)
+
+
+def test_a_better_canary_is_never_rolled_back() -> None:
+    """The tests are one-sided: a faster, error-free canary is not 'different, so worse'."""
+    windows = _stream(Fault.NONE, (10,))
+    faster = [
+        WindowObservation(
+            w.step_index,
+            w.duration_s,
+            w.stable,
+            VersionWindow(
+                requests=w.canary.requests,
+                latencies_ms=w.canary.latencies_ms / 2,
+                predictions=w.canary.predictions,
+                labelled=w.canary.labelled,
+            ),
+        )
+        for w in windows
+    ]
+    assert judge(CONFIG, 0, faster).action is Action.ADVANCE
+
+
+# --------------------------------------------------------------------------- hard limits
+
+
+def test_error_rate_hard_limit_rolls_back_at_once() -> None:
+    """A canary error rate above the hard bound rolls back before the step is complete."""
+    windows = _stream(Fault.ERRORS, (1,), error_increase=0.5)
+    verdict = judge(CONFIG, 0, windows)
+    assert verdict.action is Action.ROLLBACK
+    assert verdict.reasons[0].startswith("rollback at once: hard_limit.error_rate")
+
+
+def test_p99_hard_limit_rolls_back_at_once() -> None:
+    """A canary p99 above the hard bound rolls back at once, naming the limit."""
+    windows = _stream(Fault.LATENCY, (1,), latency_factor=20.0)
+    verdict = judge(CONFIG, 0, windows)
+    assert verdict.action is Action.ROLLBACK
+    assert "hard_limit.p99_latency_ms" in _names(verdict)
+
+
+def test_hard_limits_wait_for_their_minimum_requests() -> None:
+    """Two errors in four requests are not a 50 % error rate: below min_requests, no breach."""
+    stable = VersionWindow(requests=400, server_errors=2)
+    canary = VersionWindow(requests=4, server_errors=2)
+    verdict = judge(CONFIG, 0, [WindowObservation(0, 30, stable, canary)])
+    assert verdict.action is Action.HOLD
+    limit = next(s for s in verdict.signals if s.name == "hard_limit.error_rate")
+    assert limit.status is SignalStatus.INSUFFICIENT
+
+
+def test_gateway_errors_count_when_the_server_saw_none() -> None:
+    """Timeouts seen only by the gateway count as errors for the hard limit."""
+    stable = VersionWindow(requests=1000, server_errors=5, gateway_errors=5)
+    canary = VersionWindow(requests=100, server_errors=0, gateway_errors=30)
+    verdict = judge(CONFIG, 0, [WindowObservation(0, 60, stable, canary)])
+    assert verdict.action is Action.ROLLBACK
+    assert "hard_limit.error_rate" in _names(verdict)
+
+
+# --------------------------------------------------------------------------- hold
+
+
+@pytest.mark.parametrize(
+    ("checks", "interval", "why"),
+    [((1,), 60.0, "canary requests"), ((2,), 30.0, "of 120 s")],
+)
+def test_too_little_evidence_holds(checks: tuple[int, ...], interval: float, why: str) -> None:
+    """Too few canary requests or too little time in the step holds, saying which."""
+    rng = np.random.default_rng(3)
+    spec = Traffic(rps=200.0 if interval == 30.0 else 20.0, check_interval_s=interval)
+    windows = [simulate_window(rng, spec, 0, 10, Fault.NONE) for _ in range(checks[0])]
+    verdict = judge(CONFIG, 0, windows)
+    assert verdict.action is Action.HOLD, verdict.reasons
+    assert any(why in r for r in verdict.reasons)
+
+
+def test_no_canary_traffic_holds() -> None:
+    """Without any canary request in the step there is nothing to judge: hold."""
+    window = WindowObservation(0, 60, VersionWindow(requests=500), VersionWindow(requests=0))
+    verdict = judge(CONFIG, 0, [window])
+    assert verdict.action is Action.HOLD
+    assert judge(CONFIG, 0, []).action is Action.HOLD
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _without_labels(windows: list[WindowObservation]) -> list[WindowObservation]:
+    def strip(v: VersionWindow) -> VersionWindow:
+        return VersionWindow(
+            v.requests, v.server_errors, v.gateway_errors, v.latencies_ms, v.predictions
+        )
+
+    return [
+        WindowObservation(w.step_index, w.duration_s, strip(w.stable), strip(w.canary))
+        for w in windows
+    ]
+
+
+def test_last_step_without_labels_holds_for_them() -> None:
+    """At the last step, a quality metric that could not be tested yet holds the promotion."""
+    verdict = judge(CONFIG, 1, _without_labels(_stream(Fault.NONE, (10, 10))))
+    assert verdict.action is Action.HOLD
+    assert any("quality.accuracy not yet testable" in r for r in verdict.reasons)
+
+
+def test_missing_labels_do_not_block_when_not_required() -> None:
+    """With require_labels_to_promote off, it promotes and says what it could not test."""
+    config = CONFIG.model_copy(
+        update={"quality": CONFIG.quality.model_copy(update={"require_labels_to_promote": False})}
+    )
+    verdict = judge(config, 1, _without_labels(_stream(Fault.NONE, (10, 10))))
+    assert verdict.action is Action.PROMOTE
+    assert any("not yet testable" in r and "quality.accuracy" in r for r in verdict.reasons)
+
+
+def test_nan_and_missing_labels_are_dropped() -> None:
+    """Labels that have not arrived (None) or are NaN are left out before any metric."""
+    predictions = Predictions(values=np.array([1, 0, 1, 1]), scores=np.array([0.9, 0.2, 0.8, 0.6]))
+    labelled = Labelled.from_partial([1, None, np.nan, 0], predictions)
+    assert labelled.y_true.tolist() == [1, 0]
+    assert labelled.predictions.scores.tolist() == [0.9, 0.6]
+    joined = Labelled.join(["a", "b", "c", "d"], predictions, {"d": 0, "a": 1, "b": None})
+    assert joined.y_true.tolist() == [1, 0]
+
+
+def test_metric_undefined_on_one_class_is_insufficient_not_failed() -> None:
+    """roc_auc on labels of a single class is NaN: the signal waits instead of failing."""
+    windows = _stream(Fault.NONE, (10,))
+    one_class = []
+    for w in windows:
+        lab = w.canary.labelled
+        keep = np.flatnonzero(lab.y_true == 1)
+        canary = VersionWindow(
+            w.canary.requests,
+            w.canary.server_errors,
+            w.canary.gateway_errors,
+            w.canary.latencies_ms,
+            w.canary.predictions,
+            Labelled(lab.y_true[keep], lab.predictions.take(keep)),
+        )
+        one_class.append(WindowObservation(w.step_index, w.duration_s, w.stable, canary))
+    verdict = judge(CONFIG, 0, one_class)
+    auc = next(s for s in verdict.signals if s.name == "quality.roc_auc")
+    assert auc.status is SignalStatus.INSUFFICIENT
+    assert verdict.action is not Action.ROLLBACK or "quality.roc_auc" not in _names(verdict)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def _mirrored(agreed_share: float) -> list[WindowObservation]:
+    rng = np.random.default_rng(5)
+    windows = []
+    for _ in range(6):
+        w = simulate_window(rng, TRAFFIC, 0, 50, Fault.NONE)
+        pairs = w.canary.requests
+        windows.append(
+            WindowObservation(
+                0, 60, w.stable, w.canary, AgreementCounts(pairs, int(agreed_share * pairs))
+            )
+        )
+    return windows
+
+
+@pytest.mark.parametrize("strategy", ["shadow", "blue_green"])
+@pytest.mark.parametrize(("agreed", "action"), [(0.99, Action.PROMOTE), (0.7, Action.ROLLBACK)])
+def test_mirrored_strategies_use_the_same_judge_with_agreement(
+    strategy: str, agreed: float, action: Action
+) -> None:
+    """Shadow and blue-green are judged like a canary, plus the agreement rate of the pairs."""
+    config = CanaryConfig.model_validate(
+        {
+            "strategy": strategy,
+            "steps": [{"weight": 0, "min_requests": 500, "min_duration_s": 60}],
+            "agreement": {"min_rate": 0.9},
+        }
+    )
+    verdict = judge(config, 0, _mirrored(agreed))
+    assert verdict.action is action, verdict.reasons
+    if action is Action.ROLLBACK:
+        assert _names(verdict) == {"agreement"}
+
+
+# --------------------------------------------------------------------------- data out
+
+
+def test_verdict_is_data_json_and_markdown() -> None:
+    """The verdict round-trips through JSON and renders a markdown table with every signal."""
+    verdict = judge(CONFIG, 0, _stream(Fault.LATENCY, (3,)))
+    again = Verdict.model_validate_json(verdict.model_dump_json())
+    assert again == verdict
+    markdown = verdict.to_markdown()
+    assert "**rollback**" in markdown
+    for signal in verdict.signals:
+        assert f"| {signal.name} |" in markdown
+    assert json.loads(verdict.model_dump_json())["evidence"]["alpha_per_signal"] == pytest.approx(
+        CONFIG.alpha_per_signal()
+    )
+
+
+def test_recorded_summaries_replay_to_the_same_verdict() -> None:
+    """A rollout recorded as step summaries (JSON) gives the same verdict as the raw windows."""
+    windows = _stream(Fault.NONE, (10, 10))
+    direct = judge(CONFIG, 1, windows)
+    recorded = [
+        StepSummary.model_validate_json(
+            summarize_step(CONFIG, [w for w in windows if w.step_index == k]).model_dump_json()
+        )
+        for k in (0, 1)
+    ]
+    assert judge_summaries(CONFIG, 1, recorded) == direct
+
+
+def test_windows_per_check_or_per_step_are_the_same() -> None:
+    """Sending one window per check or the merged step gives the same statistics."""
+    windows = _stream(Fault.NONE, (6,))
+    a = summarize_step(CONFIG, windows)
+    b = summarize_step(CONFIG, windows[:3])
+    assert a.canary.requests == sum(w.canary.requests for w in windows)
+    assert b.canary.requests < a.canary.requests
+    assert math.isclose(a.duration_s, 6 * 60)
+
+
+def test_step_index_out_of_range_is_an_error() -> None:
+    """Asking about a step the config does not have is a programming error, not a verdict."""
+    with pytest.raises(ValueError, match="step_index"):
+        judge(CONFIG, 5, _stream(Fault.NONE, (1,)))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: VersionWindow(requests=5, server_errors=6),
+        lambda: VersionWindow(requests=-1),
+        lambda: AgreementCounts(pairs=3, agreed=4),
+        lambda: WindowObservation(-1, 1, VersionWindow(1), VersionWindow(1)),
+        lambda: WindowObservation(0, math.nan, VersionWindow(1), VersionWindow(1)),
+    ],
+)
+def test_impossible_observations_are_rejected(bad) -> None:
+    """Counts that cannot happen (more errors than requests, negative) fail at construction."""
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_input_drift_uses_evidently_and_holds_when_enabled() -> None:
+    """Canary inputs far from the training reference hold the rollout (mode enabled)."""
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
+    same = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
+    config = CONFIG.model_copy(
+        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": GateMode.ENABLED})}
+    )
+    windows = _stream(Fault.NONE, (10,))
+    last = windows[-1]
+    windows[-1] = WindowObservation(
+        0,
+        last.duration_s,
+        VersionWindow(**{**last.stable.__dict__, "inputs": same}),
+        VersionWindow(**{**last.canary.__dict__, "inputs": shifted}),
+    )
+    verdict = judge(config, 0, windows, reference=reference)
+    drift = next(s for s in verdict.signals if s.name == "input_drift")
+    assert drift.status is SignalStatus.FAILED
+    assert drift.canary == pytest.approx(2 / 3)
+    assert verdict.action is Action.HOLD
+    assert any("inputs drifted" in r for r in verdict.reasons)
