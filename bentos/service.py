@@ -1,0 +1,208 @@
+"""The Bento service: one registered model version, pinned by name, version and sha256.
+
+The same file serves any model of ``models/``: ``mlops package`` writes a serving manifest
+next to it (model name and version, BentoML model tag, artifact sha256, the signature's
+input columns, the resolved ``configs/serve.yaml``) and the request schema is generated
+from that signature. ``MLOPS_SERVING_MANIFEST`` points at another manifest (tests).
+
+Request path, kept lean because it is the hot loop: pydantic-core validates the JSON bytes
+(strict types, finite floats, no unknown fields, 1..max rows); concurrent requests are
+scored in one model call by :class:`MicroBatcher`; the response is serialized once with
+orjson; the prediction log is an in-memory append, written by a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import orjson
+from starlette.responses import Response
+
+from pipelines.serving.artifact import load_estimator, verify
+from pipelines.serving.batching import MicroBatcher
+from pipelines.serving.http import JsonOnlyMiddleware
+from pipelines.serving.manifest import MANIFEST_FILE, MLFLOW_MODEL_DIR, ServingManifest
+from pipelines.serving.predlog import PredictionLog, RequestIds, append_labels
+from pipelines.serving.schema import (
+    LabelsResponse,
+    PredictResponse,
+    label_model,
+    request_model,
+)
+
+log = logging.getLogger("bentoml.service.model_server")
+
+MANIFEST = ServingManifest.read(
+    Path(os.environ.get("MLOPS_SERVING_MANIFEST") or Path(__file__).with_name(MANIFEST_FILE))
+)
+# Fail fast, before any worker starts (and refuse to build a Bento from a changed model):
+# the pinned artifact must match the sha256 recorded at package time. Workers check again.
+verify(
+    Path(bentoml.models.get(MANIFEST.bentoml_model_tag).path_of(MLFLOW_MODEL_DIR)),
+    MANIFEST.artifact_sha256,
+)
+PredictRequest = request_model(MANIFEST)
+LabelsRequest = label_model(MANIFEST)
+_JSON = "application/json"
+
+
+def _image(manifest: ServingManifest) -> bentoml.images.Image:
+    spec = manifest.serve.image
+    options: dict[str, Any] = {"python_version": spec.python_version, "distro": spec.distro}
+    if spec.base_image:
+        options["base_image"] = spec.base_image
+    # Every package is pinned by `mlops package` from the locked environment.
+    return bentoml.images.Image(**options, lock_python_packages=False).python_packages(
+        *manifest.python_packages
+    )
+
+
+def _unprocessable(message: str) -> Response:
+    detail = {"type": "model_input", "loc": ["body", "records"], "msg": message[:500]}
+    return Response(
+        orjson.dumps({"error": "the model cannot score these records", "detail": [detail]}),
+        status_code=422,
+        media_type=_JSON,
+    )
+
+
+def _log_path(env: str, configured: Path) -> Path:
+    return Path(os.environ.get(env) or configured)
+
+
+@bentoml.service(
+    name="model_server",
+    workers=MANIFEST.serve.workers,
+    image=_image(MANIFEST),
+    envs=[{"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],
+    logging={"access": {"enabled": MANIFEST.serve.access_log}},
+    tracing={} if MANIFEST.serve.trace_endpoints else {"excluded_urls": ["/predict", "/labels"]},
+    labels={"model_name": MANIFEST.model_name, "model_version": MANIFEST.model_version},
+)
+class ModelServer:
+    """Serves ``MANIFEST.model_name`` version ``MANIFEST.model_version``, nothing else."""
+
+    model_ref = bentoml.models.BentoModel(MANIFEST.bentoml_model_tag)
+
+    def __init__(self) -> None:
+        manifest = MANIFEST
+        stored = self.model_ref
+        # Refuses to start (ManifestError) when the artifact does not match its sha256.
+        from pipelines.serving.runner import ModelRunner
+
+        estimator = load_estimator(
+            Path(stored.path_of(MLFLOW_MODEL_DIR)),
+            manifest.model_file,
+            manifest.serialization_format,
+            manifest.artifact_sha256,
+        )
+        self.runner = ModelRunner(estimator, manifest)
+        batching = manifest.serve.batching
+        self.batcher = (
+            MicroBatcher(
+                self.runner.score,
+                max_batch_rows=batching.max_batch_rows,
+                max_latency_ms=batching.max_latency_ms,
+            )
+            if batching.enabled
+            else None
+        )
+        log_config = manifest.serve.prediction_log
+        self.prediction_log = (
+            PredictionLog(
+                _log_path("MLOPS_PREDICTION_LOG", log_config.path),
+                model_name=manifest.model_name,
+                model_version=manifest.model_version,
+                feature_names=manifest.feature_names,
+                flush_interval_ms=log_config.flush_interval_ms,
+                max_pending=log_config.max_pending,
+            )
+            if log_config.enabled and os.environ.get("MLOPS_PREDICTION_LOG") != "off"
+            else None
+        )
+        self._request_ids = RequestIds()
+        self.labels_path = _log_path("MLOPS_LABELS_LOG", manifest.serve.labels.path)
+        self._head = (
+            b'{"model_name":'
+            + orjson.dumps(manifest.model_name)
+            + b',"model_version":'
+            + orjson.dumps(manifest.model_version)
+            + (b',"classes":' + orjson.dumps(self.runner.classes) if self.runner.classes else b"")
+        )
+        log.info(
+            "serving %s version %s (sha256 %s, BentoML model %s)",
+            manifest.model_name,
+            manifest.model_version,
+            manifest.artifact_sha256[:12],
+            manifest.bentoml_model_tag,
+        )
+
+    @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
+    async def predict(self, records: list[Any]) -> Response:
+        """Predict one or many rows; the response names the exact model version used."""
+        started = time.perf_counter()
+        rows = [list(record.__dict__.values()) for record in records]
+        try:
+            if self.batcher is not None:
+                predictions, probabilities = await self.batcher.submit(rows)
+            else:
+                predictions, probabilities = self.runner.score(rows)
+        except ValueError as exc:
+            # Valid JSON the estimator cannot score (e.g. a value that overflows once scaled).
+            return _unprocessable(str(exc))
+        request_id = self._request_ids.next()
+        body = (
+            self._head
+            + b',"request_id":"'
+            + request_id.encode()
+            + b'","predictions":'
+            + orjson.dumps(predictions)
+            + (b',"probabilities":' + orjson.dumps(probabilities) if probabilities else b"")
+            + b"}"
+        )
+        if self.prediction_log is not None:
+            self.prediction_log.record(
+                request_id,
+                time.time(),
+                rows,
+                predictions,
+                probabilities,
+                (time.perf_counter() - started) * 1000.0,
+            )
+        return Response(body, media_type=_JSON, headers={"x-request-id": request_id})
+
+    @bentoml.api(route="/labels", input_spec=LabelsRequest, output_spec=LabelsResponse)
+    async def labels(self, labels: list[Any]) -> Response:
+        """Record ground-truth labels for earlier predictions, by request id (append-only)."""
+        recorded = append_labels(
+            self.labels_path,
+            [
+                {
+                    "request_id": item.request_id,
+                    "row": item.row,
+                    "label": item.label,
+                    "model_name": MANIFEST.model_name,
+                    "model_version": MANIFEST.model_version,
+                }
+                for item in labels
+            ],
+        )
+        return Response(orjson.dumps({"recorded": recorded}), media_type=_JSON)
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """Write out the prediction log before the worker exits."""
+        if self.prediction_log is not None:
+            self.prediction_log.close()
+
+
+ModelServer.add_asgi_middleware(
+    JsonOnlyMiddleware,
+    paths=("/predict", "/labels"),
+    max_body_bytes=MANIFEST.serve.api.max_body_bytes,
+)

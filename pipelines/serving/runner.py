@@ -1,0 +1,50 @@
+"""Score rows with the pinned estimator, exactly as :func:`pipelines.inference.predict` would."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipelines.serving.manifest import ServingManifest
+
+_NUMERIC = {"double", "float", "long", "integer", "boolean"}
+
+
+class ModelRunner:
+    """The estimator plus how to turn validated rows into its input.
+
+    All-numeric signatures go in as one float64 array (the values an all-numeric DataFrame
+    would hand scikit-learn, without the pandas cost); anything else as a DataFrame.
+    """
+
+    def __init__(self, estimator: Any, manifest: ServingManifest) -> None:
+        self.estimator = estimator
+        self.columns = manifest.feature_names
+        self.numeric = all(f.type in _NUMERIC for f in manifest.features)
+        self.classifier = manifest.task == "classification" and hasattr(estimator, "predict_proba")
+        self.classes: list[Any] | None = (
+            np.asarray(estimator.classes_).tolist() if self.classifier else None
+        )
+
+    def frame(self, rows: Sequence[Sequence[Any]]) -> Any:
+        """The model input for ``rows`` (each row in signature order)."""
+        if self.numeric:
+            # Column-major, as scikit-learn gets it from a DataFrame: same BLAS path, same bits.
+            return np.asarray(rows, dtype=np.float64, order="F")
+        import pandas as pd
+
+        return pd.DataFrame(list(rows), columns=self.columns)
+
+    def score(self, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], list[list[float]] | None]:
+        """Predictions (and class probabilities for classifiers) as JSON-ready lists."""
+        X = self.frame(rows)
+        with warnings.catch_warnings():
+            # Fitted on a DataFrame, fed the same values as an array in signature order.
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            predictions = np.asarray(self.estimator.predict(X)).tolist()
+            if not self.classifier:
+                return predictions, None
+            return predictions, np.asarray(self.estimator.predict_proba(X)).tolist()
