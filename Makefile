@@ -38,6 +38,22 @@ test: venv ## Run every test tier (unit, integration, e2e); MARKERS=unit narrows
 test-unit: venv ## Run the fast unit tests only
 	$(VENV)/bin/pytest -m unit
 
+.PHONY: test-e2e
+test-e2e: venv ## Run the e2e tier (containers; needs scripts/install-system-deps.sh)
+	$(VENV)/bin/pytest -m e2e
+
+.PHONY: system-deps
+system-deps: ## Install the system packages containers need (podman, buildah, runc, wrk; root)
+	bash scripts/install-system-deps.sh
+
+.PHONY: base-image
+base-image: ## Make the air-gapped Python base image from Debian packages (cached)
+	scripts/make-base-image.sh --extra-ca /usr/local/share/ca-certificates
+
+.PHONY: image
+image: venv ## Build the OCI image of the packaged Bento (.mlops/results/image.json)
+	$(MLOPS) image --configs $(CONFIGS)
+
 .PHONY: lint
 lint: venv ## Run every pre-commit hook on all files
 	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
@@ -45,6 +61,10 @@ lint: venv ## Run every pre-commit hook on all files
 .PHONY: bench
 bench: venv ## Benchmark train + validate of the example classifier (median of 3 runs)
 	$(VENV)/bin/python benchmarks/train_validate.py --runs 3
+
+.PHONY: bench-canary
+bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, detection, requests to decide
+	$(VENV)/bin/python benchmarks/decision_quality.py
 
 .PHONY: clean
 clean: ## Remove generated state (.mlops/) and the virtual environment
