@@ -199,3 +199,448 @@ def package(
         f"({result.resolved_from}) as Bento {result.bento_tag}\nresult: {path}",
         highlight=False,
     )
+
+
+@app.command()
+def image(
+    configs: ConfigsOption = Path("configs"),
+    image_config: Annotated[
+        Path | None, typer.Option("--image-config", help="[<configs>/image.yaml]")
+    ] = None,
+    package_result: Annotated[
+        Path | None, typer.Option(help="From `mlops package` [.mlops/results/package.json]")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Result JSON [.mlops/results/image.json]")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the same image exists.")] = False,
+) -> None:
+    """Build the OCI image of the packaged Bento (Docker, else Podman, else Buildah)."""
+    from pipelines import image as step
+
+    with bad_input_exits():
+        config, state = load(configs)
+        options = step.load_image_config(image_config or configs / "image.yaml")
+        package = read_result(package_result or state.results / "package.json", step.PackageRef)
+        try:
+            result = step.run(options, package, state, config.root, force=force)
+        except step.ImageError as exc:
+            console.print(f"[bold red]image build failed:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
+    path = write_json(output or state.results / "image.json", result)
+    console.print(
+        f"[green]{'reused' if result.reused else 'built'}[/] {result.image_ref} "
+        f"({result.backend}, {result.image_id[:12]}, FROM {result.base_image})\nresult: {path}",
+        highlight=False,
+    )
+
+
+@app.command("predict-batch")
+def predict_batch(
+    input_file: Annotated[Path, typer.Option("--input", help="CSV or Parquet file to score.")],
+    output_file: Annotated[
+        Path, typer.Option("--output", help="Predictions file (.csv or .parquet).")
+    ],
+    configs: ConfigsOption = Path("configs"),
+    version: Annotated[
+        str | None, typer.Option("--version", help="Registered version number.")
+    ] = None,
+    env: Annotated[
+        str | None, typer.Option("--env", help="Or the stable version of deploy/<env>.yaml.")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows per chunk.")] = 50_000,
+    result_file: Annotated[
+        Path | None,
+        typer.Option("--result", help="Result JSON [.mlops/results/predict_batch.json]"),
+    ] = None,
+) -> None:
+    """Score a file with one exact registered version; bad rows exit 2 and write nothing."""
+    from pipelines import predict_batch as step
+
+    with bad_input_exits():
+        config, state = load(configs)
+        result = step.run(
+            config, state, input_file, output_file, version=version, env=env, chunk_size=chunk_size
+        )
+    path = write_json(result_file or state.results / "predict_batch.json", result)
+    console.print(
+        f"[green]scored[/] {result.rows} rows with {result.model_uri} ({result.resolved_from}) "
+        f"→ {result.output}\nresult: {path}",
+        highlight=False,
+    )
+
+
+@app.command("pr-comment")
+def pr_comment(
+    body: Annotated[Path, typer.Option(help="Markdown file to post")],
+    pr: Annotated[int, typer.Option(help="Pull-request number")],
+) -> None:
+    """Create or update the ONE validation comment on a pull request (skips without rights)."""
+    from pipelines.github import upsert_comment
+
+    if not body.is_file():
+        console.print(f"[bold red]error:[/] {body}: file not found", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    repository = os.environ.get("GITHUB_REPOSITORY")
+    if not repository:
+        console.print("[bold red]error:[/] GITHUB_REPOSITORY is not set", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    result = upsert_comment(
+        api_url=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
+        repository=repository,
+        pr_number=pr,
+        body=body.read_text(encoding="utf-8"),
+        token=os.environ.get("GITHUB_TOKEN"),
+    )
+    console.print(f"comment {result.action.value}: {result.url or result.reason}", highlight=False)
+
+
+# --------------------------------------------------------------------------- deploy state (git)
+
+state_app = typer.Typer(help="The desired state in deploy/<env>.yaml.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+
+EnvOption = Annotated[str, typer.Option("--env", help="Environment: deploy/<env>.yaml.")]
+
+
+def finish_transition(transition: BaseModel, state: StateDir, output: Path | None) -> None:
+    """Write a transition's JSON and markdown, print what happened."""
+    from pipelines.deploy import Transition
+
+    assert isinstance(transition, Transition)
+    env = transition.environment
+    path = write_json(output or state.results / f"deploy-{env}.json", transition)
+    markdown = transition.to_markdown()
+    publish_summary(markdown, state.reports / f"deploy-{env}.md")
+    typer.echo(markdown)
+    console.print(f"result: {path}", highlight=False)
+    for warning in transition.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@contextmanager
+def refusals_exit() -> Iterator[None]:
+    """A transition that contradicts the state, or a dirty state file: exit 1, nothing changed."""
+    from pipelines.deploy import RefusedError
+    from pipelines.gitops import GitOpsError
+
+    try:
+        yield
+    except (RefusedError, GitOpsError) as exc:
+        console.print(f"[bold red]refused:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+@app.command("deploy")
+def deploy_command(
+    env: EnvOption,
+    version: Annotated[int, typer.Option("--version", min=1, help="Registered version.")],
+    configs: ConfigsOption = Path("configs"),
+    package_result: Annotated[
+        Path | None, typer.Option(help="From `mlops package` [.mlops/results/package.json]")
+    ] = None,
+    image_result: Annotated[
+        Path | None, typer.Option(help="From `mlops image`, to pin the image (optional).")
+    ] = None,
+    canary_config: Annotated[
+        Path | None, typer.Option("--canary-config", help="[<configs>/canary.yaml]")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, for the commit message.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Transition JSON [.mlops/results/deploy-<env>.json]")
+    ] = None,
+) -> None:
+    """Start a rollout of version N: commit it to deploy/<env>.yaml at the first canary step."""
+    from pipelines import deploy as step
+    from pipelines.canary_config import load_canary_config
+    from pipelines.gitops import GitIdentity
+    from pipelines.package import PackageResult
+
+    with bad_input_exits(), refusals_exit():
+        config, state = load(configs)
+        canary = load_canary_config(canary_config or configs / "canary.yaml")
+        package = read_result(package_result or state.results / "package.json", PackageResult)
+        image = None
+        if image_result is not None:
+            built = read_result(image_result, step.ImageRef)
+            if built.bento_tag != package.bento_tag:
+                raise ConfigError(
+                    f"{image_result}: image of Bento {built.bento_tag}, expected "
+                    f"{package.bento_tag}"
+                )
+            image = built.image_ref
+        transition = step.start(
+            config,
+            state,
+            env,
+            version,
+            package,
+            strategy=canary.strategy,
+            weight=canary.steps[0].weight,
+            image=image,
+            reason=reason,
+            identity=GitIdentity.from_env(),
+        )
+    finish_transition(transition, state, output)
+
+
+@app.command("promote")
+def promote_command(
+    env: EnvOption,
+    reason: Annotated[str, typer.Option(help="Why you promote by hand (commit, evidence).")],
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Refuse unless this version rolls out.")
+    ] = None,
+    configs: ConfigsOption = Path("configs"),
+    output: Annotated[
+        Path | None, typer.Option(help="Transition JSON [.mlops/results/deploy-<env>.json]")
+    ] = None,
+) -> None:
+    """Promote the canary by hand: stable at 100 %, champion → it, previous → old stable."""
+    from pipelines import deploy as step
+    from pipelines.gitops import GitIdentity
+
+    with bad_input_exits(), refusals_exit():
+        config, state = load(configs)
+        transition = step.promote(
+            config, state, env, version=version, reason=reason, identity=GitIdentity.from_env()
+        )
+    finish_transition(transition, state, output)
+
+
+@app.command("rollback")
+def rollback_command(
+    env: EnvOption,
+    reason: Annotated[str, typer.Option(help="Why (commit, evidence, rejected_reason).")] = (
+        "manual rollback"
+    ),
+    configs: ConfigsOption = Path("configs"),
+    output: Annotated[
+        Path | None, typer.Option(help="Transition JSON [.mlops/results/deploy-<env>.json]")
+    ] = None,
+) -> None:
+    """Roll back the canary now (no analysis): stable keeps 100 %, the version is rejected."""
+    from pipelines import deploy as step
+    from pipelines.gitops import GitIdentity
+
+    with bad_input_exits(), refusals_exit():
+        config, state = load(configs)
+        transition = step.rollback(
+            config, state, env, reason=reason, identity=GitIdentity.from_env()
+        )
+    finish_transition(transition, state, output)
+
+
+@state_app.command("show")
+def state_show(
+    env: EnvOption,
+    configs: ConfigsOption = Path("configs"),
+    history: Annotated[int, typer.Option(min=0, help="Commits of the env to list.")] = 10,
+) -> None:
+    """Print the desired state of an environment and its recent transitions from git."""
+    from pipelines import gitops
+    from pipelines.deploy_state import load_state, render_state, state_path
+
+    with bad_input_exits(), refusals_exit():
+        config = load_config_set(configs)
+        current = load_state(config.root, env, config.train.registered_model_name)
+        entries = gitops.history(config.root, state_path(config.root, env), history)
+    typer.echo(render_state(current), nl=False)
+    if entries:
+        typer.echo("\n# history (newest first)")
+        for entry in entries:
+            typer.echo(f"# {entry.commit[:12]} {entry.date} {entry.subject}")
+
+
+# --------------------------------------------------------------------------- local environment
+
+env_app = typer.Typer(
+    help="The local environment: Bento servers behind a Caddy gateway, as deploy/<env>.yaml says.",
+    no_args_is_help=True,
+)
+app.add_typer(env_app, name="env")
+LocalEnvOption = Annotated[str, typer.Option("--env", help="Environment: deploy/<env>.yaml.")]
+
+
+def print_env_status(status: BaseModel) -> None:
+    """Print what changed and the environment's status; write nothing."""
+    from pipelines.localenv.reconcile import EnvStatus
+
+    assert isinstance(status, EnvStatus)
+    for change in status.changes:
+        console.print(f"[green]•[/] {change}", highlight=False)
+    if status.gateway_url is None:
+        console.print(f"environment '{status.environment}': not running", highlight=False)
+        return
+    state = "[green]up[/]" if status.gateway_alive else "[red]down[/]"
+    console.print(
+        f"gateway {status.gateway_url} {state} (caddy pid {status.gateway_pid}, admin "
+        f"{status.gateway_admin_url}); strategy {status.strategy}"
+        + (f", sticky by {status.sticky_header}" if status.sticky_header else ""),
+        highlight=False,
+    )
+    for item in status.releases:
+        health = "[green]ready[/]" if item.ready else "[red]not ready[/]"
+        console.print(
+            f"  v{item.version} {item.role or 'retiring'} {item.weight:g}% {item.url} "
+            f"pid {item.pid} {health}" + (f" fault {item.fault}" if item.fault else ""),
+            highlight=False,
+        )
+    if status.mirror_log:
+        console.print(f"  shadow comparisons: {status.mirror_log}", highlight=False)
+
+
+@env_app.command("up")
+def env_up(
+    env: LocalEnvOption,
+    configs: ConfigsOption = Path("configs"),
+    sticky_header: Annotated[
+        str | None, typer.Option(help="Route each value of this header to one version.")
+    ] = None,
+) -> None:
+    """Reconcile: start missing servers, set the split in the gateway, retire old versions."""
+    from pipelines.deploy_state import load_state
+    from pipelines.localenv import reconcile
+    from pipelines.localenv.desired import desired_from_state
+
+    with bad_input_exits():
+        config, state = load(configs)
+        desired = desired_from_state(
+            load_state(config.root, env, config.train.registered_model_name), sticky_header
+        )
+        bentoml_home = Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")
+        try:
+            status = reconcile.up(desired, state.root, bentoml_home, project_root=config.root)
+        except reconcile.EnvError as exc:
+            console.print(f"[bold red]env up failed:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
+    print_env_status(status)
+    if not status.changed:
+        console.print("no change: the environment already matches the state", highlight=False)
+
+
+@env_app.command("status")
+def env_status(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> None:
+    """Show the gateway and servers of the environment; exit 1 if anything is not ready."""
+    from pipelines.localenv import reconcile
+
+    with bad_input_exits():
+        _, state = load(configs)
+        status = reconcile.status(env, state.root)
+    print_env_status(status)
+    if status.gateway_url is not None and not status.healthy:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@env_app.command("down")
+def env_down(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> None:
+    """Stop the gateway, sidecars and every server of the environment."""
+    from pipelines.localenv import reconcile
+
+    with bad_input_exits():
+        _, state = load(configs)
+        status = reconcile.down(env, state.root)
+    print_env_status(status)
+
+
+@app.command("traffic")
+def traffic_command(
+    env: LocalEnvOption,
+    configs: ConfigsOption = Path("configs"),
+    scenario: Annotated[
+        str, typer.Option(help="clean|drift|corrupt|slow_canary|failing_canary")
+    ] = "clean",
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
+    duration: Annotated[float, typer.Option(help="Seconds.")] = 10.0,
+    max_requests: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
+    label_delay: Annotated[float, typer.Option(help="Seconds before labels are sent.")] = 2.0,
+    sticky_header: Annotated[
+        str | None, typer.Option(help="Send a user id in this header.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Result JSON [.mlops/results/traffic-<env>.json]")
+    ] = None,
+) -> None:
+    """Replay holdout rows through the environment's gateway; send their labels later."""
+    from pipelines.localenv import reconcile, traffic
+
+    with bad_input_exits():
+        config, state = load(configs)
+        try:
+            options = traffic.TrafficOptions(
+                scenario=traffic.Scenario(scenario),
+                rate=rate,
+                concurrency=concurrency,
+                duration_s=duration,
+                max_requests=max_requests,
+                label_delay_s=label_delay,
+                sticky_header=sticky_header,
+            )
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"traffic options: {exc}") from None
+        try:
+            result = traffic.run(config, state.root, env, options)
+        except reconcile.EnvError as exc:
+            console.print(f"[bold red]traffic failed:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
+    path = write_json(output or state.results / f"traffic-{env}.json", result)
+    console.print(
+        f"sent {result.sent} ({result.achieved_rate}/s): {result.ok} ok, {result.failed} failed, "
+        f"{result.rejected} rejected; by version {result.by_version}; latency {result.latency_ms}"
+        f"; labels {result.labels_sent} sent, {result.labels_failed} failed\nresult: {path}",
+        highlight=False,
+    )
+
+
+champion_app = typer.Typer(help="The champion model: recover it from git.", no_args_is_help=True)
+app.add_typer(champion_app, name="champion")
+
+
+@champion_app.command("restore")
+def champion_restore(
+    configs: ConfigsOption = Path("configs"),
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="Environments to look in, in order.")
+    ] = None,
+) -> None:
+    """Point alias `champion` at the recorded stable release, rebuilding it from git if needed."""
+    from pipelines.champion import RestoreError, restore
+
+    with bad_input_exits():
+        config, state = load(configs)
+        try:
+            result = restore(config, state, env or ["production", "staging"])
+        except RestoreError as exc:
+            console.print(f"[bold red]refused:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
+    console.print(f"champion {result.action.value}: {result.detail}", highlight=False)
+
+
+@app.command("record-refusal")
+def record_refusal_command(
+    env: Annotated[str, typer.Option("--env", help="Environment the candidate was meant for.")],
+    configs: ConfigsOption = Path("configs"),
+    decision: Annotated[
+        Path | None, typer.Option(help="From `mlops validate` [.mlops/results/validate.json]")
+    ] = None,
+) -> None:
+    """Commit a failed validation's evidence to git (the refusal is on record like a rollback)."""
+    from pipelines.gitops import GitIdentity, GitOpsError
+    from pipelines.refusal import record_refusal
+    from pipelines.validate import ValidationDecision
+
+    with bad_input_exits():
+        config, state = load(configs)
+        verdict = read_result(decision or state.results / "validate.json", ValidationDecision)
+        if verdict.passed:
+            raise ConfigError(f"v{verdict.candidate.version} passed validation: nothing to refuse")
+        try:
+            record = record_refusal(config, env, verdict, GitIdentity.from_env())
+        except GitOpsError as exc:
+            console.print(f"[bold red]refused:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from None
+    what = f"commit {record.commit[:12]}" if record.commit else "already recorded"
+    console.print(
+        f"refusal of v{record.version} on record ({what}): {record.evidence[0]}", highlight=False
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from pipelines import tracking
 from pipelines.config import ConfigSet
 from pipelines.data import Dataset, Split, load_dataset, split
-from pipelines.inference import predict
+from pipelines.inference import fingerprint, predict
 from pipelines.metrics import Task, compute
 from pipelines.model_code import ModelCode, load_model_code
 from pipelines.state import StateDir
@@ -44,6 +45,7 @@ class TrainResult(BaseModel):
     git_dirty: bool
     config_hash: str
     data_hash: str
+    predictions_sha256: str
     metrics: dict[str, dict[str, float]]
 
 
@@ -94,11 +96,10 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
     """
     code, dataset, parts = prepare(config)
     estimator = fit(code, config, parts)
+    holdout_predictions = predict(estimator, parts.X_holdout, code.task)
     metrics = {
         "train": compute(code.task, parts.y_train, predict(estimator, parts.X_train, code.task)),
-        "holdout": compute(
-            code.task, parts.y_holdout, predict(estimator, parts.X_holdout, code.task)
-        ),
+        "holdout": compute(code.task, parts.y_holdout, holdout_predictions),
     }
     git = tracking.git_info(config.root)
     config_hash = config.training_hash()
@@ -110,6 +111,7 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
         "git_dirty": str(git.dirty).lower(),
         "config_hash": config_hash,
         "data_hash": dataset.content_hash,
+        "holdout_predictions_sha256": fingerprint(holdout_predictions),
         "model_code": code.name,
         "task": code.task.value,
     }
@@ -146,7 +148,10 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
             config.model_dump(mode="json", by_alias=True, exclude={"root", "directory"}),
             "config/config_set.json",
         )
-        signature = infer_signature(parts.X_train, estimator.predict(parts.X_train))
+        with warnings.catch_warnings():
+            # Integer class labels: MLflow's hint about missing values does not apply to outputs.
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            signature = infer_signature(parts.X_train, estimator.predict(parts.X_train))
         info = mlflow.sklearn.log_model(
             sk_model=estimator,
             name=MODEL_ARTIFACT,
@@ -178,5 +183,6 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
         git_dirty=git.dirty,
         config_hash=config_hash,
         data_hash=dataset.content_hash,
+        predictions_sha256=tags["holdout_predictions_sha256"],
         metrics=metrics,
     )
