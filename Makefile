@@ -54,6 +54,14 @@ base-image: ## Make the air-gapped Python base image from Debian packages (cache
 image: venv ## Build the OCI image of the packaged Bento (.mlops/results/image.json)
 	$(MLOPS) image --configs $(CONFIGS)
 
+.PHONY: env-up env-down traffic
+env-up: venv ## Start or reconcile the local staging environment (deploy/staging.yaml)
+	$(MLOPS) env up --env staging
+env-down: venv ## Stop the local staging environment
+	$(MLOPS) env down --env staging
+traffic: venv ## 30 s of clean staging traffic through the gateway
+	$(MLOPS) traffic --env staging --rate 50 --concurrency 8 --duration 30
+
 .PHONY: lint
 lint: venv ## Run every pre-commit hook on all files
 	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
@@ -61,6 +69,14 @@ lint: venv ## Run every pre-commit hook on all files
 .PHONY: bench
 bench: venv ## Benchmark train + validate of the example classifier (median of 3 runs)
 	$(VENV)/bin/python benchmarks/train_validate.py --runs 3
+
+.PHONY: package
+package: venv ## Package the `challenger` version into a Bento (.mlops/results/package.json)
+	$(MLOPS) package --configs $(CONFIGS) --alias challenger
+
+.PHONY: bench-serving
+bench-serving: venv ## Bento vs mlflow serve vs bare FastAPI at c1/8/32 (.mlops/benchmarks/serving.md)
+	$(VENV)/bin/python benchmarks/serving.py --duration 15
 
 .PHONY: bench-canary
 bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, detection, requests to decide

@@ -1,0 +1,207 @@
+"""Unit tests of the serving logic: schema, batching, prediction log, config, integrity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.config import ConfigError
+from pipelines.serve_config import ServeConfig, load_serve_config
+from pipelines.serving.artifact import tree_sha256, verify
+from pipelines.serving.batching import MicroBatcher
+from pipelines.serving.manifest import ManifestError, ServingManifest, signature_features
+from pipelines.serving.predlog import PredictionLog, RequestIds, append_labels, read_jsonl
+from pipelines.serving.schema import label_model, request_model
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[3]
+
+
+def manifest(task: str = "classification", **serve) -> ServingManifest:
+    return ServingManifest(
+        model_name="m",
+        model_version="3",
+        task=task,
+        bentoml_model_tag="m:v3-abc",
+        artifact_sha256="0" * 64,
+        model_file="model.skops",
+        serialization_format="skops",
+        features=[
+            {"name": "x", "type": "double"},
+            {"name": "n", "type": "long"},
+            {"name": "s", "type": "string"},
+        ],
+        serve=ServeConfig.model_validate(serve),
+    )
+
+
+GOOD = {"x": 1.5, "n": 2, "s": "a"}
+
+
+@pytest.mark.parametrize(
+    ("row", "error_type"),
+    [
+        ({"n": 2, "s": "a"}, "missing"),
+        ({**GOOD, "x": "1.5"}, "float_type"),
+        ({**GOOD, "n": 2.5}, "int_type"),
+        ({**GOOD, "n": 2**60}, "less_than_equal"),
+        ({**GOOD, "s": 3}, "string_type"),
+        ({**GOOD, "extra": 1}, "extra_forbidden"),
+    ],
+)
+def test_request_model_rejects_bad_rows(row: dict, error_type: str) -> None:
+    """The generated row model is strict per signature type and forbids unknown fields."""
+    with pytest.raises(ValidationError) as caught:
+        request_model(manifest()).model_validate_json(json.dumps({"records": [row]}))
+    assert caught.value.errors()[0]["type"] == error_type
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_request_model_rejects_non_finite_floats(token: str) -> None:
+    """NaN and infinities (literal or overflowing) are refused for float columns."""
+    body = '{"records": [{"x": TOKEN, "n": 1, "s": "a"}]}'.replace("TOKEN", token)
+    with pytest.raises(ValidationError) as caught:
+        request_model(manifest()).model_validate_json(body)
+    assert caught.value.errors()[0]["type"] == "finite_number"
+
+
+def test_request_model_bounds_the_number_of_rows() -> None:
+    """Zero rows and more than the configured maximum are both refused."""
+    model = request_model(manifest(api={"max_records_per_request": 2}))
+    model.model_validate({"records": [GOOD, GOOD]})
+    for rows in ([], [GOOD] * 3):
+        with pytest.raises(ValidationError):
+            model.model_validate({"records": rows})
+
+
+def test_regression_labels_are_finite_floats() -> None:
+    """A regressor's label is a finite float; a classifier's may be int, bool or string."""
+    regression = label_model(manifest("regression"))
+    regression.model_validate({"labels": [{"request_id": "a" * 32, "label": 1.25}]})
+    with pytest.raises(ValidationError):
+        regression.model_validate_json(
+            '{"labels": [{"request_id": "%s", "label": NaN}]}' % ("a" * 32)
+        )
+    label_model(manifest()).model_validate({"labels": [{"request_id": "a" * 32, "label": "yes"}]})
+
+
+def test_signature_features_need_named_columns() -> None:
+    """A tensor signature, or none, cannot generate a request schema."""
+    with pytest.raises(ManifestError):
+        signature_features({})
+    with pytest.raises(ManifestError):
+        signature_features({"signature": {"inputs": '[{"type": "tensor"}]'}})
+    cols = signature_features({"signature": {"inputs": '[{"type": "double", "name": "a"}]'}})
+    assert [c.name for c in cols] == ["a"]
+
+
+def test_batcher_scores_concurrent_requests_in_one_call() -> None:
+    """Requests submitted in the same loop turn share one model call and get their own rows."""
+    calls: list[int] = []
+
+    def score(rows):
+        calls.append(len(rows))
+        return [r[0] * 10 for r in rows], None
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_rows=100, max_latency_ms=0)
+        return await asyncio.gather(*(batcher.submit([[i], [i + 100]]) for i in range(5)))
+
+    results = asyncio.run(main())
+    assert calls == [10]
+    assert [r[0] for r in results] == [[i * 10, (i + 100) * 10] for i in range(5)]
+
+
+def test_batcher_isolates_a_request_that_breaks_the_batch() -> None:
+    """One request whose rows make the model raise fails alone; the others get answers."""
+
+    def score(rows):
+        if any(r[0] < 0 for r in rows):
+            raise ValueError("negative input")
+        return [r[0] for r in rows], None
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_rows=100, max_latency_ms=0)
+        futures = [batcher.submit([[1]]), batcher.submit([[-1]]), batcher.submit([[2]])]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    ok1, bad, ok2 = asyncio.run(main())
+    assert ok1 == ([1], None) and ok2 == ([2], None)
+    assert isinstance(bad, ValueError)
+
+
+def test_batcher_flushes_at_max_rows() -> None:
+    """A batch never exceeds max_batch_rows rows per model call."""
+    calls: list[int] = []
+
+    def score(rows):
+        calls.append(len(rows))
+        return list(range(len(rows))), None
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_rows=4, max_latency_ms=0)
+        await asyncio.gather(*(batcher.submit([[0], [0]]) for _ in range(5)))
+
+    asyncio.run(main())
+    assert max(calls) <= 4 and sum(calls) == 10
+
+
+def test_prediction_log_writes_one_line_per_request(tmp_path: Path) -> None:
+    """Each recorded request becomes one complete JSON line with inputs named by feature."""
+    path = tmp_path / "log" / "p.jsonl"
+    plog = PredictionLog(path, model_name="m", model_version="3", feature_names=["a", "b"])
+    plog.record("r1", 0.0, [[1.0, 2.0]], [1], [[0.2, 0.8]], 1.5)
+    plog.record("r2", 0.0, [[3.0, 4.0]], [0], None, 2.0)
+    plog.close()
+    records = list(read_jsonl(path))
+    assert [r["request_id"] for r in records] == ["r1", "r2"]
+    assert records[0]["inputs"] == [{"a": 1.0, "b": 2.0}]
+    assert records[0]["outputs"] == {"predictions": [1], "probabilities": [[0.2, 0.8]]}
+    assert records[1]["model"] == {"name": "m", "version": "3"} and records[1]["latency_ms"] == 2.0
+
+
+def test_labels_append_and_torn_lines_are_skipped(tmp_path: Path) -> None:
+    """Labels only ever append; a torn last line (crash mid-write) is ignored by readers."""
+    path = tmp_path / "labels.jsonl"
+    append_labels(path, [{"request_id": "a", "label": 1}])
+    first = path.read_bytes()
+    append_labels(path, [{"request_id": "b", "label": 0}])
+    assert path.read_bytes().startswith(first)
+    with path.open("ab") as handle:
+        handle.write(b'{"request_id": "c"')
+    assert [r["request_id"] for r in read_jsonl(path)] == ["a", "b"]
+
+
+def test_request_ids_are_unique_32_hex() -> None:
+    """Request ids are 32 lowercase hex characters and do not repeat."""
+    ids = RequestIds()
+    many = {ids.next() for _ in range(10_000)}
+    assert len(many) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in many)
+
+
+def test_tree_sha256_changes_with_any_byte(tmp_path: Path) -> None:
+    """The artifact hash covers names and contents; verify refuses a changed artifact."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.bin").write_bytes(b"abc")
+    digest = tree_sha256(tmp_path / "m")
+    verify(tmp_path / "m", digest)
+    (tmp_path / "m" / "model.bin").write_bytes(b"abd")
+    with pytest.raises(ManifestError, match="integrity check failed"):
+        verify(tmp_path / "m", digest)
+
+
+def test_repo_serve_config_loads() -> None:
+    """configs/serve.yaml validates."""
+    assert load_serve_config(REPO / "configs" / "serve.yaml").api.max_records_per_request >= 1
+
+
+def test_bad_serve_config_names_file_and_field(tmp_path: Path) -> None:
+    """An unknown key or out-of-range number fails naming the file and the field."""
+    path = tmp_path / "serve.yaml"
+    path.write_text("api:\n  max_records_per_request: 0\n")
+    with pytest.raises(ConfigError, match=r"serve.yaml: field 'api.max_records_per_request'"):
+        load_serve_config(path)
