@@ -286,7 +286,9 @@ def pr_comment(
         console.print("[bold red]error:[/] GITHUB_REPOSITORY is not set", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT)
     result = upsert_comment(
-        api_url=os.environ.get("GITHUB_API_URL", "https://api.github.com"),
+        # MLOPS_GITHUB_API_URL lets a local run (act) talk to a stand-in API.
+        api_url=os.environ.get("MLOPS_GITHUB_API_URL")
+        or os.environ.get("GITHUB_API_URL", "https://api.github.com"),
         repository=repository,
         pr_number=pr,
         body=body.read_text(encoding="utf-8"),
@@ -644,3 +646,108 @@ def record_refusal_command(
     console.print(
         f"refusal of v{record.version} on record ({what}): {record.evidence[0]}", highlight=False
     )
+
+
+@app.command("rollout")
+def rollout_command(
+    env: EnvOption,
+    version: Annotated[
+        int | None,
+        typer.Option("--version", min=1, help="Registered version [from the package result]."),
+    ] = None,
+    configs: ConfigsOption = Path("configs"),
+    package_result: Annotated[
+        Path | None, typer.Option(help="From `mlops package` [.mlops/results/package.json]")
+    ] = None,
+    canary_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--canary-config",
+            help="[<configs>/canary.yaml]; fast local profile: "
+            "configs/variants/local-demo/canary.yaml",
+        ),
+    ] = None,
+    traffic: Annotated[
+        str,
+        typer.Option(help="Synthetic clients: clean|drift|corrupt|slow_canary|failing_canary|none"),
+    ] = "clean",
+    rate: Annotated[float, typer.Option(help="Synthetic requests per second.")] = 50.0,
+    concurrency: Annotated[int, typer.Option(help="Synthetic requests in flight at most.")] = 8,
+    check_interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between looks of the judge.")
+    ] = 5.0,
+    max_duration: Annotated[
+        float, typer.Option(min=1.0, help="Roll back ('timed out') after this many seconds.")
+    ] = 900.0,
+    output: Annotated[
+        Path | None, typer.Option(help="Result JSON [.mlops/results/rollout-<env>.json]")
+    ] = None,
+) -> None:
+    """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines import rollout as step
+    from pipelines.canary_config import load_canary_config
+    from pipelines.gitops import GitIdentity
+    from pipelines.localenv import reconcile
+    from pipelines.localenv.traffic import Scenario, TrafficOptions
+    from pipelines.package import PackageResult
+
+    with bad_input_exits(), refusals_exit():
+        config, state = load(configs)
+        canary = load_canary_config(canary_config or configs / "canary.yaml", config.validate_)
+        package = read_result(package_result or state.results / "package.json", PackageResult)
+        wanted = version or int(package.model_version)
+        options = None
+        if traffic != "none":
+            try:
+                options = TrafficOptions(
+                    scenario=Scenario(traffic),
+                    rate=rate,
+                    concurrency=concurrency,
+                    label_delay_s=0.5,
+                )
+            except (ValueError, ValidationError) as exc:
+                raise ConfigError(f"traffic options: {exc}") from None
+        with Progress(
+            TextColumn("[bold]{task.fields[where]}[/]"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("deploying", total=max_duration, where=f"{env} v{wanted}")
+
+            def show(event: step.RolloutProgress) -> None:
+                where = f"{env} v{wanted}"
+                if event.step_index is not None and event.weight is not None:
+                    where += f" step {event.step_index + 1}/{event.steps} {event.weight:g}%"
+                bar.update(
+                    task, completed=event.elapsed_s, description=event.message[:100], where=where
+                )
+
+            try:
+                result = step.run(
+                    config,
+                    canary,
+                    state,
+                    env,
+                    package=package,
+                    version=wanted,
+                    traffic=options,
+                    check_interval_s=check_interval,
+                    max_duration_s=max_duration,
+                    progress=show,
+                    identity=GitIdentity.from_env(),
+                )
+            except reconcile.EnvError as exc:
+                console.print(f"[bold red]rollout failed:[/] {exc}", highlight=False)
+                raise typer.Exit(EXIT_REFUSED) from None
+    path = write_json(output or state.results / f"rollout-{env}.json", result)
+    markdown = result.to_markdown()
+    publish_summary(markdown, state.reports / f"rollout-{env}.md")
+    typer.echo(markdown)
+    console.print(f"result: {path}", highlight=False)
+    if result.outcome is not step.Outcome.PROMOTED:
+        raise typer.Exit(EXIT_REFUSED)
