@@ -1,0 +1,107 @@
+"""The GitHub Actions workflows, run for real with `act` on this host, offline.
+
+act runs every job of a workflow in host mode (`-P ubuntu-latest=-self-hosted`); the remote
+actions are swapped for the stand-ins in .github/act-actions through .actrc. The repository is
+a clone of this one in a temp dir; the pull-request comment goes to a local server speaking
+GitHub's REST shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, git
+from tests.integration.test_github_comment import FakeGitHub
+
+pytestmark = pytest.mark.e2e
+
+ACT = Path(sys.executable).parent / "act"
+
+
+@pytest.fixture
+def github() -> Iterator[str]:
+    """A local stand-in for GitHub's comments API; yields its URL."""
+    FakeGitHub.comments = []
+    FakeGitHub.read_only = False
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGitHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def clone(tmp_path: Path) -> Path:
+    """A clone of this repository's HEAD, as a user's fork would be."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(repo)], check=True)
+    git(repo, "checkout", "-q", "-b", "feature")
+    return repo
+
+
+def run_act(repo: Path, event: str, payload: dict, *extra: str, env: dict[str, str]) -> str:
+    """Run ``act <event>`` in ``repo``; return its combined output (asserting it succeeded)."""
+    event_file = repo.parent / "event.json"
+    event_file.write_text(json.dumps(payload))
+    args = [str(ACT), event, "-e", str(event_file), "--env-file", "/dev/null", *extra]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    done = subprocess.run(
+        args,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
+    )
+    output = done.stdout + done.stderr
+    (repo.parent / f"act-{event}.log").write_text(output)
+    assert done.returncode == 0, output[-6000:]
+    return output
+
+
+def assert_jobs_succeeded(output: str, workflow: str, jobs: list[str]) -> None:
+    """Each job's closing line says it succeeded (act pads job names to one width)."""
+    for job in jobs:
+        pattern = rf"\[{workflow}/{job}\s*\] 🏁  Job succeeded"
+        assert re.search(pattern, output), f"{workflow}/{job} did not succeed"
+
+
+def test_pull_request_workflow_end_to_end(tmp_path: Path, github: str) -> None:
+    """Every PR job succeeds; the decision table reaches the summary and ONE PR comment."""
+    repo = clone(tmp_path)
+    artifacts = tmp_path / "artifacts"
+    output = run_act(
+        repo,
+        "pull_request",
+        {
+            "pull_request": {"number": 7, "head": {"ref": "feature"}, "base": {"ref": "main"}},
+            "repository": {"full_name": "acme/models"},
+        },
+        # The act test itself is an e2e test: the workflow's test job runs the unit tier only.
+        "--var",
+        "MLOPS_PR_TEST_MARKERS=unit",
+        "-s",
+        "GITHUB_TOKEN=t0ken",
+        env={
+            "MLOPS_ACT_ARTIFACTS": str(artifacts),
+            "MLOPS_GITHUB_API_URL": github,
+            "GITHUB_REPOSITORY": "acme/models",
+        },
+    )
+    assert_jobs_succeeded(output, "pull-request", ["lint", "test", "validate", "comment"])
+    summary = next(artifacts.rglob("validate.md")).read_text()
+    assert "| Gate | Mode | Result | Details |" in summary
+    assert "| reproducibility | enabled | ✅ passed |" in summary
+    assert "| Gate | Mode | Result | Details |" in output  # printed by the summary step
+    comments = [c for c in FakeGitHub.comments if "mlops:validation-report" in c["body"]]
+    assert len(comments) == 1
+    assert "| Metric | Candidate | Champion | Gain |" in comments[0]["body"]
