@@ -62,6 +62,10 @@ env-down: venv ## Stop the local staging environment
 traffic: venv ## 30 s of clean staging traffic through the gateway
 	$(MLOPS) traffic --env staging --rate 50 --concurrency 8 --duration 30
 
+.PHONY: workflows
+workflows: venv ## Run the PR and merge workflows locally with act (scratch clone, offline)
+	scripts/run-workflows.sh all
+
 .PHONY: lint
 lint: venv ## Run every pre-commit hook on all files
 	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure

@@ -63,6 +63,22 @@ def upsert_comment(
         "Accept": "application/vnd.github+json",
         "X-GitHub-Api-Version": "2022-11-28",
     }
+    try:
+        return _upsert(api_url, repository, pr_number, text, headers, timeout_s)
+    except httpx.TransportError as exc:
+        # GitHub out of reach (an outage, an offline local run): the summary has the report.
+        log.warning("not commenting: %s unreachable (%s)", api_url, exc)
+        return CommentResult(action=CommentAction.SKIPPED, reason=f"{api_url} unreachable: {exc}")
+
+
+def _upsert(
+    api_url: str,
+    repository: str,
+    pr_number: int,
+    text: str,
+    headers: dict[str, str],
+    timeout_s: float,
+) -> CommentResult:
     base = f"{api_url.rstrip('/')}/repos/{repository}"
     with httpx.Client(headers=headers, timeout=timeout_s) as client:
         existing = None

@@ -102,3 +102,10 @@ def test_no_token_skips_without_calling(github: str) -> None:
     result = post(github, "## report", token=None)
     assert result.action is CommentAction.SKIPPED
     assert len(FakeGitHub.comments) == 1
+
+
+def test_unreachable_api_degrades_to_summary() -> None:
+    """With GitHub out of reach (offline run, outage) the comment is skipped, nothing raises."""
+    result = post("http://127.0.0.1:9", "## report")  # port 9 (discard): connection refused
+    assert result.action is CommentAction.SKIPPED
+    assert "unreachable" in (result.reason or "")
