@@ -62,6 +62,10 @@ env-down: venv ## Stop the local staging environment
 traffic: venv ## 30 s of clean staging traffic through the gateway
 	$(MLOPS) traffic --env staging --rate 50 --concurrency 8 --duration 30
 
+.PHONY: rollback
+rollback: venv ## Roll back the canary of ENV (default staging) now, no analysis
+	$(MLOPS) rollback --env $(or $(ENV),staging)
+
 .PHONY: workflows
 workflows: venv ## Run the PR and merge workflows locally with act (scratch clone, offline)
 	scripts/run-workflows.sh all
