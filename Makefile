@@ -23,12 +23,18 @@ $(VENV)/.synced: pyproject.toml uv.lock
 venv: $(VENV)/.synced ## Create .venv from uv.lock (runs by itself when needed)
 
 .PHONY: demo
-demo: venv ## The main job: train and validate the example model, print where the results are
+demo: venv ## The main job: train → validate → package → canary rollout on local staging (in .mlops/demo)
+	$(VENV)/bin/python scripts/demo.py --env staging
+
+.PHONY: train-validate
+train-validate: venv ## Train and validate the configured model in place (.mlops/results, .mlops/reports)
 	$(MLOPS) config check --configs $(CONFIGS)
 	$(MLOPS) train --configs $(CONFIGS)
 	$(MLOPS) validate --configs $(CONFIGS)
-	@echo "Results: .mlops/results/ (JSON), .mlops/reports/ (markdown, HTML)," \
-	      "MLflow store: .mlops/mlflow/ (browse: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.mlops/mlflow/mlflow.db)"
+
+.PHONY: rollout
+rollout: venv ## Roll the packaged version out to local staging (fast local canary profile)
+	$(MLOPS) rollout --env staging --configs $(CONFIGS) --canary-config configs/variants/local-demo/canary.yaml
 
 .PHONY: test
 test: venv ## Run every test tier (unit, integration, e2e); MARKERS=unit narrows it

@@ -677,8 +677,13 @@ def rollout_command(
         float, typer.Option(min=0.5, help="Seconds between looks of the judge.")
     ] = 5.0,
     max_duration: Annotated[
-        float, typer.Option(min=1.0, help="Roll back ('timed out') after this many seconds.")
-    ] = 900.0,
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Roll back ('timed out') after this many seconds "
+            "[twice the profile's step durations + 300, at least 900].",
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Result JSON [.mlops/results/rollout-<env>.json]")
     ] = None,
@@ -698,6 +703,8 @@ def rollout_command(
         canary = load_canary_config(canary_config or configs / "canary.yaml", config.validate_)
         package = read_result(package_result or state.results / "package.json", PackageResult)
         wanted = version or int(package.model_version)
+        if max_duration is None:
+            max_duration = max(900.0, 2 * sum(s.min_duration_s for s in canary.steps) + 300)
         options = None
         if traffic != "none":
             try:

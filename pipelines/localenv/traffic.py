@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -227,6 +228,8 @@ async def _run(
     version_urls: dict[str, str],
     outcomes_file: Path,
     on_progress: Callable[[int], None] | None,
+    on_outcome: Callable[[RequestOutcome], None] | None = None,
+    stop_event: threading.Event | None = None,
 ) -> tuple[list[RequestOutcome], int, int, float]:
     limits = httpx.Limits(
         max_connections=options.concurrency, max_keepalive_connections=options.concurrency
@@ -281,6 +284,8 @@ async def _run(
             )
             outcomes.append(outcome)
             sink.write(orjson.dumps(outcome.model_dump()) + b"\n")
+            if on_outcome is not None:
+                on_outcome(outcome)
             if (
                 request_id
                 and version
@@ -330,7 +335,7 @@ async def _run(
         try:
             for seq in range(total):
                 scheduled = started + seq / options.rate
-                if scheduled >= deadline:
+                if scheduled >= deadline or (stop_event is not None and stop_event.is_set()):
                     break
                 delay = scheduled - time.time()
                 if delay > 0:
@@ -365,6 +370,8 @@ def replay(
     outcomes_file: Path,
     fault: dict[str, Any] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_outcome: Callable[[RequestOutcome], None] | None = None,
+    stop_event: threading.Event | None = None,
 ) -> TrafficResult:
     """Send the traffic and summarize it (the environment must already be up).
 
@@ -377,6 +384,8 @@ def replay(
         outcomes_file: One JSON line per request is written here.
         fault: The fault put in front of the canary, reported as is.
         on_progress: Called with the sequence number every 100 requests.
+        on_outcome: Called with every request's outcome as it completes (from the event loop).
+        stop_event: Set from another thread to stop sending early (in-flight requests finish).
 
     Raises:
         ValueError: The gateway is not on loopback, or there are no rows.
@@ -386,7 +395,16 @@ def replay(
         check_loopback(url)
     source = RowSource(rows, labels, options)
     outcomes, labels_sent, labels_failed, elapsed = asyncio.run(
-        _run(gateway_url, source, options, version_urls, outcomes_file, on_progress)
+        _run(
+            gateway_url,
+            source,
+            options,
+            version_urls,
+            outcomes_file,
+            on_progress,
+            on_outcome,
+            stop_event,
+        )
     )
     failed = [o for o in outcomes if o.failed]
     return TrafficResult(
