@@ -105,3 +105,96 @@ def test_pull_request_workflow_end_to_end(tmp_path: Path, github: str) -> None:
     comments = [c for c in FakeGitHub.comments if "mlops:validation-report" in c["body"]]
     assert len(comments) == 1
     assert "| Metric | Candidate | Champion | Gain |" in comments[0]["body"]
+
+
+def push_run(repo: Path, tmp_path: Path) -> tuple[int, str]:
+    """Push the clone's main to its bare remote and run the merge workflow on that commit."""
+    git(repo, "push", "-q", "origin", "HEAD:main")
+    event = tmp_path / "push.json"
+    event.write_text(
+        json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/models"}})
+    )
+    done = subprocess.run(
+        [
+            str(ACT),
+            "push",
+            "-e",
+            str(event),
+            "-W",
+            ".github/workflows/main.yml",
+            "--env-file",
+            "/dev/null",
+            "--var",
+            "MLOPS_BUILD_IMAGE=false",
+            "--var",
+            "MLOPS_AUTO_PRODUCTION=false",
+            "--env",
+            f"MLOPS_ACT_ARTIFACTS={tmp_path / 'artifacts'}",
+            "--env",
+            f"MLOPS_ACT_CACHE={tmp_path / 'cache'}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
+    )
+    output = done.stdout + done.stderr
+    runs = len(list(tmp_path.glob("act-push-*.log")))
+    (tmp_path / f"act-push-{runs + 1}.log").write_text(output)
+    # The bot pushed to the remote: the next merge starts from there, as on GitHub.
+    git(repo, "pull", "-q", "--rebase", "origin", "main")
+    return done.returncode, output
+
+
+def set_c(repo: Path, value: str, message: str) -> None:
+    """Commit a new regularisation strength for the classifier, as a pull request would."""
+    train_yaml = repo / "configs" / "train.yaml"
+    text = re.sub(r"(?m)^  C: .*$", f"  C: {value}", train_yaml.read_text())
+    train_yaml.write_text(text)
+    git(repo, "commit", "-qam", message)
+
+
+def test_merge_workflow_promotes_then_refuses_a_bad_candidate(tmp_path: Path) -> None:
+    """A good merge ends in a promote commit on the remote; a crippled one is refused, on record.
+
+    Each merge runs train → validate → package → canary on the runner's local staging.
+    """
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(repo)], check=True)
+    git(repo, "checkout", "-q", "-B", "main")
+    git(repo, "remote", "set-url", "origin", str(remote))
+
+    # First merge: nothing is deployed yet, so v1 becomes staging's stable release.
+    code, output = push_run(repo, tmp_path)
+    assert code == 0, output[-6000:]
+    assert_jobs_succeeded(output, "main", ["train", "validate", "package", "rollout-staging"])
+    assert "initial release breast-cancer-classifier v1" in git(
+        remote, "log", "-1", "--format=%s", "main"
+    )
+
+    # Second merge: a different, good candidate goes through the canary and is promoted.
+    set_c(repo, "1.0", "train: candidate with C=1")
+    code, output = push_run(repo, tmp_path)
+    assert code == 0, output[-6000:]
+    assert_jobs_succeeded(output, "main", ["train", "validate", "package", "rollout-staging"])
+    subject = git(remote, "log", "-1", "--format=%s", "main")
+    assert subject.startswith("deploy(staging): promote breast-cancer-classifier v2"), subject
+    body = git(remote, "log", "-1", "--format=%B", "main")
+    assert "Action: promote" in body and "Evidence: deploy/evidence/staging/" in body
+    rollout_md = sorted(tmp_path.rglob("rollout-staging.md"))
+    assert rollout_md and "promote" in rollout_md[-1].read_text().lower()
+    assert "| Gate | Mode | Result | Details |" in output
+
+    # Third merge: a crippled candidate is refused by validation, on record in git.
+    set_c(repo, "0.0005", "train: over-regularised candidate")
+    code, output = push_run(repo, tmp_path)
+    assert code != 0  # the validate job fails: the run is red
+    assert_jobs_succeeded(output, "main", ["train", "record-refusal"])
+    assert "❌ **FAILED**" in output  # the decision printed into the validate job's summary
+    subject = git(remote, "log", "-1", "--format=%s", "main")
+    assert subject.startswith("deploy(staging): refuse breast-cancer-classifier v3"), subject
+    body = git(remote, "log", "-1", "--format=%B", "main")
+    assert "Action: refuse" in body and "- holdout:" in body
