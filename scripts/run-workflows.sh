@@ -28,7 +28,7 @@ if [ "$which_event" = "pull_request" ] || [ "$which_event" = "all" ]; then
 fi
 if [ "$which_event" = "push" ] || [ "$which_event" = "all" ]; then
   "$act" push -e .github/act-events/push.json -W .github/workflows/main.yml --env-file /dev/null \
-    --var MLOPS_BUILD_IMAGE=false --var MLOPS_AUTO_PRODUCTION=false \
+    --var MLOPS_BUILD_IMAGE=false --var MLOPS_AUTO_PRODUCTION=false --var MLOPS_STATE_DIR="$work/state" \
     --env MLOPS_ACT_ARTIFACTS="$MLOPS_ACT_ARTIFACTS"
   echo "The merge run's commits are in $work/remote.git:"
   git -C "$work/remote.git" log --oneline -5 main

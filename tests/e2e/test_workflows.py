@@ -128,6 +128,8 @@ def push_run(repo: Path, tmp_path: Path) -> tuple[int, str]:
             "MLOPS_BUILD_IMAGE=false",
             "--var",
             "MLOPS_AUTO_PRODUCTION=false",
+            "--var",
+            f"MLOPS_STATE_DIR={tmp_path / 'state'}",
             "--env",
             f"MLOPS_ACT_ARTIFACTS={tmp_path / 'artifacts'}",
             "--env",
