@@ -74,6 +74,15 @@ class GatewayPolicy(BaseModel):
     try_duration: str = "10s"
     try_interval: str = "50ms"
     dial_timeout: str = "1s"
+    request_buffers: int = Field(
+        # The service's largest accepted body (configs/serve.yaml api.max_body_bytes is 4 MB):
+        # every valid request can be replayed on a retry.
+        default=4 << 20,
+        ge=0,
+        description="Bytes of a request body Caddy buffers so a retry can resend it (a body "
+        "streamed to an upstream that dies cannot be replayed: 502, and the retried upstream "
+        "is marked failed). 0 streams bodies.",
+    )
     sticky_header: str | None = Field(
         default=None, description="Hash this request header to pick the version (same user)."
     )
@@ -170,6 +179,7 @@ def proxy_handler(upstreams: Sequence[Upstream], policy: GatewayPolicy) -> dict[
         "load_balancing": _load_balancing(policy, selection_policy(members, policy.sticky_header)),
         "health_checks": _health(policy),
         "transport": {"protocol": "http", "dial_timeout": policy.dial_timeout},
+        **({"request_buffers": policy.request_buffers} if policy.request_buffers else {}),
         "headers": {
             "response": {
                 "set": {
@@ -254,6 +264,7 @@ def servers(spec: GatewaySpec) -> dict[str, Any]:
         "load_balancing": _load_balancing(spec.policy, {"policy": "first"}),
         "health_checks": _health(spec.policy),
         "transport": {"protocol": "http", "dial_timeout": spec.policy.dial_timeout},
+        **({"request_buffers": spec.policy.request_buffers} if spec.policy.request_buffers else {}),
     }
     return {
         "gateway": _server(listen, [{"handle": [front]}]),
