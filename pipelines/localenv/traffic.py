@@ -99,6 +99,9 @@ class RequestOutcome(BaseModel):
     row: int
     corrupted: bool = False
     error: str | None = None
+    resent: bool = Field(
+        default=False, description="Sent again once after the gateway closed a kept-alive link."
+    )
 
     @property
     def failed(self) -> bool:
@@ -246,6 +249,12 @@ async def _run(
 
     async with (
         httpx.AsyncClient(base_url=gateway_url, limits=limits, timeout=timeout) as client,
+        # Resends go on a fresh connection: a reload closes every idle one in the pool at once.
+        httpx.AsyncClient(
+            base_url=gateway_url,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            timeout=timeout,
+        ) as fresh_client,
         httpx.AsyncClient(timeout=timeout) as label_client,
     ):
 
@@ -254,12 +263,25 @@ async def _run(
             user = f"user-{seq % options.users}"
             headers = {options.sticky_header: user} if options.sticky_header else {}
             status = request_id = version = upstream = error = None
+            body = orjson.dumps({"records": records})
+            resent = False
             try:
-                response = await client.post(
-                    "/predict",
-                    content=orjson.dumps({"records": records}),
-                    headers={"content-type": "application/json", **headers},
-                )
+                try:
+                    response = await client.post(
+                        "/predict",
+                        content=body,
+                        headers={"content-type": "application/json", **headers},
+                    )
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # The gateway closed a kept-alive connection (a config reload) as we reused
+                    # it: no answer came. Like Go's client and browsers, resend once on a new
+                    # connection; scoring has no side effect beyond a second log line.
+                    resent = True
+                    response = await fresh_client.post(
+                        "/predict",
+                        content=body,
+                        headers={"content-type": "application/json", **headers},
+                    )
                 status = response.status_code
                 version = response.headers.get(VERSION_HEADER)
                 upstream = response.headers.get(UPSTREAM_HEADER)
@@ -281,6 +303,7 @@ async def _run(
                 row=indices[0],
                 corrupted=corrupted,
                 error=error,
+                resent=resent,
             )
             outcomes.append(outcome)
             sink.write(orjson.dumps(outcome.model_dump()) + b"\n")
