@@ -125,6 +125,14 @@ def train(
         config, state = load(configs)
         result = step.run(config, state)
     path = write_json(output or state.results / "train.json", result)
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.metrics["holdout"].items())
+    publish_summary(
+        f"## Trained `{result.model_name}` v{result.model_version}\n\n"
+        f"Commit `{result.git_commit[:12]}` · config `{result.config_hash[:12]}` · data "
+        f"`{result.data_hash[:12]}` · run `{result.run_id}`\n\n"
+        f"| holdout metric | value |\n|---|---|\n{rows}\n",
+        None,
+    )
     console.print(
         f"[green]registered[/] {result.model_uri} (run {result.run_id}); holdout "
         + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics["holdout"].items())
@@ -194,6 +202,11 @@ def package(
         except step.PackageError as exc:
             raise ConfigError(str(exc)) from None
     path = write_json(output or state.results / "package.json", result)
+    publish_summary(
+        f"## Packaged `{result.model_name}` v{result.model_version}\n\n"
+        f"Bento `{result.bento_tag}` · artifact sha256 `{result.artifact_sha256}`\n",
+        None,
+    )
     console.print(
         f"[green]packaged[/] {result.model_name} v{result.model_version} "
         f"({result.resolved_from}) as Bento {result.bento_tag}\nresult: {path}",

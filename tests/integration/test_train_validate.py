@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -31,7 +32,7 @@ def edit(path: Path, change) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def mlops(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+def mlops(project: Project, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess against the project's configs."""
     return subprocess.run(
         [*MLOPS, *args, "--configs", str(project.configs)],
@@ -39,13 +40,17 @@ def mlops(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=project.root,
         timeout=600,
+        env={**os.environ, **env},
     )
 
 
 def test_train_then_validate_sets_challenger(project: Project) -> None:
     """Through the CLI: train registers v1 with provenance; validate passes it and sets `challenger`."""
-    trained = mlops(project, "train")
+    summary = project.root.parent / "step-summary.md"
+    trained = mlops(project, "train", GITHUB_STEP_SUMMARY=str(summary))
     assert trained.returncode == 0, trained.stderr
+    assert "## Trained `breast-cancer-classifier` v1" in summary.read_text()
+    assert "| roc_auc |" in summary.read_text()
     result = json.loads((project.state.results / "train.json").read_text())
     assert result["model_version"] == "1"
     assert result["git_commit"] == git(project.root, "rev-parse", "HEAD")
