@@ -707,6 +707,20 @@ def run(
         return result(Outcome.ROLLED_BACK, reason, decided_by=["canary_down"])
     tell(f"v{version} at {weight:g} % (step {step + 1}/{len(steps)})", step, weight)
 
+    def roll_back(why: str, evidence: Verdict | None) -> None:
+        """Commit the rollback of this version (the reconcile after the loop stops it)."""
+        ctx.record(
+            deploy.rollback(
+                config,
+                state,
+                env,
+                reason=why,
+                version=version,
+                evidence=evidence,
+                identity=identity,
+            )
+        )
+
     observer = _Observer(status, stable, canary)
     driver: _TrafficDriver | None = None
     fault_on = False
@@ -742,17 +756,7 @@ def run(
                     f"timed out after {max_duration_s:g} s at step {step + 1} "
                     f"({weight:g} %) without a decision: {last_reasons}"
                 )
-                ctx.record(
-                    deploy.rollback(
-                        config,
-                        state,
-                        env,
-                        reason=reason,
-                        version=version,
-                        evidence=last,
-                        identity=identity,
-                    )
-                )
+                roll_back(reason, last)
                 break
             time.sleep(min(check_interval_s, remaining))
             now = time.monotonic()
@@ -764,17 +768,7 @@ def run(
             if down is not None:
                 outcome, decided_by = Outcome.ROLLED_BACK, ["canary_down"]
                 reason = f"{down}: rolled back instead of restarting it"
-                ctx.record(
-                    deploy.rollback(
-                        config,
-                        state,
-                        env,
-                        reason=reason,
-                        version=version,
-                        evidence=last,
-                        identity=identity,
-                    )
-                )
+                roll_back(reason, last)
                 break
             windows = observer.observations(with_gateway=driver is not None)
             verdict = judge(canary_config, step, windows)
@@ -814,17 +808,7 @@ def run(
                 decided_by = [
                     s.name for s in verdict.signals if s.blocking and s.name != "input_drift"
                 ]
-                ctx.record(
-                    deploy.rollback(
-                        config,
-                        state,
-                        env,
-                        reason=reason,
-                        version=version,
-                        evidence=verdict,
-                        identity=identity,
-                    )
-                )
+                roll_back(reason, verdict)
         if outcome is Outcome.ROLLED_BACK:
             fault_on = False
             ctx.reconcile()  # canary weight 0, drained, stopped
