@@ -506,14 +506,11 @@ def print_env_status(status: BaseModel) -> None:
 
 
 @env_app.command("up")
-def env_up(
-    env: LocalEnvOption,
-    configs: ConfigsOption = Path("configs"),
-    sticky_header: Annotated[
-        str | None, typer.Option(help="Route each value of this header to one version.")
-    ] = None,
-) -> None:
-    """Reconcile: start missing servers, set the split in the gateway, retire old versions."""
+def env_up(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> None:
+    """Reconcile: start missing servers, set the split in the gateway, retire old versions.
+
+    Sticky routing follows the sticky_header field of deploy/<env>.yaml, as the weights do.
+    """
     from pipelines.deploy_state import load_state
     from pipelines.localenv import reconcile
     from pipelines.localenv.desired import desired_from_state
@@ -521,7 +518,7 @@ def env_up(
     with bad_input_exits():
         config, state = load(configs)
         desired = desired_from_state(
-            load_state(config.root, env, config.train.registered_model_name), sticky_header
+            load_state(config.root, env, config.train.registered_model_name)
         )
         bentoml_home = Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")
         try:

@@ -18,7 +18,17 @@ from enum import StrEnum
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from pipelines.canary_config import Strategy
 from pipelines.config import ConfigError, format_validation_error, read_yaml
@@ -27,6 +37,8 @@ from pipelines.state import write_atomic
 DEPLOY_DIR = Path("deploy")
 ENV_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 SHA256 = r"^[0-9a-f]{64}$"
+# An HTTP field name (RFC 9110 token).
+HTTP_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 
 
 class _Model(BaseModel):
@@ -83,11 +95,25 @@ class Rollout(_Model):
     strategy: Strategy = Strategy.CANARY
     step: int = Field(ge=0, le=100, description="Index into the canary config's steps.")
     weight: float = Field(
-        ge=0.0, lt=100.0, description="Percent of live traffic the canary answers; 100 promotes."
+        ge=0.0,
+        le=100.0,
+        description="Percent of live traffic the canary answers; 100 only for a blue-green "
+        "candidate after the switch (blue on standby); otherwise 100 is the promotion.",
     )
     status: RolloutStatus = RolloutStatus.PROGRESSING
     started_at: datetime
     updated_at: datetime
+
+    @field_validator("weight")
+    @classmethod
+    def _full_weight_is_a_switch(cls, weight: float, info: ValidationInfo) -> float:
+        strategy = info.data.get("strategy", Strategy.CANARY)
+        if weight == 100 and strategy is not Strategy.BLUE_GREEN:
+            raise ValueError(
+                f"weight 100 is only a blue-green switch; a {strategy} rollout at 100 % is a "
+                "promotion (the release becomes 'stable')"
+            )
+        return weight
 
     @field_serializer("weight")
     def _plain_weight(self, weight: float) -> float | int:
@@ -99,8 +125,31 @@ class EnvState(_Model):
 
     environment: str = Field(pattern=ENV_NAME)
     model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Registered name.")
+    sticky_header: str | None = Field(
+        default=None,
+        description="Request header whose value pins a user to one version, in proportion to "
+        "the weights (e.g. X-User-Id); absent: every request is split on its own.",
+    )
     stable: StableRelease | None = None
     rollout: Rollout | None = None
+
+    @field_validator("sticky_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(HTTP_HEADER_NAME, value):
+            raise ValueError(
+                "expected an HTTP header name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~ "
+                "(e.g. X-User-Id)"
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_sticky_header(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Files written before the field existed stay byte-identical when rewritten.
+        data = handler(self)
+        if data.get("sticky_header") is None:
+            data.pop("sticky_header", None)
+        return data
 
     @property
     def canary_weight(self) -> float:
@@ -177,6 +226,8 @@ def _header(env: str) -> str:
         "# reconciler and the gateway follow it. Schema: pipelines/deploy_state.py (EnvState).\n"
         "# stable: the release that answers (100 - rollout.weight) % of live traffic.\n"
         "# rollout: the canary during a rollout, else null.\n"
+        "# sticky_header (optional): a request header, e.g. X-User-Id, whose value keeps a user\n"
+        "# on one version; the users split like the traffic.\n"
     )
 
 

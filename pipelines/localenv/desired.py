@@ -13,7 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.canary_config import Strategy
-from pipelines.deploy_state import EnvState
+from pipelines.deploy_state import HTTP_HEADER_NAME, EnvState
 
 # Caddy weights are integers: percentages are kept to two decimals (basis points).
 WEIGHT_SCALE = 100
@@ -52,7 +52,10 @@ class DesiredEnv(BaseModel):
     releases: tuple[LiveRelease, ...] = ()
     strategy: Strategy = Strategy.CANARY
     sticky_header: str | None = Field(
-        default=None, description="Route each value of this request header to one version."
+        default=None,
+        pattern=HTTP_HEADER_NAME,
+        description="Route each value of this request header to one version, the values "
+        "split like the traffic.",
     )
 
     @model_validator(mode="after")
@@ -87,8 +90,8 @@ class DesiredEnv(BaseModel):
         return None
 
 
-def desired_from_state(state: EnvState, sticky_header: str | None = None) -> DesiredEnv:
-    """The live releases of a deploy state.
+def desired_from_state(state: EnvState) -> DesiredEnv:
+    """The live releases of a deploy state, and its sticky header.
 
     A shadow candidate answers no client request whatever its recorded weight; a blue-green
     candidate at weight 0 is started and checked beside stable and sees mirrored traffic.
@@ -124,5 +127,5 @@ def desired_from_state(state: EnvState, sticky_header: str | None = None) -> Des
         environment=state.environment,
         releases=tuple(releases),
         strategy=rollout.strategy if rollout else Strategy.CANARY,
-        sticky_header=sticky_header,
+        sticky_header=state.sticky_header,
     )

@@ -4,20 +4,27 @@ Clients call one URL for the whole life of a rollout. Behind it one ``reverse_pr
 (``@id`` :data:`PROXY_ID`) holds every live version as an upstream:
 
 * **split**: ``weighted_round_robin`` with the weights of the desired state (0 = no traffic);
-  with a sticky header, the ``header`` policy hashes that header over the versions that have
-  traffic (rendezvous hashing: a user keeps their version while the set of versions is
-  unchanged) and requests without the header fall back to the weighted split;
+* **sticky** (with a sticky header): a request carrying the header goes to one of
+  :data:`STICKY_BUCKETS` loopback listeners of a second server in the same Caddy, chosen by
+  Caddy's ``header`` policy (rendezvous hashing of the value over the listeners' addresses,
+  which are kept across reloads, so a value always lands in the same bucket). Each bucket
+  proxies to one version: the versions with traffic own consecutive runs of buckets in version
+  order, each run as long as its share of the weights, so a canary at 10 % owns 10 buckets
+  and about 10 % of the users, and the buckets it owns at 10 % are still its own at 25 %.
+  Requests without the header take the weighted split;
 * **health**: active checks of ``/readyz`` every second, and passive checks (one failed
-  connection takes an upstream out for a while);
+  connection takes an upstream out for a while); a bucket falls back to the other versions
+  when its own is down;
 * **retries**: a request whose connection fails is always retried on another upstream;
   ``POST /predict`` is also retried when the upstream dies mid-request (scoring is a pure
   function, so repeating it is safe), ``POST /labels`` is not (it appends);
 * **attribution**: every response carries ``X-Model-Version`` (mapped from the upstream that
-  answered) and ``X-Upstream``.
+  answered) and ``X-Upstream``; a sticky one also ``X-Sticky-Bucket``.
 
-A weight change PATCHes only the selection policy; a change of upstreams PATCHes the handler
-in one request so weights and upstreams never disagree. Caddy applies each change as a
-graceful reload in the same process: listeners stay open and in-flight requests finish.
+A weight change PATCHes only the selection policy (with a sticky header, the servers, so the
+buckets change owners in the same request); a change of upstreams PATCHes the servers in one
+request so weights and upstreams never disagree. Caddy applies each change as a graceful
+reload in the same process: listeners stay open and in-flight requests finish.
 """
 
 from __future__ import annotations
@@ -27,14 +34,16 @@ import json
 import logging
 import math
 import os
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.deploy_state import HTTP_HEADER_NAME
 from pipelines.localenv import procs
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,10 @@ log = logging.getLogger(__name__)
 PROXY_ID = "models"
 VERSION_HEADER = "X-Model-Version"
 UPSTREAM_HEADER = "X-Upstream"
+BUCKET_HEADER = "X-Sticky-Bucket"
+# Sticky users are spread over this many buckets: a version's share moves in steps of 1 %.
+STICKY_BUCKETS = 100
+STICKY_SERVER = "sticky"
 # Endpoints whose POST may be repeated on another upstream after a mid-request failure.
 IDEMPOTENT_POSTS = ("/predict",)
 
@@ -84,7 +97,9 @@ class GatewayPolicy(BaseModel):
         "is marked failed). 0 streams bodies.",
     )
     sticky_header: str | None = Field(
-        default=None, description="Hash this request header to pick the version (same user)."
+        default=None,
+        pattern=HTTP_HEADER_NAME,
+        description="Hash this request header to pick the version (same user).",
     )
 
 
@@ -118,24 +133,82 @@ def caddy_weights(upstreams: Sequence[Upstream]) -> list[int]:
     return [w // divisor for w in weights]
 
 
-def selection_policy(upstreams: Sequence[Upstream], sticky_header: str | None) -> dict[str, Any]:
-    """The Caddy selection policy for the pool as :func:`proxy_handler` orders it."""
-    weighted = {"policy": "weighted_round_robin", "weights": caddy_weights(upstreams)}
-    if sticky_header is None:
-        return weighted
-    return {"policy": "header", "field": sticky_header, "fallback": weighted}
+def selection_policy(upstreams: Sequence[Upstream]) -> dict[str, Any]:
+    """The weighted split for the pool as :func:`proxy_handler` orders it."""
+    return {"policy": "weighted_round_robin", "weights": caddy_weights(upstreams)}
 
 
-def pool(upstreams: Sequence[Upstream], sticky_header: str | None) -> list[Upstream]:
-    """The upstreams Caddy gets: with a sticky header, only those with traffic.
+def pool(upstreams: Sequence[Upstream]) -> list[Upstream]:
+    """The upstreams of the weighted split, in a stable order (weight 0 ones stay to drain)."""
+    return sorted(upstreams, key=lambda u: u.dial)
 
-    Header hashing ignores weights, so an upstream at weight 0 (draining, or a shadow) must
-    leave the pool to get no sticky users.
+
+def _version_order(upstream: Upstream) -> tuple[int, str]:
+    version = upstream.version
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def bucket_owners(upstreams: Sequence[Upstream], buckets: int = STICKY_BUCKETS) -> list[Upstream]:
+    """The upstream each sticky bucket proxies to, bucket 0 first.
+
+    The versions with traffic own consecutive runs of buckets in version order, each run as
+    long as the version's share of the weights (rounded on the running total, so the runs add
+    up to ``buckets``). The order never depends on the weights: when one of two versions
+    grows it only takes buckets over from the other, so a user whose bucket was the canary's
+    at 10 % still finds it the canary's at 25 %.
+
+    Raises:
+        GatewayError: No upstream has traffic, or there are no buckets.
     """
-    ordered = sorted(upstreams, key=lambda u: u.dial)
-    if sticky_header is not None:
-        return [u for u in ordered if u.weight > 0]
-    return ordered
+    live = sorted((u for u in upstreams if u.weight > 0), key=_version_order)
+    total = sum(u.weight for u in live)
+    if not total or buckets < 1:
+        raise GatewayError("sticky routing needs buckets and an upstream with a weight > 0")
+    owners: list[Upstream] = []
+    running = 0
+    for upstream in live:
+        running += upstream.weight
+        end = (2 * buckets * running + total) // (2 * total)  # round half up
+        owners.extend([upstream] * (end - len(owners)))
+    return owners
+
+
+def reserve_ports(
+    count: int, keep: Sequence[int] = (), *, exclude: Collection[int] = ()
+) -> tuple[int, ...]:
+    """``count`` distinct loopback ports nobody listens on now.
+
+    The free ports of ``keep`` stay at their positions (a sticky bucket keeps its address, so
+    its users keep their bucket); taken or missing ones are replaced by fresh free ports.
+    """
+    held: list[socket.socket] = []
+
+    def hold(port: int) -> int | None:
+        sock = socket.socket()
+        # As Go listeners do, so a port with connections in TIME_WAIT still counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            if port == 0:
+                raise  # no free port at all
+            return None
+        held.append(sock)  # held until all are chosen, so none is picked twice
+        bound = int(sock.getsockname()[1])
+        return None if bound in exclude else bound
+
+    try:
+        kept = [hold(port) for port in keep[:count]]
+        chosen: list[int] = []
+        for port in kept + [None] * (count - len(kept)):
+            while port is None:
+                port = hold(0)
+            chosen.append(port)
+        return tuple(chosen)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _health(policy: GatewayPolicy) -> dict[str, Any]:
@@ -163,31 +236,52 @@ def _load_balancing(policy: GatewayPolicy, selection: dict[str, Any]) -> dict[st
     }
 
 
+def _proxy(
+    dials: Sequence[str],
+    policy: GatewayPolicy,
+    selection: dict[str, Any],
+    *,
+    active_health: bool = True,
+    response_headers: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    health = _health(policy)
+    handler: dict[str, Any] = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": dial} for dial in dials],
+        "load_balancing": _load_balancing(policy, selection),
+        "health_checks": health if active_health else {"passive": health["passive"]},
+        "transport": {"protocol": "http", "dial_timeout": policy.dial_timeout},
+    }
+    if policy.request_buffers:
+        handler["request_buffers"] = policy.request_buffers
+    if response_headers:
+        handler["headers"] = {"response": {"set": response_headers}}
+    return handler
+
+
+_ATTRIBUTION = {
+    VERSION_HEADER: ["{mlops.model_version}"],
+    UPSTREAM_HEADER: ["{http.reverse_proxy.upstream.hostport}"],
+}
+
+
 def proxy_handler(upstreams: Sequence[Upstream], policy: GatewayPolicy) -> dict[str, Any]:
-    """The ``reverse_proxy`` handler JSON for these upstreams (pure; compared for idempotence).
+    """The weighted split's ``reverse_proxy`` handler JSON (pure; compared for idempotence).
 
     Raises:
         GatewayError: No upstream has a weight above 0.
     """
-    members = pool(upstreams, policy.sticky_header)
+    members = pool(upstreams)
     if not any(u.weight > 0 for u in members):
         raise GatewayError("no upstream has traffic: at least one version needs a weight > 0")
     return {
         "@id": PROXY_ID,
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": u.dial} for u in members],
-        "load_balancing": _load_balancing(policy, selection_policy(members, policy.sticky_header)),
-        "health_checks": _health(policy),
-        "transport": {"protocol": "http", "dial_timeout": policy.dial_timeout},
-        **({"request_buffers": policy.request_buffers} if policy.request_buffers else {}),
-        "headers": {
-            "response": {
-                "set": {
-                    VERSION_HEADER: ["{mlops.model_version}"],
-                    UPSTREAM_HEADER: ["{http.reverse_proxy.upstream.hostport}"],
-                }
-            }
-        },
+        **_proxy(
+            [u.dial for u in members],
+            policy,
+            selection_policy(members),
+            response_headers=_ATTRIBUTION,
+        ),
     }
 
 
@@ -220,8 +314,8 @@ def _no_release() -> list[dict[str, Any]]:
     ]
 
 
-def _server(listen: str, route_list: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"listen": [listen], "automatic_https": {"disable": True}, "routes": route_list}
+def _server(listen: list[str], route_list: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"listen": listen, "automatic_https": {"disable": True}, "routes": route_list}
 
 
 class GatewaySpec(BaseModel):
@@ -239,6 +333,86 @@ class GatewaySpec(BaseModel):
     primary_port: int | None = Field(
         default=None, description="Internal listener with the split, behind the mirror."
     )
+    bucket_ports: tuple[int, ...] = Field(
+        default=(),
+        description="Loopback listeners of the sticky buckets, bucket 0 first. Keep them across "
+        "reloads: a user's bucket is a hash of the header value and these addresses.",
+    )
+
+
+def _loopback(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def _sticky_front(spec: GatewaySpec, header: str) -> dict[str, Any]:
+    """Hash the header over the buckets; a request with an empty value is spread evenly.
+
+    The buckets are listeners of this Caddy, so no active checks: a passive one is enough to
+    move a request on if a bucket ever refused a connection.
+    """
+    return _proxy(
+        [_loopback(p) for p in spec.bucket_ports],
+        spec.policy,
+        {"policy": "header", "field": header, "fallback": {"policy": "round_robin"}},
+        active_health=False,
+    )
+
+
+def _bucket_server(spec: GatewaySpec) -> dict[str, Any]:
+    """One listener per bucket; one route per version owning buckets, matched by local port.
+
+    A bucket's proxy lists its owner first and the other versions with traffic after it
+    (policy ``first``): when the owner is down its users are answered by another version.
+    """
+    owners = bucket_owners(spec.upstreams, len(spec.bucket_ports))
+    live = sorted((u for u in spec.upstreams if u.weight > 0), key=_version_order)
+    bucket_of = {
+        "handler": "map",
+        "source": "{http.request.local.port}",
+        "destinations": ["{mlops.sticky_bucket}"],
+        "defaults": ["unknown"],
+        "mappings": [
+            {"input": str(port), "outputs": [str(index)]}
+            for index, port in enumerate(spec.bucket_ports)
+        ],
+    }
+    routes = []
+    for owner in live:
+        ports = [str(p) for p, o in zip(spec.bucket_ports, owners, strict=True) if o is owner]
+        if not ports:
+            continue
+        fallbacks = [u.dial for u in live if u is not owner]
+        proxy = _proxy(
+            [owner.dial, *fallbacks],
+            spec.policy,
+            {"policy": "first"},
+            response_headers={**_ATTRIBUTION, BUCKET_HEADER: ["{mlops.sticky_bucket}"]},
+        )
+        routes.append(
+            {
+                "match": [{"vars": {"{http.request.local.port}": ports}}],
+                "handle": [version_map(spec.upstreams), bucket_of, proxy],
+            }
+        )
+    # Unreachable while every bucket has an owner; never answer 200 with an empty body.
+    routes.append(
+        {"handle": [{"handler": "static_response", "status_code": 503, "body": "no bucket"}]}
+    )
+    return _server([_loopback(p) for p in spec.bucket_ports], routes)
+
+
+def _split_routes(spec: GatewaySpec) -> list[dict[str, Any]]:
+    weighted = {"handle": [version_map(spec.upstreams), proxy_handler(spec.upstreams, spec.policy)]}
+    header = spec.policy.sticky_header
+    if header is None:
+        return [weighted]
+    ports = spec.bucket_ports
+    if not ports or len(set(ports)) != len(ports) or {spec.port, spec.primary_port} & set(ports):
+        raise GatewayError(
+            f"sticky routing needs distinct bucket ports, none of them the gateway's: {ports}"
+        )
+    sticky = {"match": [{"header": {header: ["*"]}}], "handle": [_sticky_front(spec, header)]}
+    return [sticky, weighted]
 
 
 def servers(spec: GatewaySpec) -> dict[str, Any]:
@@ -247,28 +421,36 @@ def servers(spec: GatewaySpec) -> dict[str, Any]:
     Without a mirror, the client port runs the version map and the split. With one, the
     client port proxies to the mirror sidecar (policy ``first``; if the sidecar is down the
     internal split listener is the next upstream, so mirroring fails open) and the sidecar
-    forwards to the split on ``primary_port`` while copying requests to the candidate.
+    forwards to the split on ``primary_port`` while copying requests to the candidate. With a
+    sticky header, the split first sends requests carrying it to the bucket server.
     """
-    listen = f"127.0.0.1:{spec.port}"
+    listen = _loopback(spec.port)
     if not spec.upstreams:
-        return {"gateway": _server(listen, _no_release())}
-    split = [{"handle": [version_map(spec.upstreams), proxy_handler(spec.upstreams, spec.policy)]}]
+        return {"gateway": _server([listen], _no_release())}
+    split = _split_routes(spec)
+    bucket = {STICKY_SERVER: _bucket_server(spec)} if spec.policy.sticky_header else {}
     if spec.mirror_dial is None:
-        return {"gateway": _server(listen, split)}
+        # A mirror being removed: its requests in flight still reach the split through the
+        # internal listener, which now hands them to the client port.
+        primary = (
+            {
+                "primary": _server(
+                    [_loopback(spec.primary_port)],
+                    [{"handle": [_proxy([listen], spec.policy, {"policy": "first"})]}],
+                )
+            }
+            if spec.primary_port is not None
+            else {}
+        )
+        return {"gateway": _server([listen], split), **primary, **bucket}
     if spec.primary_port is None:
         raise GatewayError("a mirror needs the internal primary port")
-    primary = f"127.0.0.1:{spec.primary_port}"
-    front = {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": spec.mirror_dial}, {"dial": primary}],
-        "load_balancing": _load_balancing(spec.policy, {"policy": "first"}),
-        "health_checks": _health(spec.policy),
-        "transport": {"protocol": "http", "dial_timeout": spec.policy.dial_timeout},
-        **({"request_buffers": spec.policy.request_buffers} if spec.policy.request_buffers else {}),
-    }
+    primary = _loopback(spec.primary_port)
+    front = _proxy([spec.mirror_dial, primary], spec.policy, {"policy": "first"})
     return {
-        "gateway": _server(listen, [{"handle": [front]}]),
-        "primary": _server(primary, split),
+        "gateway": _server([listen], [{"handle": [front]}]),
+        "primary": _server([primary], split),
+        **bucket,
     }
 
 
@@ -291,6 +473,28 @@ def _without_selection(config: Any) -> Any:
     if isinstance(config, list):
         return [_without_selection(v) for v in config]
     return config
+
+
+def _without_split(config: dict[str, Any]) -> Any:
+    """The servers without what only the weights decide: selection policies, bucket owners.
+
+    The bucket server is built from the upstreams, the policy and the bucket ports, all of
+    which the other servers show too; what is left to differ is the weights.
+    """
+    return _without_selection({k: v for k, v in config.items() if k != STICKY_SERVER})
+
+
+def _find_id(config: Any, wanted: str) -> dict[str, Any] | None:
+    if isinstance(config, dict):
+        if config.get("@id") == wanted:
+            return config
+        config = list(config.values())
+    if isinstance(config, list):
+        for item in config:
+            found = _find_id(item, wanted)
+            if found is not None:
+                return found
+    return None
 
 
 class GatewayRecord(BaseModel):
@@ -340,7 +544,9 @@ class Gateway:
             timeout: Seconds to wait for the admin API.
         """
         workdir.mkdir(parents=True, exist_ok=True)
-        admin_port = procs.free_port()
+        # Not one of the ports the config will listen on (they are not bound yet).
+        listens = {p for p in (spec.port, spec.primary_port, *spec.bucket_ports) if p is not None}
+        (admin_port,) = reserve_ports(1, exclude=listens)
         bootstrap = workdir / "caddy-bootstrap.json"
         # Only the admin address is given at start; everything else goes through /load.
         admin = {"listen": f"127.0.0.1:{admin_port}", "config": {"persist": False}}
@@ -392,17 +598,21 @@ class Gateway:
 
         Returns:
             ``"unchanged"``; ``"weights"`` when only the split moved (one PATCH of the
-            selection policy); ``"servers"`` when upstreams changed (one PATCH of the servers,
-            so weights and upstreams never disagree).
+            selection policy, or of the servers when sticky buckets change owners);
+            ``"servers"`` when upstreams changed (one PATCH of the servers, so weights and
+            upstreams never disagree).
         """
         wanted = servers(spec)
         current = self.current_servers()
         if current == wanted:
             return "unchanged"
-        if _without_selection(current) == _without_selection(wanted):
-            policy = wanted["primary" if "primary" in wanted else "gateway"]["routes"][0]
-            selection = policy["handle"][1]["load_balancing"]["selection_policy"]
-            self._request("PATCH", f"/id/{PROXY_ID}/load_balancing/selection_policy", selection)
+        split = _find_id(wanted, PROXY_ID)
+        if split is not None and _without_split(current) == _without_split(wanted):
+            if current.get(STICKY_SERVER) == wanted.get(STICKY_SERVER):
+                selection = split["load_balancing"]["selection_policy"]
+                self._request("PATCH", f"/id/{PROXY_ID}/load_balancing/selection_policy", selection)
+            else:  # the buckets change owners with the split, in the same reload
+                self._request("PATCH", "/config/apps/http/servers", wanted)
             return "weights"
         self._request("PATCH", "/config/apps/http/servers", wanted)
         return "servers"

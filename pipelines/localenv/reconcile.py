@@ -27,14 +27,26 @@ from pipelines.canary_config import Strategy
 from pipelines.localenv import procs
 from pipelines.localenv.desired import DesiredEnv, LiveRelease, Role
 from pipelines.localenv.gateway import (
+    STICKY_BUCKETS,
     Gateway,
     GatewayError,
     GatewayPolicy,
     GatewayRecord,
     GatewaySpec,
     Upstream,
+    reserve_ports,
 )
-from pipelines.localenv.servers import ServerRecord, server_ready, start_server, stop_server
+from pipelines.localenv.servers import (
+    Runtime,
+    ServerError,
+    ServerRecord,
+    remove_stray_containers,
+    runtime_setting,
+    server_alive,
+    server_ready,
+    start_server,
+    stop_server,
+)
 from pipelines.state import write_json
 
 log = logging.getLogger(__name__)
@@ -81,6 +93,9 @@ class EnvRecord(BaseModel):
     desired: DesiredEnv | None = None
     gateway: GatewayRecord | None = None
     primary_port: int | None = None
+    sticky_ports: tuple[int, ...] = Field(
+        default=(), description="The gateway's sticky bucket listeners, kept across reloads."
+    )
     servers: dict[str, ServerRecord] = Field(default_factory=dict)
     faults: dict[str, SidecarRecord] = Field(default_factory=dict)
     mirror: SidecarRecord | None = None
@@ -101,6 +116,7 @@ class ReleaseStatus(BaseModel):
     prediction_log: str
     labels_log: str
     fault: FaultSpec | None = None
+    runtime: Runtime = Runtime.BENTO
 
 
 class EnvStatus(BaseModel):
@@ -204,8 +220,26 @@ def _spec(
         upstreams=_upstreams(record, desired, draining or {}),
         policy=policy,
         mirror_dial=mirror.dial if mirror is not None else None,
-        primary_port=record.primary_port if mirror is not None else None,
+        # Kept while a mirror is recorded: requests inside it drain through this listener.
+        primary_port=record.primary_port,
+        bucket_ports=record.sticky_ports if desired.sticky_header else (),
     )
+
+
+def _ensure_sticky_ports(record: EnvRecord, desired: DesiredEnv, port: int) -> None:
+    """Choose the sticky buckets' ports once; keep them while the gateway runs.
+
+    A user's bucket is a hash of the header value and the buckets' addresses, so the ports
+    outlive reloads. A restarted gateway keeps every recorded port still free.
+    """
+    if desired.sticky_header is None:
+        record.sticky_ports = ()
+        return
+    running = record.gateway is not None and procs.is_alive(record.gateway.process)
+    if running and len(record.sticky_ports) == STICKY_BUCKETS:
+        return  # they are this Caddy's listeners
+    exclude = {p for p in (port, record.primary_port) if p is not None}
+    record.sticky_ports = reserve_ports(STICKY_BUCKETS, record.sticky_ports, exclude=exclude)
 
 
 def _start_sidecar(argv: list[str], folder: Path, name: str, port: int) -> procs.ProcessRecord:
@@ -236,18 +270,29 @@ def _wait_port(port: int, process: procs.ProcessRecord) -> None:
     raise EnvError(f"sidecar on port {port} not listening after {SIDECAR_READY_S:.0f}s")
 
 
-def _ensure_mirror(record: EnvRecord, desired: DesiredEnv, folder: Path, changes: list[str]):
+def _mirror_target(record: EnvRecord, version: str) -> str:
+    """Where the mirror copies requests: the candidate, through its fault sidecar if it has one."""
+    fault = record.faults.get(version)
+    return f"http://{fault.dial}" if fault is not None else record.servers[version].url
+
+
+def _ensure_mirror(
+    record: EnvRecord, desired: DesiredEnv, folder: Path, changes: list[str]
+) -> SidecarRecord | None:
+    """Start the mirror the desired state needs; return the one it replaces, if any.
+
+    The replaced mirror still receives client requests until the gateway moves to the new
+    one: the caller stops it after that (no request is lost to the change).
+    """
     candidate = desired.mirrored
     if candidate is None:
-        return
+        return None
     if record.primary_port is None:
         record.primary_port = procs.free_port()
-    target = record.servers[candidate.version].url
+    target = _mirror_target(record, candidate.version)
     current = record.mirror
     if current is not None and current.target == target and procs.is_alive(current.process):
-        return
-    if current is not None:
-        procs.stop(current.process)
+        return None
     port = procs.free_port()
     log_file = folder / "shadow" / f"v{candidate.version}.jsonl"
     process = _start_sidecar(
@@ -263,11 +308,21 @@ def _ensure_mirror(record: EnvRecord, desired: DesiredEnv, folder: Path, changes
             f"{desired.environment}-mirror",
         ],
         folder,
-        "mirror",
+        f"mirror-{port}",
         port,
     )
     record.mirror = SidecarRecord(port=port, process=process, target=target, log_file=str(log_file))
-    changes.append(f"mirror live /predict to v{candidate.version} (log {log_file})")
+    changes.append(f"mirror live /predict to v{candidate.version} via {target} (log {log_file})")
+    return current
+
+
+def _retire_mirror(gateway: Gateway, old: SidecarRecord | None) -> None:
+    """Stop a replaced mirror once the gateway no longer sends it requests."""
+    if old is None:
+        return
+    if procs.is_alive(old.process):
+        gateway.wait_idle(old.dial)
+    procs.stop(old.process)
 
 
 def up(
@@ -290,8 +345,13 @@ def up(
         drain_timeout: Seconds to wait for in-flight requests of a retired version.
 
     Raises:
-        EnvError: A server or the gateway could not be started or configured.
+        EnvError: A server or the gateway could not be started or configured, or
+            ``MLOPS_SERVER_RUNTIME`` is invalid or cannot be honoured.
     """
+    try:
+        runtime_setting()  # a bad value fails before anything changes
+    except ServerError as exc:
+        raise EnvError(str(exc)) from exc
     policy = policy or GatewayPolicy()
     folder = env_dir(state_root, desired.environment)
     changes: list[str] = []
@@ -322,10 +382,10 @@ def _reconcile(
     # Servers that died (or whose Bento changed) are replaced.
     for version, server in list(record.servers.items()):
         release = wanted.get(version)
-        if not procs.is_alive(server.process):
-            stop_server(server)  # its orphaned workers, if any
+        if not server_alive(server):
+            stop_server(server)  # its orphaned workers (or its exited container), if any
             del record.servers[version]
-            changes.append(f"v{version} was not running (pid {server.process.pid})")
+            changes.append(f"v{version} was not running ({server.handle})")
         elif release is not None and release.bento_tag != server.bento_tag:
             changes.append(f"v{version} Bento changed: {server.bento_tag} → {release.bento_tag}")
     for version, sidecar in list(record.faults.items()):
@@ -339,9 +399,10 @@ def _reconcile(
         if server is None or server.bento_tag != release.bento_tag:
             _start_release(record, release, folder, bentoml_home, project_root, changes)
 
-    _ensure_mirror(record, desired, folder, changes)
+    replaced_mirror = _ensure_mirror(record, desired, folder, changes)
     retiring = {v: s for v, s in record.servers.items() if v not in wanted}
     port = record.gateway.port if record.gateway else procs.free_port()
+    _ensure_sticky_ports(record, desired, port)
     gateway = _ensure_gateway(
         record, _spec(record, desired, policy, port, retiring), folder, changes
     )
@@ -350,6 +411,7 @@ def _reconcile(
         if outcome != "unchanged":
             changes.append(f"gateway {outcome}: " + _describe(desired))
         record.desired = desired
+        _retire_mirror(gateway, replaced_mirror)
         for version, server in retiring.items():
             if not gateway.wait_idle(server.dial, timeout=drain_timeout):
                 log.warning("v%s still had requests in flight after %.0fs", version, drain_timeout)
@@ -359,13 +421,18 @@ def _reconcile(
             stop_server(server)
             del record.servers[version]
             changes.append(f"v{version} drained and stopped")
+        if desired.mirrored is None and record.mirror is not None:
+            # Clients already reach the split directly; the requests inside the mirror still
+            # need the internal split listener: wait for them, then remove both.
+            if not gateway.wait_idle(record.mirror.dial, timeout=drain_timeout):
+                log.warning("the mirror still had requests after %.0fs", drain_timeout)
+            procs.stop(record.mirror.process)
+            record.mirror = None
+            record.primary_port = None
+            gateway.apply(_spec(record, desired, policy, port))
+            changes.append("mirror stopped")
     finally:
         gateway.close()
-    if desired.mirrored is None and record.mirror is not None:
-        procs.stop(record.mirror.process)
-        record.mirror = None
-        record.primary_port = None
-        changes.append("mirror stopped")
 
 
 def _start_release(
@@ -379,7 +446,10 @@ def _start_release(
     old = record.servers.get(release.version)
     new = start_server(release, folder, bentoml_home, cwd=project_root)
     record.servers[release.version] = new
-    changes.append(f"v{release.version} started ({release.bento_tag}) at {new.url}")
+    changes.append(
+        f"v{release.version} started ({release.bento_tag}) at {new.url} as {new.runtime} "
+        f"({new.handle}): {new.runtime_reason}"
+    )
     if old is not None:
         # Same version, new Bento: the gateway moves to the new server on apply.
         record.servers[f"{release.version}-old"] = old
@@ -425,12 +495,13 @@ def _status(record: EnvRecord, changes: list[str]) -> EnvStatus:
                 role=live.role if live else None,
                 weight=live.weight if live else 0.0,
                 url=server.url,
-                pid=server.process.pid,
-                alive=procs.is_alive(server.process),
+                pid=server.pid,
+                alive=server_alive(server),
                 ready=server_ready(server),
                 prediction_log=server.prediction_log,
                 labels_log=server.labels_log,
                 fault=fault.fault if fault else None,
+                runtime=server.runtime,
             )
         )
     gateway_alive = False
@@ -474,8 +545,10 @@ def down(environment: str, state_root: Path) -> EnvStatus:
         record.faults, record.mirror, record.primary_port = {}, None, None
         for version, server in sorted(record.servers.items()):
             stop_server(server)
-            changes.append(f"v{version} stopped (pid {server.process.pid})")
+            changes.append(f"v{version} stopped ({server.handle})")
         record.servers = {}
+        for name in remove_stray_containers(folder):
+            changes.append(f"container {name} removed (it was not on record)")
         record.desired = None
         _write(folder, record)
         return _status(record, changes)
@@ -526,9 +599,12 @@ def set_fault(
             changes.append(
                 f"fault on v{version}: +{fault.delay_ms:g} ms, {fault.error_rate:.0%} errors"
             )
+        # A mirrored candidate's copies go through its fault sidecar too.
+        replaced_mirror = _ensure_mirror(record, record.desired, folder, changes)
         gateway = Gateway(record.gateway)
         try:
             gateway.apply(_spec(record, record.desired, policy, record.gateway.port))
+            _retire_mirror(gateway, replaced_mirror)
             if old is not None:
                 gateway.wait_idle(old.dial)
         except GatewayError as exc:
