@@ -182,6 +182,23 @@ class InputDriftSignal(Strict):
     min_rows: int = Field(default=100, ge=10, le=10_000_000)
 
 
+class BlueGreenSwitch(Strict):
+    """What happens after a blue-green candidate passed its checks on mirrored traffic.
+
+    The candidate (green) then answers 100 % of live traffic at once while the old stable
+    (blue) keeps running, warm, with no traffic: switching back is one gateway change, no
+    server start. Green is watched against ``hard_limits`` (there is no stable traffic left to
+    compare with) until both minimums are met; then blue is drained and stopped.
+    """
+
+    standby_s: float = Field(
+        default=300.0, ge=0.0, le=86_400.0, description="Seconds blue stays warm after the switch."
+    )
+    standby_min_requests: int = Field(
+        default=500, ge=0, le=10_000_000, description="Green requests seen before blue retires."
+    )
+
+
 class CanaryConfig(Strict):
     """``configs/canary.yaml``."""
 
@@ -195,6 +212,7 @@ class CanaryConfig(Strict):
     quality: QualitySignal = QualitySignal()
     agreement: AgreementSignal = AgreementSignal()
     input_drift: InputDriftSignal = InputDriftSignal()
+    blue_green: BlueGreenSwitch = BlueGreenSwitch()
 
     @model_validator(mode="after")
     def _steps_fit_strategy(self) -> CanaryConfig:

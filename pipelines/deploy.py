@@ -565,7 +565,9 @@ def set_step(
         version: The canary version the caller believes is rolling out (a stale caller is
             refused rather than moving someone else's rollout).
         step: The new step index (the canary config's steps).
-        weight: The new canary weight (0 for mirrored strategies; 100 is :func:`promote`).
+        weight: The new canary weight: 0 for mirrored strategies, except the blue-green
+            switch (100: green answers everything, blue stays on standby until
+            :func:`promote`); a canary's 100 % is :func:`promote` itself.
         status: ``paused`` holds the rollout for a person.
         reason: Why (default: the verdict's reasons).
         evidence: The judge's ``Verdict`` (or any model or mapping) that decided.
@@ -595,8 +597,19 @@ def set_step(
         )
     if rollout.strategy is Strategy.CANARY and not 0 < weight < 100:
         raise ConfigError(f"weight: a canary step is above 0 % and below 100 %, got {weight:g}")
-    if rollout.strategy is not Strategy.CANARY and weight != 0:
-        raise ConfigError(f"weight: strategy '{rollout.strategy}' stays at 0 %, got {weight:g}")
+    switch = rollout.strategy is Strategy.BLUE_GREEN and weight == 100
+    if switch and current.stable is None:
+        raise RefusedError(f"{env}: nothing to switch from: no stable release")
+    if rollout.strategy is Strategy.BLUE_GREEN and rollout.weight == 100 and not switch:
+        raise RefusedError(
+            f"{env}: v{version} already answers 100 %; roll back to switch back to blue"
+        )
+    if rollout.strategy is not Strategy.CANARY and weight != 0 and not switch:
+        raise ConfigError(
+            f"weight: strategy '{rollout.strategy}' stays at 0 % "
+            + ("until the switch to 100 %" if rollout.strategy is Strategy.BLUE_GREEN else "")
+            + f", got {weight:g}"
+        )
     after = current.model_copy(
         update={
             "rollout": rollout.model_copy(
@@ -605,14 +618,21 @@ def set_step(
         }
     )
     verb = "pause" if status is RolloutStatus.PAUSED else "advance"
+    subject = (
+        f"deploy({env}): {verb} canary {current.model} v{version} to {_pct(weight)} (step {step})"
+    )
+    if switch and current.stable is not None:
+        subject = (
+            f"deploy({env}): switch blue-green {current.model} to v{version} at 100% "
+            f"(v{current.stable.version} on standby)"
+        )
     return _commit(
         config,
         action=Action.ADVANCE,
         before=current,
         after=after,
         version=version,
-        subject=f"deploy({env}): {verb} canary {current.model} v{version} to {_pct(weight)} "
-        f"(step {step})",
+        subject=subject,
         reason=reason or _payload_reason(evidence) or f"step {rollout.step} passed",
         at=at,
         payload=evidence,

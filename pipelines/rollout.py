@@ -15,6 +15,12 @@ The loop glues the pieces together; each decision is made elsewhere:
    :func:`~pipelines.deploy.promote`, rollback → :func:`~pipelines.deploy.rollback`, each
    followed by a reconcile (new weights; the old stable or the canary drained and stopped).
 
+The strategy recorded in the state decides where the canary's evidence comes from: client
+outcomes and its prediction log (canary), or the mirror log of copies it answered for no
+client (shadow; blue-green before its switch). A blue-green candidate that passes its checks
+is switched to 100 % in one commit while blue stays warm, held to the hard limits for the
+standby (:func:`~pipelines.canary.judge_standby`), then promoted, or switched back at once.
+
 Synthetic traffic, when asked for, runs continuously in a background thread for the whole
 rollout (transitions included), so its failed-request count covers every weight change and
 the final switch. A canary server that dies is not restarted: the loop checks the servers
@@ -39,20 +45,23 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import deploy
 from pipelines.canary import (
     Action,
+    AgreementCounts,
     Labelled,
     SignalStatus,
     Verdict,
     VersionWindow,
     WindowObservation,
     judge,
+    judge_standby,
 )
-from pipelines.canary_config import CanaryConfig
-from pipelines.config import ConfigSet
+from pipelines.canary_config import CanaryConfig, Strategy
+from pipelines.config import ConfigSet, GateMode
 from pipelines.deploy_state import EnvState, RolloutStatus, load_state
 from pipelines.gitops import GitIdentity
 from pipelines.localenv import reconcile
@@ -67,6 +76,8 @@ log = logging.getLogger(__name__)
 
 # A canary that is not ready is looked at again after this long before it is given up.
 NOT_READY_GRACE_S = 3.0
+# Input rows kept per version and window for Evidently's input drift (a sample is enough).
+MAX_INPUT_ROWS = 5_000
 
 
 class Outcome(StrEnum):
@@ -282,13 +293,23 @@ class _Buffer:
     values: list[Any] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     has_scores: bool = True
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_prediction(self, record: dict[str, Any]) -> None:
+    def add_prediction(self, record: dict[str, Any], label_id: str | None = None) -> None:
+        """Add one logged prediction.
+
+        ``label_id`` is the request id its labels arrive under: a mirrored request is labelled
+        through the stable request it copied.
+        """
         outputs = record.get("outputs", {})
         values = outputs.get("predictions", [])
         probabilities = outputs.get("probabilities")
+        rows = record.get("inputs") or []
+        room = MAX_INPUT_ROWS - len(self.inputs)
+        if room > 0:
+            self.inputs.extend(row for row in rows[:room] if isinstance(row, dict))
         for i, value in enumerate(values):
-            self.row_ids.append(f"{record['request_id']}#{i}")
+            self.row_ids.append(f"{label_id or record['request_id']}#{i}")
             self.values.append(value)
             row = probabilities[i] if probabilities and i < len(probabilities) else None
             if row is not None and len(row) == 2:
@@ -312,6 +333,7 @@ class _Buffer:
             latencies_ms=np.asarray(self.latencies, float) if self.latencies else None,
             predictions=predictions,
             labelled=labelled,
+            inputs=pd.DataFrame(self.inputs) if self.inputs else None,
         )
 
 
@@ -321,13 +343,28 @@ class _Window:
     duration_s: float
     stable: _Buffer
     canary: _Buffer
+    agreement: AgreementCounts | None = None
 
 
 class _Observer:
-    """Collects windows from client outcomes, prediction logs and labels logs."""
+    """Collects windows from client outcomes, prediction logs, labels logs and the mirror log.
 
-    def __init__(self, status: reconcile.EnvStatus, stable: str, canary: str) -> None:
+    With a mirror (shadow, blue-green before the switch) the canary answers no client: its
+    requests, errors and latencies are what the mirror recorded for the copies it sent, its
+    predictions come from its own prediction log (joined by its request id), and its labels
+    through the stable request each copy was made from.
+    """
+
+    def __init__(
+        self,
+        status: reconcile.EnvStatus,
+        stable: str,
+        canary: str,
+        mirror_log: Path | None = None,
+    ) -> None:
         self.versions = {"stable": stable, "canary": canary}
+        self.mirror_log = mirror_log
+        self.waiting_copies: list[tuple[str, str]] = []  # (canary id, stable id) not yet logged
         self.pred_logs: dict[str, Path] = {}
         self.label_logs: dict[str, Path] = {}
         self.offsets: dict[Path, int] = {}
@@ -336,7 +373,8 @@ class _Observer:
                 self.pred_logs[item.version] = Path(item.prediction_log)
                 self.label_logs[item.version] = Path(item.labels_log)
         # Only what happens from now on counts: older lines belong to earlier rollouts.
-        for path in (*self.pred_logs.values(), *self.label_logs.values()):
+        mirror = (mirror_log,) if mirror_log is not None else ()
+        for path in (*self.pred_logs.values(), *self.label_logs.values(), *mirror):
             self.offsets[path] = _size(path)
         self.labels: dict[str, dict[str, Any]] = {v: {} for v in (stable, canary)}
         self.logged: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in (stable, canary)}
@@ -360,22 +398,27 @@ class _Observer:
             for label in self._read(path):
                 key = f"{label.get('request_id')}#{label.get('row', 0)}"
                 self.labels[version][key] = label.get("label")
+        canary = self.versions["canary"]
+        agreement = self._collect_copies(buffers[canary]) if self.mirror_log else None
         if outcomes is None:
             # Real traffic: every logged prediction is a request; errors are not observable.
             for version, records in self.logged.items():
+                if self.mirror_log is not None and version == canary:
+                    continue  # its requests are the mirror's copies
                 for record in records.values():
                     buffers[version].requests += 1
                     buffers[version].latencies.append(float(record.get("latency_ms", 0.0)))
                     buffers[version].add_prediction(record)
                 records.clear()
         else:
-            canary = self.versions["canary"]
+            # An unattributed failure counts against the canary, unless it answers no client.
+            blamed = self.versions["stable"] if self.mirror_log is not None else canary
             for item in outcomes:
                 version = item.version if item.version in buffers else None
                 if version is None:
                     if not item.failed:
                         continue
-                    version = canary  # an unattributed failure counts against the canary
+                    version = blamed
                 target = buffers[version]
                 target.requests += 1
                 if item.status is not None:
@@ -399,19 +442,56 @@ class _Observer:
                 step_index,
                 duration_s,
                 buffers[self.versions["stable"]],
-                buffers[self.versions["canary"]],
+                buffers[canary],
+                agreement,
             )
         )
+
+    def _collect_copies(self, target: _Buffer) -> AgreementCounts:
+        """The mirror's copies since the last check into the canary's buffer; agreement."""
+        assert self.mirror_log is not None
+        canary = self.versions["canary"]
+        pairs = agreed = 0
+        for line in self._read(self.mirror_log):
+            if line.get("path") != "/predict":
+                continue
+            status = line.get("shadow_status")
+            primary = line.get("primary_status")
+            if primary is not None and 400 <= primary < 500 and status == primary:
+                continue  # a bad request both versions refused: not the canary's doing
+            target.requests += 1
+            target.latencies.append(float(line.get("shadow_latency_ms", 0.0)))
+            if status is None or status >= 500:
+                target.server_errors += 1
+            if status == 200 and primary == 200:
+                pairs += 1
+                agreed += bool(line.get("agree"))
+            copy_id, stable_id = line.get("shadow_request_id"), line.get("primary_request_id")
+            if status == 200 and copy_id and stable_id:
+                self.waiting_copies.append((copy_id, stable_id))
+        still: list[tuple[str, str]] = []
+        for copy_id, stable_id in self.waiting_copies:
+            record = self.logged[canary].pop(copy_id, None)
+            if record is None:
+                still.append((copy_id, stable_id))
+            else:
+                target.add_prediction(record, label_id=stable_id)
+        self.waiting_copies = still[-100_000:]
+        return AgreementCounts(pairs=pairs, agreed=agreed)
 
     def observations(self, with_gateway: bool) -> list[WindowObservation]:
         """Every window so far, with the labels that have arrived by now."""
         stable, canary = self.versions["stable"], self.versions["canary"]
+        mirrored = self.mirror_log is not None
+        # Clients label what they were answered: a copy's label is its stable request's.
+        canary_labels = self.labels[stable] if mirrored else self.labels[canary]
         return [
             WindowObservation(
                 step_index=w.step_index,
                 duration_s=w.duration_s,
                 stable=w.stable.window(self.labels[stable], with_gateway),
-                canary=w.canary.window(self.labels[canary], with_gateway),
+                canary=w.canary.window(canary_labels, with_gateway and not mirrored),
+                agreement=w.agreement,
             )
             for w in self.windows
         ]
@@ -482,6 +562,19 @@ def _fault_for(options: synthetic.TrafficOptions) -> reconcile.FaultSpec | None:
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+def _reference(config: ConfigSet, canary_config: CanaryConfig) -> pd.DataFrame | None:
+    """The training features live inputs are checked against (None: input drift disabled)."""
+    if canary_config.input_drift.mode is GateMode.DISABLED:
+        return None
+    from pipelines.train import prepare
+
+    return prepare(config)[2].X_train
+
+
+def _warm_up_evidently() -> None:
+    import pipelines.datachecks  # noqa: F401
 
 
 @dataclass
@@ -687,16 +780,28 @@ def run(
     if resumed is not None:
         tell(f"resuming the rollout of v{version} at step {resumed + 1} (from git)", resumed, None)
     rollout = current.rollout
+    if rollout.strategy is not canary_config.strategy:
+        raise deploy.RefusedError(
+            f"{env}: the rollout of v{version} is recorded as '{rollout.strategy}' in "
+            f"deploy/{env}.yaml but the canary config says '{canary_config.strategy}'; "
+            "finish it with the config it started with, or roll it back"
+        )
     if rollout.status is RolloutStatus.PAUSED:
         ctx.reconcile()
         return result(Outcome.HELD, f"the rollout of v{version} is paused in deploy/{env}.yaml")
     step, weight = rollout.step, rollout.weight
-    if step >= len(steps):
+    # Blue-green after the switch: green answers 100 %, blue waits warm (resumed here too).
+    standby = rollout.strategy is Strategy.BLUE_GREEN and weight == 100
+    if step >= len(steps) and not standby:
         raise deploy.RefusedError(
             f"{env}: v{version} is at step {step}, the canary config has {len(steps)} steps"
         )
     canary = str(version)
     stable = str(current.stable.version) if current.stable else ""
+    reference = _reference(config, canary_config)
+    if reference is not None:
+        # Evidently takes seconds to import: not at the first check that needs it.
+        threading.Thread(target=_warm_up_evidently, name="import-evidently", daemon=True).start()
 
     try:
         status = ctx.reconcile()
@@ -705,7 +810,10 @@ def run(
         ctx.record(deploy.rollback(config, state, env, reason=reason, identity=identity))
         ctx.reconcile()
         return result(Outcome.ROLLED_BACK, reason, decided_by=["canary_down"])
-    tell(f"v{version} at {weight:g} % (step {step + 1}/{len(steps)})", step, weight)
+    if standby:
+        tell(f"v{version} at 100 %, v{stable} on standby", step, weight)
+    else:
+        tell(f"v{version} at {weight:g} % (step {step + 1}/{len(steps)})", step, weight)
 
     def roll_back(why: str, evidence: Verdict | None) -> None:
         """Commit the rollback of this version (the reconcile after the loop stops it)."""
@@ -721,7 +829,14 @@ def run(
             )
         )
 
-    observer = _Observer(status, stable, canary)
+    def observe(status: reconcile.EnvStatus) -> _Observer:
+        mirrored = weight == 0 and rollout.strategy is not Strategy.CANARY
+        if mirrored and status.mirror_log is None:
+            raise reconcile.EnvError(f"{env}: v{version} should get mirrored traffic: no mirror")
+        mirror = Path(status.mirror_log) if mirrored and status.mirror_log else None
+        return _Observer(status, stable, canary, mirror)
+
+    observer = observe(status)
     driver: _TrafficDriver | None = None
     fault_on = False
     checks: list[CheckRecord] = []
@@ -771,7 +886,10 @@ def run(
                 roll_back(reason, last)
                 break
             windows = observer.observations(with_gateway=driver is not None)
-            verdict = judge(canary_config, step, windows)
+            if standby:
+                verdict = judge_standby(canary_config, windows)
+            else:
+                verdict = judge(canary_config, step, windows, reference=reference)
             last = verdict
             check = _check_record(len(checks) + 1, elapsed(), step, weight, verdict, windows)
             checks.append(check)
@@ -791,6 +909,29 @@ def run(
                 )
                 step, weight = step + 1, verdict.next_weight
                 ctx.reconcile()
+                window_start = time.monotonic()
+                tell(transition.summary, step, weight)
+            elif (
+                verdict.action is Action.PROMOTE
+                and not standby
+                and (rollout.strategy is Strategy.BLUE_GREEN)
+            ):
+                # Checked beside blue: green takes everything at once, blue stays warm.
+                transition = ctx.record(
+                    deploy.set_step(
+                        config,
+                        env,
+                        version,
+                        len(steps),
+                        100.0,
+                        reason="; ".join(verdict.reasons),
+                        evidence=verdict,
+                        identity=identity,
+                    )
+                )
+                step, weight, standby = len(steps), 100.0, True
+                status = ctx.reconcile()
+                observer = observe(status)
                 window_start = time.monotonic()
                 tell(transition.summary, step, weight)
             elif verdict.action is Action.PROMOTE:

@@ -3,7 +3,7 @@
 The public API the rollout loop calls:
 
 * :func:`judge` (windows in) and :func:`judge_summaries` (recorded step summaries in), both
-  returning a :class:`Verdict`;
+  returning a :class:`Verdict`, and :func:`judge_standby` (blue-green after the switch);
 * the observation types :class:`WindowObservation`, :class:`VersionWindow`,
   :class:`Labelled`, :class:`AgreementCounts`;
 * :func:`summarize_step` and :class:`StepSummary` to keep or record completed steps.
@@ -15,6 +15,7 @@ from pipelines.canary.judge import (
     SignalStatus,
     Verdict,
     judge,
+    judge_standby,
     judge_summaries,
 )
 from pipelines.canary.observations import (
@@ -37,6 +38,7 @@ __all__ = [
     "VersionWindow",
     "WindowObservation",
     "judge",
+    "judge_standby",
     "judge_summaries",
     "summarize_step",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
@@ -107,10 +108,14 @@ class Verdict(BaseModel):
 
     def to_markdown(self) -> str:
         """A short report for people (PR comment, step summary)."""
+        where = (
+            f"step {self.step_index + 1}/{self.steps}"
+            if self.step_index < self.steps
+            else "standby after the switch"
+        )
         lines = [
             f"### Canary verdict: **{self.action.value}** "
-            f"(step {self.step_index + 1}/{self.steps}, weight {self.weight:g} %, "
-            f"strategy {self.strategy.value})",
+            f"({where}, weight {self.weight:g} %, strategy {self.strategy.value})",
             "",
             *[f"- {r}" for r in self.reasons],
             "",
@@ -668,3 +673,80 @@ def judge(
         for k in sorted(grouped)
     ]
     return judge_summaries(config, step_index, summaries)
+
+
+def judge_standby(config: CanaryConfig, windows: Sequence[WindowObservation]) -> Verdict:
+    """Blue-green after the switch: green answers all traffic while blue waits, warm.
+
+    There is no stable traffic left to compare with, so only the hard limits apply (on every
+    window since the switch); the standby ends when ``blue_green.standby_s`` and
+    ``blue_green.standby_min_requests`` are both met.
+
+    Args:
+        config: The canary config (``hard_limits``, ``blue_green``).
+        windows: Every window observed since the switch (any step index; they are merged).
+    """
+    spec = config.blue_green
+    steps = len(config.steps)
+    base: dict[str, Any] = {
+        "strategy": config.strategy,
+        "step_index": steps,
+        "steps": steps,
+        "weight": 100.0,
+    }
+    if not windows:
+        return Verdict(
+            action=Action.HOLD,
+            next_weight=None,
+            reasons=["hold: no window observed since the switch"],
+            signals=[],
+            evidence={},
+            **base,
+        )
+    current = summarize_step(config, [replace(w, step_index=steps) for w in windows])
+    hard = _hard_limits(config, current)
+    evidence = {
+        "standby": {
+            "requests": current.canary.requests,
+            "duration_s": current.duration_s,
+            "min_requests": spec.standby_min_requests,
+            "standby_s": spec.standby_s,
+        },
+        "latency_ms": {"canary": current.canary.latency_ms},
+    }
+
+    def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
+        return Verdict(
+            action=action,
+            next_weight=next_weight,
+            reasons=reasons,
+            signals=hard,
+            evidence=evidence,
+            **base,
+        )
+
+    breached = [s for s in hard if s.status is SignalStatus.FAILED]
+    if breached:
+        return verdict(
+            Action.ROLLBACK,
+            [f"switch back to blue at once: {s.name} breached: {s.detail}" for s in breached],
+            0.0,
+        )
+    holds = []
+    if current.canary.requests < spec.standby_min_requests:
+        holds.append(
+            f"hold: standby has {current.canary.requests} of {spec.standby_min_requests} "
+            "green requests"
+        )
+    if current.duration_s < spec.standby_s:
+        holds.append(f"hold: standby has run {current.duration_s:.0f} of {spec.standby_s:.0f} s")
+    if holds:
+        return verdict(Action.HOLD, holds, None)
+    return verdict(
+        Action.PROMOTE,
+        [
+            f"promote: green answered {current.canary.requests} requests at 100 % for "
+            f"{current.duration_s:.0f} s within the hard limits; blue retires"
+        ],
+        100.0,
+    )

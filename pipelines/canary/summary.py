@@ -201,19 +201,19 @@ def _summarize_version(
             if math.isfinite(value):
                 quality[name] = QualityValue(value=value, variance=var)
         summary.update(labels=len(version.labelled), quality=quality)
-    if (
-        reference is not None
-        and version.inputs is not None
-        and len(version.inputs) >= config.input_drift.min_rows
-    ):
+    # Exact duplicate rows (a replayed sample, retried requests) count once: repeats would
+    # shrink the tests' p-values as if they were new evidence.
+    inputs = version.inputs.drop_duplicates() if version.inputs is not None else None
+    if reference is not None and inputs is not None and len(inputs) >= config.input_drift.min_rows:
         # Imported here: Evidently is slow to import and only this path needs it.
         from pipelines.datachecks import run_data_checks
 
         checks = run_data_checks(
             reference,
-            version.inputs,
+            inputs,
             drift_threshold=config.input_drift.drift_threshold,
             html_path=None,
+            data_summary=False,
         )
         p_values = checks.drift_p_values
         drifted = sorted(c for c, p in p_values.items() if p < config.input_drift.drift_threshold)
@@ -235,8 +235,8 @@ def summarize_step(
     Args:
         config: The canary config (quality metrics, drift bins, input-drift settings).
         windows: Every window of one step so far; at least one.
-        reference: Training features; when given, the inputs of each version are checked for
-            drift against it with Evidently (:func:`pipelines.datachecks.run_data_checks`).
+        reference: Training features; when given, the canary's inputs are checked for drift
+            against it with Evidently (:func:`pipelines.datachecks.run_data_checks`).
     """
     if not windows:
         raise ValueError("summarize_step needs at least one window")
@@ -247,7 +247,10 @@ def summarize_step(
     return StepSummary(
         step_index=windows[0].step_index,
         duration_s=sum(w.duration_s for w in windows),
-        stable=_summarize_version(config, merge_versions([w.stable for w in windows]), reference),
+        # Input drift on the canary's inputs only: the router splits (or the mirror copies)
+        # one stream of requests, so stable's inputs would repeat the same test at twice the
+        # cost of Evidently.
+        stable=_summarize_version(config, merge_versions([w.stable for w in windows]), None),
         canary=_summarize_version(config, merge_versions([w.canary for w in windows]), reference),
         agreement_pairs=sum(a.pairs for a in agreements),
         agreement_agreed=sum(a.agreed for a in agreements),

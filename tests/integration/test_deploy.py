@@ -455,3 +455,47 @@ def test_cli_deploy_rollback_and_show(proj: Project) -> None:
     path.write_text(path.read_text() + "# hand edit\n")
     dirty = mlops(proj, "rollback", "--env", "staging")
     assert dirty.returncode == 1 and "uncommitted changes in deploy/staging.yaml" in dirty.stderr
+
+
+def test_blue_green_switch_is_a_commit_and_rollback_returns_to_blue(proj: Project) -> None:
+    """Blue-green: 0 % while checked, one commit to 100 % (blue on standby), back in one.
+
+    Only a blue-green rollout may sit at 100 %; a canary at 100 % is a promotion.
+    """
+    deploy.start(
+        proj.config(),
+        proj.state,
+        "staging",
+        2,
+        package(proj, 2),
+        strategy=Strategy.BLUE_GREEN,
+        weight=0,
+        identity=BOT,
+    )
+    with pytest.raises(ConfigError, match="stays at 0 % until the switch"):
+        deploy.set_step(proj.config(), "staging", 2, 1, 50.0, reason="x", identity=BOT)
+    switched = deploy.set_step(
+        proj.config(), "staging", 2, 1, 100.0, reason="checks passed", identity=BOT
+    )
+    assert switched.changed
+    assert git(proj.root, "log", "-1", "--format=%s") == (
+        f"deploy(staging): switch blue-green {MODEL} to v2 at 100% (v1 on standby)"
+    )
+    state = load_state(proj.root, "staging", MODEL)
+    assert state.rollout is not None and state.rollout.weight == 100
+    assert state.stable is not None and state.stable.version == 1 and state.stable_weight == 0
+    with pytest.raises(deploy.RefusedError, match="already answers 100 %"):
+        deploy.set_step(proj.config(), "staging", 2, 2, 0.0, reason="x", identity=BOT)
+    back = deploy.rollback(proj.config(), proj.state, "staging", reason="errors", identity=BOT)
+    assert back.changed
+    state = load_state(proj.root, "staging", MODEL)
+    assert state.rollout is None and state.stable is not None and state.stable.version == 1
+
+
+def test_a_canary_cannot_be_recorded_at_100_percent(proj: Project) -> None:
+    """Weight 100 in a canary rollout is refused by the schema, naming the field."""
+    start_v2(proj)
+    path = proj.root / "deploy" / "staging.yaml"
+    path.write_text(path.read_text().replace("weight: 10", "weight: 100"))
+    with pytest.raises(ConfigError, match=r"field 'rollout\.weight'.*only a blue-green switch"):
+        load_state(proj.root, "staging", MODEL)

@@ -19,6 +19,7 @@ from pipelines.canary import (
     VersionWindow,
     WindowObservation,
     judge,
+    judge_standby,
     judge_summaries,
     summarize_step,
 )
@@ -377,3 +378,63 @@ def test_input_drift_uses_evidently_and_holds_when_enabled() -> None:
     assert drift.canary == pytest.approx(2 / 3)
     assert verdict.action is Action.HOLD
     assert any("inputs drifted" in r for r in verdict.reasons)
+
+
+# --------------------------------------------------------------------------- blue-green standby
+
+BLUE_GREEN = CanaryConfig.model_validate(
+    {
+        "strategy": "blue_green",
+        "steps": [{"weight": 0, "min_requests": 100, "min_duration_s": 10}],
+        "hard_limits": {"min_requests": 50, "max_error_rate": 0.05, "max_p99_latency_ms": 500},
+        "blue_green": {"standby_s": 30, "standby_min_requests": 200},
+    }
+)
+
+
+def _green(requests: int, errors: int, duration_s: float, latency_ms: float = 20.0):
+    """One window after the switch: green answers everything, blue nothing."""
+    return WindowObservation(
+        step_index=1,
+        duration_s=duration_s,
+        stable=VersionWindow(requests=0),
+        canary=VersionWindow(
+            requests=requests,
+            server_errors=errors,
+            latencies_ms=np.full(requests, latency_ms),
+        ),
+    )
+
+
+def test_standby_holds_until_time_and_requests_then_promotes() -> None:
+    """Green must answer standby_min_requests over standby_s before blue retires."""
+    short = judge_standby(BLUE_GREEN, [_green(150, 0, 10.0)])
+    assert short.action is Action.HOLD
+    assert any("150 of 200" in r for r in short.reasons)
+    assert any("10 of 30 s" in r for r in short.reasons)
+    done = judge_standby(BLUE_GREEN, [_green(150, 0, 15.0), _green(150, 1, 15.0)])
+    assert done.action is Action.PROMOTE, done.reasons
+    assert done.step_index == len(BLUE_GREEN.steps) and done.weight == 100
+    assert "standby after the switch" in done.to_markdown()
+
+
+@pytest.mark.parametrize(
+    ("window", "signal"),
+    [
+        (_green(100, 10, 5.0), "hard_limit.error_rate"),
+        (_green(100, 0, 5.0, latency_ms=900.0), "hard_limit.p99_latency_ms"),
+    ],
+    ids=["errors", "latency"],
+)
+def test_standby_breach_switches_back_at_once(window: WindowObservation, signal: str) -> None:
+    """A hard-limit breach after the switch is a rollback before the standby is over."""
+    verdict = judge_standby(BLUE_GREEN, [window])
+    assert verdict.action is Action.ROLLBACK
+    assert verdict.next_weight == 0
+    assert _names(verdict) == {signal}
+    assert verdict.reasons[0].startswith("switch back to blue at once")
+
+
+def test_standby_without_windows_holds() -> None:
+    """No observation yet after the switch: nothing to decide."""
+    assert judge_standby(BLUE_GREEN, []).action is Action.HOLD
