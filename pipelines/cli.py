@@ -498,7 +498,8 @@ def print_env_status(status: BaseModel) -> None:
         health = "[green]ready[/]" if item.ready else "[red]not ready[/]"
         console.print(
             f"  v{item.version} {item.role or 'retiring'} {item.weight:g}% {item.url} "
-            f"pid {item.pid} {health}" + (f" fault {item.fault}" if item.fault else ""),
+            f"{item.runtime} pid {item.pid} {health}"
+            + (f" fault {item.fault}" if item.fault else ""),
             highlight=False,
         )
     if status.mirror_log:
@@ -568,7 +569,10 @@ def traffic_command(
     max_requests: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
     label_delay: Annotated[float, typer.Option(help="Seconds before labels are sent.")] = 2.0,
     sticky_header: Annotated[
-        str | None, typer.Option(help="Send a user id in this header.")
+        str | None,
+        typer.Option(
+            help="Send a user id in this header [the environment's sticky_header, if any]."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Result JSON [.mlops/results/traffic-<env>.json]")
@@ -579,6 +583,8 @@ def traffic_command(
 
     with bad_input_exits():
         config, state = load(configs)
+        if sticky_header is None:
+            sticky_header = reconcile.status(env, state.root).sticky_header
         try:
             options = traffic.TrafficOptions(
                 scenario=traffic.Scenario(scenario),
