@@ -774,3 +774,59 @@ def rollout_command(
     console.print(f"result: {path}", highlight=False)
     if result.outcome is not step.Outcome.PROMOTED:
         raise typer.Exit(EXIT_REFUSED)
+
+
+# --------------------------------------------------------------------------- kubernetes
+
+k8s_app = typer.Typer(
+    help="Kubernetes manifests (Deployments, Services, a Gateway API HTTPRoute) rendered from "
+    "deploy/<env>.yaml.",
+    no_args_is_help=True,
+)
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    env: EnvOption,
+    configs: ConfigsOption = Path("configs"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the YAML here, atomically (default: stdout)."),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Namespace of every object (default: kubectl's current one).")
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(help="Registry that replaces 'localhost/' in images, e.g. ghcr.io/acme."),
+    ] = None,
+    gateway: Annotated[
+        str, typer.Option(help="Name of the Gateway the HTTPRoute attaches to.")
+    ] = "mlops-gateway",
+    gateway_namespace: Annotated[
+        str | None, typer.Option(help="Namespace of that Gateway (default: the route's).")
+    ] = None,
+) -> None:
+    """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
+    from pipelines import k8s
+
+    with bad_input_exits():
+        config, _ = load(configs)
+        options = k8s.options_from_arguments(
+            namespace=namespace,
+            registry=registry,
+            gateway=gateway,
+            gateway_namespace=gateway_namespace,
+        )
+        rendered = k8s.render_environment(
+            config.root, env, config.train.registered_model_name, options
+        )
+    for warning in rendered.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    text = rendered.to_yaml()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    write_atomic(out, text)
+    console.print(f"wrote {len(rendered.documents)} objects to {out}", highlight=False)
