@@ -455,32 +455,27 @@ def _input_drift(config: CanaryConfig, current: StepSummary) -> SignalResult:
     name, test = "input_drift", "Evidently drift of live inputs vs the training reference"
     if spec.mode is GateMode.DISABLED:
         return _skipped(name, test, spec.mode, "disabled in config", False)
-    share_c = current.canary.input_drifted_share
-    share_s = current.stable.input_drifted_share
-    if share_c is None:
-        return _skipped(
-            name,
-            test,
-            spec.mode,
-            "not evaluated: no training reference or too few input rows in this step",
-            False,
-        )
-    failed = share_c > spec.max_drifted_share
+    share = current.canary.input_drifted_share
+    rows = current.canary.input_rows or 0
+    if share is None and rows < spec.min_rows:
+        why = f"{rows} of {spec.min_rows} distinct live input rows in this step"
+        return _skipped(name, test, spec.mode, why, True)
+    if share is None:
+        return _skipped(name, test, spec.mode, "not evaluated: no training reference", False)
+    failed = share > spec.max_drifted_share
     drifted = current.canary.input_drifted_features
     detail = (
-        f"{share_c:.0%} of features drifted on canary inputs"
-        + (f", {share_s:.0%} on stable" if share_s is not None else "")
-        + f" (bound {spec.max_drifted_share:.0%})"
-        + (f": {drifted}" if drifted else "")
+        f"{share:.0%} of features drifted on {rows} distinct live input rows of this step"
+        f" (bound {spec.max_drifted_share:.0%})" + (f": {drifted}" if drifted else "")
     )
     return SignalResult(
         name=name,
         test=test,
         mode=spec.mode,
         status=SignalStatus.FAILED if failed else SignalStatus.PASSED,
-        canary=share_c,
-        stable=share_s,
-        statistic=share_c,
+        canary=share,
+        stable=None,
+        statistic=share,
         threshold=spec.max_drifted_share,
         detail=detail,
     )
@@ -608,6 +603,8 @@ def judge_summaries(
     drift = signals[-1]
     if drift.blocking:
         holds.append(f"hold: live inputs drifted from the training data: {drift.detail}")
+    elif last and drift.mode is GateMode.ENABLED and drift.status is SignalStatus.INSUFFICIENT:
+        holds.append(f"hold: input drift not yet testable before promotion: {drift.detail}")
     if holds:
         return verdict(Action.HOLD, holds, None)
 

@@ -133,6 +133,9 @@ class VersionSummary(Frozen):
     prediction_bins: dict[str, int] = Field(default_factory=dict)
     labels: int = 0
     quality: dict[str, QualityValue] = Field(default_factory=dict)
+    input_rows: int | None = Field(
+        default=None, description="Distinct live input rows in the step (canary: both versions)."
+    )
     input_drifted_share: float | None = None
     input_drifted_features: list[str] = Field(default_factory=list)
 
@@ -172,6 +175,7 @@ def _summarize_version(
     config: CanaryConfig,
     version: VersionWindow,
     reference: pd.DataFrame | None,
+    inputs: pd.DataFrame | None = None,
 ) -> VersionSummary:
     summary: dict = {
         "requests": version.requests,
@@ -201,9 +205,8 @@ def _summarize_version(
             if math.isfinite(value):
                 quality[name] = QualityValue(value=value, variance=var)
         summary.update(labels=len(version.labelled), quality=quality)
-    # Exact duplicate rows (a replayed sample, retried requests) count once: repeats would
-    # shrink the tests' p-values as if they were new evidence.
-    inputs = version.inputs.drop_duplicates() if version.inputs is not None else None
+    if inputs is not None:
+        summary.update(input_rows=len(inputs))
     if reference is not None and inputs is not None and len(inputs) >= config.input_drift.min_rows:
         # Imported here: Evidently is slow to import and only this path needs it.
         from pipelines.datachecks import run_data_checks
@@ -224,6 +227,18 @@ def _summarize_version(
     return VersionSummary(**summary)
 
 
+def _live_inputs(*versions: VersionWindow) -> pd.DataFrame | None:
+    """The distinct input rows of the versions together.
+
+    Exact duplicates (a replayed sample, retried or mirrored requests) count once: repeats
+    would shrink the drift tests' p-values as if they were new evidence.
+    """
+    frames = [v.inputs for v in versions if v.inputs is not None and len(v.inputs)]
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+
 def summarize_step(
     config: CanaryConfig,
     windows: Sequence[WindowObservation],
@@ -235,8 +250,9 @@ def summarize_step(
     Args:
         config: The canary config (quality metrics, drift bins, input-drift settings).
         windows: Every window of one step so far; at least one.
-        reference: Training features; when given, the canary's inputs are checked for drift
-            against it with Evidently (:func:`pipelines.datachecks.run_data_checks`).
+        reference: Training features; when given, the step's live inputs (both versions'
+            distinct rows) are checked for drift against it with Evidently
+            (:func:`pipelines.datachecks.run_data_checks`); the result is kept on the canary.
     """
     if not windows:
         raise ValueError("summarize_step needs at least one window")
@@ -244,14 +260,16 @@ def summarize_step(
     if len(steps) != 1:
         raise ValueError(f"windows of several steps {sorted(steps)}; summarise one step at a time")
     agreements = [w.agreement for w in windows if w.agreement is not None]
+    stable = merge_versions([w.stable for w in windows])
+    canary = merge_versions([w.canary for w in windows])
     return StepSummary(
         step_index=windows[0].step_index,
         duration_s=sum(w.duration_s for w in windows),
-        # Input drift on the canary's inputs only: the router splits (or the mirror copies)
-        # one stream of requests, so stable's inputs would repeat the same test at twice the
-        # cost of Evidently.
-        stable=_summarize_version(config, merge_versions([w.stable for w in windows]), None),
-        canary=_summarize_version(config, merge_versions([w.canary for w in windows]), reference),
+        stable=_summarize_version(config, stable, None),
+        # Input drift is a property of the live stream, which the router splits (or the
+        # mirror copies) between both versions: tested once, on the step's inputs of both,
+        # and recorded with the canary.
+        canary=_summarize_version(config, canary, reference, _live_inputs(stable, canary)),
         agreement_pairs=sum(a.pairs for a in agreements),
         agreement_agreed=sum(a.agreed for a in agreements),
     )

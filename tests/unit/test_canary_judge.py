@@ -380,6 +380,62 @@ def test_input_drift_uses_evidently_and_holds_when_enabled() -> None:
     assert any("inputs drifted" in r for r in verdict.reasons)
 
 
+def _with_inputs(windows: list[WindowObservation], stable, canary) -> list[WindowObservation]:
+    """The windows with the given inputs on the last one."""
+    last = windows[-1]
+    return [
+        *windows[:-1],
+        WindowObservation(
+            last.step_index,
+            last.duration_s,
+            VersionWindow(**{**last.stable.__dict__, "inputs": stable}),
+            VersionWindow(**{**last.canary.__dict__, "inputs": canary}),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "action"),
+    [(GateMode.ENABLED, Action.HOLD), (GateMode.DRY_RUN, Action.PROMOTE)],
+    ids=["enabled-holds", "dry-run-promotes"],
+)
+def test_repeated_rows_count_once_and_untested_drift_holds_promotion(
+    mode: GateMode, action: Action
+) -> None:
+    """40 distinct rows sent 20 times are 40 rows: too few to test.
+
+    Enabled, the rollout will not promote on an input drift it could not test; dry_run
+    only reports it.
+    """
+    rng = np.random.default_rng(1)
+    reference = pd.DataFrame(rng.normal(size=(300, 2)), columns=["a", "b"])
+    sample = pd.DataFrame(rng.normal(size=(40, 2)), columns=["a", "b"])
+    repeated = pd.concat([sample] * 20, ignore_index=True)
+    config = CONFIG.model_copy(
+        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": mode})}
+    )
+    windows = _with_inputs(_stream(Fault.NONE, (10, 40)), repeated, repeated.iloc[:400])
+    verdict = judge(config, 1, windows, reference=reference)
+    drift = next(s for s in verdict.signals if s.name == "input_drift")
+    assert drift.status is SignalStatus.INSUFFICIENT
+    assert drift.detail.startswith("40 of 100 distinct live input rows")
+    assert verdict.action is action, verdict.reasons
+    if action is Action.HOLD:
+        assert any("input drift not yet testable" in r for r in verdict.reasons)
+
+
+def test_input_drift_tests_both_versions_inputs_together() -> None:
+    """The live stream is split between versions: 60 + 60 distinct rows make one test of 120."""
+    rng = np.random.default_rng(2)
+    reference = pd.DataFrame(rng.normal(size=(300, 2)), columns=["a", "b"])
+    live = pd.DataFrame(rng.normal(size=(120, 2)), columns=["a", "b"])
+    windows = _with_inputs(_stream(Fault.NONE, (10,)), live.iloc[:60], live.iloc[60:])
+    verdict = judge(CONFIG, 0, windows, reference=reference)
+    drift = next(s for s in verdict.signals if s.name == "input_drift")
+    assert drift.status is SignalStatus.PASSED
+    assert "120 distinct live input rows" in drift.detail
+
+
 # --------------------------------------------------------------------------- blue-green standby
 
 BLUE_GREEN = CanaryConfig.model_validate(
