@@ -568,6 +568,12 @@ def traffic_command(
     duration: Annotated[float, typer.Option(help="Seconds.")] = 10.0,
     max_requests: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
     label_delay: Annotated[float, typer.Option(help="Seconds before labels are sent.")] = 2.0,
+    drift_features: Annotated[
+        int, typer.Option(help="drift: how many numeric features move.")
+    ] = 20,
+    drift_shift: Annotated[
+        float, typer.Option(help="drift: standard deviations they move by.")
+    ] = 2.0,
     sticky_header: Annotated[
         str | None,
         typer.Option(
@@ -593,6 +599,8 @@ def traffic_command(
                 duration_s=duration,
                 max_requests=max_requests,
                 label_delay_s=label_delay,
+                drift_features=drift_features,
+                drift_shift=drift_shift,
                 sticky_header=sticky_header,
             )
         except (ValueError, ValidationError) as exc:

@@ -5,7 +5,10 @@ take, with at most ``concurrency`` in flight (a due request waits for a free slo
 wait counts in its latency, so a slow server shows up as latency rather than as a lower
 rate). Every request's outcome (status, latency, the version that answered, its request id)
 is written as one JSON line. For each answered prediction the true label is posted to
-``/labels`` of the version that answered, ``label_delay_s`` later, as delayed feedback.
+``/labels`` of the version that answered, ``label_delay_s`` later, as delayed feedback. A
+version that starts after the run began (a canary rolled out under running traffic) is looked
+up when its first label is due; a label is never posted through the gateway, whose split
+would hand it to whichever version it picks.
 
 Scenarios:
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
@@ -47,6 +51,8 @@ from pipelines.localenv.gateway import UPSTREAM_HEADER, VERSION_HEADER
 log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# A label due for a version not known yet looks the versions up again, at most this often.
+VERSION_LOOKUP_INTERVAL_S = 1.0
 
 
 class Scenario(StrEnum):
@@ -75,7 +81,12 @@ class TrafficOptions(BaseModel):
     label_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
     users: int = Field(default=100, ge=1, le=1_000_000, description="Distinct sticky user ids.")
     sticky_header: str | None = None
-    drift_features: int = Field(default=5, ge=1)
+    drift_features: int = Field(
+        default=20,
+        ge=1,
+        description="How many numeric features drift (all there are, if fewer). A shift of a "
+        "few features leaves the share of drifted features under the usual bounds.",
+    )
     drift_shift: float = Field(default=2.0, description="Standard deviations added.")
     corrupt_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
     slow_ms: float = Field(default=300.0, ge=0.0, le=60_000.0)
@@ -151,7 +162,14 @@ def check_loopback(url: str) -> None:
 
 
 class RowSource:
-    """Holdout rows (and labels) shaped for the scenario."""
+    """Holdout rows (and labels) shaped for the scenario.
+
+    Every pass over the rows is a fresh seeded permutation. Replayed in a fixed order, row
+    ``seq % len(rows)`` would line up with the gateway's weighted round robin (a fixed pattern
+    of period 2, 4 or 10 at 50, 25 or 10 %): with an even number of rows the canary would get
+    only the even rows and stable the odd ones, two different samples where the judge assumes
+    one stream split at random.
+    """
 
     def __init__(self, rows: list[dict[str, Any]], labels: list[Any], options: TrafficOptions):
         if not rows:
@@ -160,13 +178,23 @@ class RowSource:
         self.labels = labels
         self.options = options
         self.rng = random.Random(options.seed)
+        self._pass: tuple[int, list[int]] = (-1, [])
         if options.scenario == Scenario.DRIFT:
             self.rows = drifted(rows, options.drift_features, options.drift_shift)
+
+    def _index(self, position: int) -> int:
+        """The row at ``position`` of the replay (pass ``position // len(rows)``)."""
+        number, offset = divmod(position, len(self.rows))
+        if self._pass[0] != number:
+            order = list(range(len(self.rows)))
+            random.Random(f"{self.options.seed}/{number}").shuffle(order)
+            self._pass = (number, order)
+        return self._pass[1][offset]
 
     def take(self, seq: int) -> tuple[list[dict[str, Any]], list[int], bool]:
         """Rows for request ``seq``, their indices, and whether one was corrupted."""
         n = self.options.rows_per_request
-        indices = [(seq * n + k) % len(self.rows) for k in range(n)]
+        indices = [self._index(seq * n + k) for k in range(n)]
         records = [dict(self.rows[i]) for i in indices]
         corrupted = False
         if (
@@ -233,6 +261,7 @@ async def _run(
     on_progress: Callable[[int], None] | None,
     on_outcome: Callable[[RequestOutcome], None] | None = None,
     stop_event: threading.Event | None = None,
+    resolve_version_urls: Callable[[], dict[str, str]] | None = None,
 ) -> tuple[list[RequestOutcome], int, int, float]:
     limits = httpx.Limits(
         max_connections=options.concurrency, max_keepalive_connections=options.concurrency
@@ -246,6 +275,25 @@ async def _run(
     total = options.max_requests or int(options.rate * options.duration_s)
     outcomes_file.parent.mkdir(parents=True, exist_ok=True)
     sink = outcomes_file.open("wb")
+    known_urls = dict(version_urls)
+    looked_up_at = -math.inf
+
+    async def url_of(version: str, force: bool) -> str | None:
+        """The version's own URL; a version not known yet is looked up (at most once a second)."""
+        nonlocal looked_up_at
+        now = time.monotonic()
+        due = force or now - looked_up_at >= VERSION_LOOKUP_INTERVAL_S
+        if version not in known_urls and resolve_version_urls is not None and due:
+            looked_up_at = now
+            try:
+                found = await asyncio.to_thread(resolve_version_urls)
+            except Exception as exc:  # the environment is busy (a reconcile): try later
+                log.warning("could not look up the versions' URLs: %s", exc)
+                found = {}
+            for name, url in found.items():
+                if urlparse(url).hostname in LOOPBACK:
+                    known_urls[name] = url
+        return known_urls.get(version)
 
     async with (
         httpx.AsyncClient(base_url=gateway_url, limits=limits, timeout=timeout) as client,
@@ -326,14 +374,23 @@ async def _run(
             if not ready:
                 return
             due_labels[:] = [item for item in due_labels if not (final or item[0] <= now)]
-            by_version: dict[str, list[dict[str, Any]]] = {}
-            for _, version, request_id, (row, label) in ready:
-                by_version.setdefault(version, []).append(
-                    {"request_id": request_id, "row": row, "label": label}
-                )
-            for version, items in by_version.items():
+            by_version: dict[str, list[tuple[float, str, str, Any]]] = {}
+            for item in ready:
+                by_version.setdefault(item[1], []).append(item)
+            for version, pending in by_version.items():
                 # Labels go to the version that answered: its own log joins them by request id.
-                url = version_urls.get(version, gateway_url)
+                url = await url_of(version, force=final)
+                if url is None:
+                    if final:
+                        log.warning("%d labels for unknown version %s", len(pending), version)
+                        labels_failed += len(pending)
+                    else:
+                        due_labels.extend(pending)  # a new version not on record yet
+                    continue
+                items = [
+                    {"request_id": request_id, "row": row, "label": label}
+                    for _, _, request_id, (row, label) in pending
+                ]
                 try:
                     response = await label_client.post(f"{url}/labels", json={"labels": items})
                     ok = response.status_code == 200
@@ -395,6 +452,7 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
     on_outcome: Callable[[RequestOutcome], None] | None = None,
     stop_event: threading.Event | None = None,
+    resolve_version_urls: Callable[[], dict[str, str]] | None = None,
 ) -> TrafficResult:
     """Send the traffic and summarize it (the environment must already be up).
 
@@ -409,6 +467,9 @@ def replay(
         on_progress: Called with the sequence number every 100 requests.
         on_outcome: Called with every request's outcome as it completes (from the event loop).
         stop_event: Set from another thread to stop sending early (in-flight requests finish).
+        resolve_version_urls: Looks up every live version's URL when a label is due for a
+            version not in ``version_urls`` (one started after the run began). Without it, or
+            if the version is still unknown at the end, its labels count as failed.
 
     Raises:
         ValueError: The gateway is not on loopback, or there are no rows.
@@ -427,6 +488,7 @@ def replay(
             on_progress,
             on_outcome,
             stop_event,
+            resolve_version_urls,
         )
     )
     failed = [o for o in outcomes if o.failed]
@@ -459,11 +521,22 @@ def run(
     options: TrafficOptions,
     *,
     on_progress: Callable[[int], None] | None = None,
+    stop_event: threading.Event | None = None,
 ) -> TrafficResult:
     """``mlops traffic``: replay the holdout through the environment's gateway.
 
     For ``slow_canary`` and ``failing_canary`` a fault sidecar is put in front of the canary
-    for the run and removed afterwards, even when the run fails.
+    for the run and removed afterwards, even when the run fails. A version started while the
+    run goes on (a rollout under this traffic) gets its labels too: it is looked up in the
+    environment's status.
+
+    Args:
+        config: The project's configs (the holdout rows and labels come from them).
+        state_root: The state folder the environment lives in.
+        environment: The environment whose gateway gets the traffic.
+        options: Rate, concurrency, duration, scenario knobs.
+        on_progress: Called with the sequence number every 100 requests.
+        stop_event: Set from another thread to stop sending early.
 
     Raises:
         pipelines.localenv.reconcile.EnvError: The environment is not up, or the scenario
@@ -507,6 +580,10 @@ def run(
                 else None
             ),
             on_progress=on_progress,
+            stop_event=stop_event,
+            resolve_version_urls=lambda: {
+                r.version: r.url for r in reconcile.status(environment, state_root).releases
+            },
         )
     finally:
         if fault is not None and canary is not None:
