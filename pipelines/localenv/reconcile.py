@@ -200,7 +200,12 @@ def _upstreams(
         server = record.servers[release.version]
         fault = record.faults.get(release.version)
         dial = fault.dial if fault is not None else server.dial
-        items.append(Upstream(dial=dial, version=release.version, weight=release.caddy_weight))
+        # Blue on standby (stable at 0 % after a blue-green switch) keeps Caddy's smallest
+        # weight, 1 in 10,001: weighted round robin never picks a weight-0 upstream, not even
+        # when every other one is down, and blue must be where a dying green's requests go.
+        standby = release.role is Role.STABLE and release.caddy_weight == 0
+        weight = 1 if standby else release.caddy_weight
+        items.append(Upstream(dial=dial, version=release.version, weight=weight))
     for version, server in draining.items():
         items.append(Upstream(dial=server.dial, version=version, weight=0))
     return tuple(items)

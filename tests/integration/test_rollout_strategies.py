@@ -9,6 +9,7 @@ blue server that never stopped.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipelines.canary import Action, SignalStatus
 from pipelines.canary_config import CanaryConfig
 from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
+from pipelines.localenv.servers import kill_server
 from pipelines.localenv.traffic import Scenario
 from tests.integration.conftest import (
     CRIPPLED,
@@ -216,3 +218,41 @@ def test_blue_green_breach_in_standby_switches_back_to_the_warm_blue(
     assert status.release("1").pid == blue_pid  # not restarted: it was warm all along
     state = load_state(project.root, env_name)
     assert state.stable is not None and state.stable.version == 1
+
+
+def test_blue_green_green_killed_in_standby_fails_over_to_blue_without_failed_requests(
+    versions: Versions, env_name: str
+) -> None:
+    """``kill -9`` of green after the switch: blue answers at once, the loop switches back.
+
+    Blue keeps the gateway's smallest weight in the standby (1 in 10,001), so retries of the
+    requests green could not answer land on it; no client request fails.
+    """
+    project = versions.project
+    blue_pid = reconcile.status(env_name, project.state.root).release("1").pid
+    killed: list[threading.Timer] = []
+
+    def kill_green(event: rollout.RolloutProgress) -> None:
+        if "switch blue-green" in event.message and not killed:
+            folder = reconcile.env_dir(project.state.root, env_name)
+            record = reconcile.EnvRecord.model_validate_json((folder / "env.json").read_text())
+            timer = threading.Timer(1.5, kill_server, args=(record.servers[str(GOOD)],))
+            killed.append(timer)
+            timer.start()
+
+    profile = _profile(versions, "blue_green").model_copy(
+        update={
+            "blue_green": versions.canary.blue_green.model_copy(
+                update={"standby_s": 60.0, "standby_min_requests": 10_000}
+            )
+        }
+    )
+    result = run_rollout(
+        versions, env_name, GOOD, traffic=load(), canary=profile, progress=kill_green
+    )
+
+    assert killed, "the loop never switched"
+    assert_rolled_back(versions, env_name, result)
+    assert result.decided_by == ["canary_down"], result.to_markdown()
+    assert_no_failed_requests(result)
+    assert reconcile.status(env_name, project.state.root).release("1").pid == blue_pid
