@@ -101,6 +101,26 @@ def is_alive(record: ProcessRecord) -> bool:
     return state != "Z"
 
 
+def wait_exited(record: ProcessRecord, *, timeout: float = 5.0) -> bool:
+    """Wait until a process that is no longer alive has finished exiting; False on timeout.
+
+    A killed process loses its command line (memory) before its files: for a moment it is
+    not alive by :func:`is_alive` yet still holds its listening sockets. Call this before
+    binding a dead process's ports again.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(record.pid)
+        try:
+            state = Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def stop(record: ProcessRecord, *, timeout: float = 20.0) -> None:
     """SIGTERM the process group, wait, then SIGKILL what is left."""
     if not is_alive(record):

@@ -235,7 +235,8 @@ def _ensure_sticky_ports(record: EnvRecord, desired: DesiredEnv, port: int) -> N
     """Choose the sticky buckets' ports once; keep them while the gateway runs.
 
     A user's bucket is a hash of the header value and the buckets' addresses, so the ports
-    outlive reloads. A restarted gateway keeps every recorded port still free.
+    outlive reloads. A restarted gateway keeps every recorded port still free (a port held
+    in TIME_WAIT by a connection of the killed Caddy is not, for about a minute).
     """
     if desired.sticky_header is None:
         record.sticky_ports = ()
@@ -407,6 +408,9 @@ def _reconcile(
     replaced_mirror = _ensure_mirror(record, desired, folder, changes)
     retiring = {v: s for v, s in record.servers.items() if v not in wanted}
     port = record.gateway.port if record.gateway else procs.free_port()
+    if record.gateway is not None and not procs.is_alive(record.gateway.process):
+        # A killed Caddy may still hold its listeners for a moment: its ports are reused.
+        procs.wait_exited(record.gateway.process)
     _ensure_sticky_ports(record, desired, port)
     gateway = _ensure_gateway(
         record, _spec(record, desired, policy, port, retiring), folder, changes
