@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any
@@ -484,6 +484,24 @@ def _input_drift(config: CanaryConfig, current: StepSummary) -> SignalResult:
 # --------------------------------------------------------------------------- the judge
 
 
+def _deciding(
+    base: dict[str, Any], signals: list[SignalResult], evidence: dict[str, Any]
+) -> Callable[[Action, list[str], float | None], Verdict]:
+    """A maker of this call's verdicts: only the action, reasons and next weight vary."""
+
+    def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
+        return Verdict(
+            action=action,
+            next_weight=next_weight,
+            reasons=reasons,
+            signals=signals,
+            evidence=evidence,
+            **base,
+        )
+
+    return verdict
+
+
 def judge_summaries(
     config: CanaryConfig, step_index: int, summaries: Sequence[StepSummary]
 ) -> Verdict:
@@ -551,15 +569,7 @@ def judge_summaries(
         "latency_ms": {"canary": current.canary.latency_ms, "stable": current.stable.latency_ms},
     }
 
-    def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
-        return Verdict(
-            action=action,
-            next_weight=next_weight,
-            reasons=reasons,
-            signals=signals,
-            evidence=evidence,
-            **base,
-        )
+    verdict = _deciding(base, signals, evidence)
 
     breached = [s for s in hard if s.status is SignalStatus.FAILED]
     if breached:
@@ -712,15 +722,7 @@ def judge_standby(config: CanaryConfig, windows: Sequence[WindowObservation]) ->
         "latency_ms": {"canary": current.canary.latency_ms},
     }
 
-    def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
-        return Verdict(
-            action=action,
-            next_weight=next_weight,
-            reasons=reasons,
-            signals=hard,
-            evidence=evidence,
-            **base,
-        )
+    verdict = _deciding(base, hard, evidence)
 
     breached = [s for s in hard if s.status is SignalStatus.FAILED]
     if breached:

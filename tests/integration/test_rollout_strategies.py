@@ -50,6 +50,15 @@ def _profile(versions: Versions, strategy: str) -> CanaryConfig:
     return CanaryConfig.model_validate({**data, "strategy": strategy, "steps": MIRRORED_STEPS})
 
 
+def _long_standby(versions: Versions) -> CanaryConfig:
+    """Blue-green whose standby outlasts the test: it ends by a switch back, not a promotion."""
+    profile = _profile(versions, "blue_green")
+    standby = profile.blue_green.model_copy(
+        update={"standby_s": 60.0, "standby_min_requests": 10_000}
+    )
+    return profile.model_copy(update={"blue_green": standby})
+
+
 def _signal(result: rollout.RolloutResult, name: str) -> dict:
     assert result.final_verdict is not None, result.to_markdown()
     found = [s for s in result.final_verdict["signals"] if s["name"] == name]
@@ -199,13 +208,7 @@ def test_blue_green_breach_in_standby_switches_back_to_the_warm_blue(
             )
             faulted.append(True)
 
-    profile = _profile(versions, "blue_green").model_copy(
-        update={
-            "blue_green": versions.canary.blue_green.model_copy(
-                update={"standby_s": 60.0, "standby_min_requests": 10_000}
-            )
-        }
-    )
+    profile = _long_standby(versions)
     result = run_rollout(
         versions, env_name, GOOD, traffic=load(Scenario.CLEAN), canary=profile, progress=break_green
     )
@@ -240,13 +243,7 @@ def test_blue_green_green_killed_in_standby_fails_over_to_blue_without_failed_re
             killed.append(timer)
             timer.start()
 
-    profile = _profile(versions, "blue_green").model_copy(
-        update={
-            "blue_green": versions.canary.blue_green.model_copy(
-                update={"standby_s": 60.0, "standby_min_requests": 10_000}
-            )
-        }
-    )
+    profile = _long_standby(versions)
     result = run_rollout(
         versions, env_name, GOOD, traffic=load(), canary=profile, progress=kill_green
     )
