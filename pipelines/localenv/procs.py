@@ -104,18 +104,24 @@ def is_alive(record: ProcessRecord) -> bool:
 def wait_exited(record: ProcessRecord, *, timeout: float = 5.0) -> bool:
     """Wait until a process that is no longer alive has finished exiting; False on timeout.
 
-    A killed process loses its command line (memory) before its files: for a moment it is
-    not alive by :func:`is_alive` yet still holds its listening sockets. Call this before
-    binding a dead process's ports again.
+    A killed process loses its command line (memory) before its files, and a multithreaded
+    one (Caddy, any Go program) can show a zombie leader while its other threads still hold
+    the listening sockets. Call this before binding a dead process's ports again.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(record.pid)
         try:
-            state = Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state in ("Z", "X"):
+            tasks = list(Path(f"/proc/{record.pid}/task").iterdir())
+        except OSError:
+            return True  # gone entirely
+        states = []
+        for task in tasks:
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue  # that thread is gone
+        if all(state in ("Z", "X") for state in states):
             return True
         time.sleep(0.05)
     return False

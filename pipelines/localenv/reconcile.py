@@ -235,8 +235,7 @@ def _ensure_sticky_ports(record: EnvRecord, desired: DesiredEnv, port: int) -> N
     """Choose the sticky buckets' ports once; keep them while the gateway runs.
 
     A user's bucket is a hash of the header value and the buckets' addresses, so the ports
-    outlive reloads. A restarted gateway keeps every recorded port still free (a port held
-    in TIME_WAIT by a connection of the killed Caddy is not, for about a minute).
+    outlive reloads. A restarted gateway keeps every recorded port still free.
     """
     if desired.sticky_header is None:
         record.sticky_ports = ()
@@ -409,7 +408,7 @@ def _reconcile(
     retiring = {v: s for v, s in record.servers.items() if v not in wanted}
     port = record.gateway.port if record.gateway else procs.free_port()
     if record.gateway is not None and not procs.is_alive(record.gateway.process):
-        # A killed Caddy may still hold its listeners for a moment: its ports are reused.
+        # A killed Caddy's threads may still hold its listeners: its ports are bound again.
         procs.wait_exited(record.gateway.process)
     _ensure_sticky_ports(record, desired, port)
     gateway = _ensure_gateway(
