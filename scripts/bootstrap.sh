@@ -33,22 +33,30 @@ if ! python_path="$(command -v "$python_bin")"; then
   die "no '$python_bin' on PATH. Install Python 3.11, 3.12 or 3.13 (Debian/Ubuntu: \
 apt-get install python3 python3-venv), or name one: make PYTHON=/path/to/python3.12 ..."
 fi
-facts="$("$python_path" -c 'import sys; print("%d.%d" % sys.version_info[:2], sys.executable)' 2>/dev/null)" \
+# One run of the interpreter: its version, whether venv can bootstrap pip (Debian and Ubuntu
+# ship ensurepip in a separate package, python3-venv) and the interpreter itself (not a shim
+# or wrapper that found it, as pyenv and asdf put on PATH).
+facts="$("$python_path" -c '
+import sys
+try:
+    import ensurepip, venv
+    venv_ok = "venv"
+except ImportError:
+    venv_ok = "no-venv"
+print("%d.%d" % sys.version_info[:2], venv_ok, sys.executable)' 2>/dev/null)" \
   || die "'$python_path' does not run"
-version="${facts%% *}"
-# The interpreter itself, not a shim or wrapper that found it (pyenv, asdf).
-[ -z "${facts#* }" ] || python_path="${facts#* }"
+read -r version venv_ok executable <<<"$facts"
 case "$version" in
   3.11|3.12|3.13) ;;
   *) die "'$python_path' is Python $version; this project needs 3.11, 3.12 or 3.13 \
 (pyproject.toml requires-python). Install one (Debian 12: python3 is 3.11; Ubuntu 24.04: \
 3.12; Debian 13: 3.13) and run: make PYTHON=/path/to/python3.1x ..." ;;
 esac
-# Debian and Ubuntu ship venv's pip bootstrap (ensurepip) in a separate package.
-if ! "$python_path" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+if [ "$venv_ok" != venv ]; then
   die "'$python_path' (Python $version) has no venv/ensurepip module. Install it: \
 apt-get install python3-venv (or python$version-venv), then run make again."
 fi
+[ -z "$executable" ] || python_path="$executable"
 
 # ------------------------------------------------------------------ uv
 uv_cmd=""
