@@ -101,8 +101,26 @@ mounts_under_root() {
   awk -v root="$ROOT" '$2 == root || index($2, root "/") == 1 { print $2 }' /proc/mounts
 }
 
+# Processes whose root directory is ROOT: whatever the command left running in the chroot.
+processes_in_root() {
+  local proc
+  for proc in /proc/[0-9]*; do
+    [ "$(readlink "$proc/root" 2>/dev/null)" != "$ROOT" ] || echo "${proc#/proc/}"
+  done
+}
+
 cleanup() {
-  local status=$? index left
+  local status=$? index left pids
+  trap - INT TERM
+  pids="$(processes_in_root)"
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    sleep 3
+    pids="$(processes_in_root)"
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+  fi
   for ((index = ${#MOUNTED[@]} - 1; index >= 0; index--)); do
     umount "${MOUNTED[index]}" 2>/dev/null || umount -l "${MOUNTED[index]}" 2>/dev/null \
       || echo "fresh-machine: error: cannot unmount ${MOUNTED[index]}" >&2
@@ -179,11 +197,14 @@ say "cloned $(git -C "$ROOT/p" log -1 --format='%h %s') into $ROOT/p"
 setup_done=$SECONDS
 say "running in the chroot: $COMMAND"
 status=0
+# In the background so that a signal to this script is handled at once (cleanup then stops
+# what runs in the chroot); bash runs traps only between foreground commands.
 chroot "$ROOT" /usr/bin/env -i \
   HOME=/root \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   LANG=C.UTF-8 \
   SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-  bash -c "cd /p && $COMMAND" || status=$?
+  bash -c "cd /p && $COMMAND" &
+wait "$!" || status=$?
 say "setup $((setup_done - started)) s, command $((SECONDS - setup_done)) s, exit status $status"
 exit "$status"
