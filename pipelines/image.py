@@ -85,20 +85,13 @@ class BaseImageSpec(Strict):
     def for_python(self, python_version: str) -> BaseImageSpec:
         """This spec with ``{python_version}`` and ``suite: auto`` resolved for the Bento.
 
-        Raises:
-            ImageError: ``suite`` is auto and no Debian suite ships that Python.
+        ``suite`` stays ``auto`` when no Debian suite ships that Python; making the base image
+        is then refused (:func:`ensure_base_image`), using an existing one is not.
         """
         ref = self.ref.replace(PYTHON_PLACEHOLDER, python_version) if self.ref else None
         suite = self.suite
-        if suite == "auto" and ref is not None and self.build_if_missing:
-            if python_version not in DEBIAN_SUITE_OF_PYTHON:
-                known = ", ".join(f"{v}: {s}" for v, s in DEBIAN_SUITE_OF_PYTHON.items())
-                raise ImageError(
-                    f"image.base_image.suite is auto but no Debian suite ships Python "
-                    f"{python_version}, the Bento's ({known}); package with one of those, or "
-                    f"set image.base_image.ref to an image whose python3 is {python_version}"
-                )
-            suite = DEBIAN_SUITE_OF_PYTHON[python_version]
+        if suite == "auto":
+            suite = DEBIAN_SUITE_OF_PYTHON.get(python_version, "auto")
         return self.model_copy(update={"ref": ref, "suite": suite})
 
 
@@ -450,6 +443,23 @@ def bento_python_version(bento: Path) -> str:
     return version
 
 
+def suite_to_make(spec: BaseImageSpec, python_version: str) -> str:
+    """The Debian suite to make the base image from (``spec`` resolved by ``for_python``).
+
+    Raises:
+        ImageError: ``suite`` is still auto: no Debian suite ships the Bento's Python.
+    """
+    if spec.suite != "auto":
+        return spec.suite
+    known = ", ".join(f"{v}: {s}" for v, s in DEBIAN_SUITE_OF_PYTHON.items())
+    raise ImageError(
+        f"base image {spec.ref} is not present and image.base_image.suite is auto, but no "
+        f"Debian suite ships Python {python_version}, the Bento's ({known}); package with "
+        f"one of those, or set image.base_image.ref to an image whose python3 is "
+        f"{python_version}"
+    )
+
+
 def ensure_base_image(
     engine: Engine, spec: BaseImageSpec, certificates: list[Path], python_version: str
 ) -> ImageFacts | None:
@@ -482,13 +492,14 @@ def ensure_base_image(
             f"base image {spec.ref} is not present for {engine.backend}; make it with "
             f"scripts/make-base-image.sh --tag {spec.ref} or set base_image.build_if_missing"
         )
+    suite = suite_to_make(spec, python_version)
     command = [
         "bash",
         str(MAKE_BASE_IMAGE),
         "--tag",
         spec.ref,
         "--suite",
-        spec.suite,
+        suite,
         "--engine",
         engine.backend.value,
     ]
@@ -496,7 +507,7 @@ def ensure_base_image(
         command += ["--mirror", spec.mirror]
     for cert in certificates:
         command += ["--extra-ca", str(cert)]
-    log.info("making base image %s (debootstrap %s, about a minute)", spec.ref, spec.suite)
+    log.info("making base image %s (debootstrap %s, about a minute)", spec.ref, suite)
     done = subprocess.run(
         command, env=engine.env, capture_output=True, text=True, timeout=1800, check=False
     )

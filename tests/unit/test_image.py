@@ -196,11 +196,20 @@ def test_an_explicit_suite_and_ref_are_kept() -> None:
     assert (spec.ref, spec.suite) == ("registry.local/py:3.12", "noble")
 
 
-def test_no_debian_suite_for_python_312_is_a_clear_error() -> None:
-    """It refuses suite auto for Python 3.12 (no Debian suite has it), naming the field."""
+def test_no_debian_suite_for_python_312_leaves_suite_auto() -> None:
+    """It leaves suite auto for Python 3.12, which no Debian suite ships."""
     spec = image.BaseImageSpec(ref="localhost/python-base:{python_version}", build_if_missing=True)
-    with pytest.raises(image.ImageError, match=r"image.base_image.suite is auto .* 3\.12"):
-        spec.for_python("3.12")
+    assert spec.for_python("3.12").suite == "auto"
+
+
+def test_making_a_base_for_python_312_is_a_clear_error() -> None:
+    """It refuses to make a base with suite auto for 3.12, naming the field; a suite is kept."""
+    spec = image.BaseImageSpec(
+        ref="localhost/python-base:{python_version}", build_if_missing=True
+    ).for_python("3.12")
+    with pytest.raises(image.ImageError, match=r"image.base_image.suite is auto.* 3\.12"):
+        image.suite_to_make(spec, "3.12")
+    assert image.suite_to_make(spec.model_copy(update={"suite": "noble"}), "3.12") == "noble"
 
 
 def test_an_unknown_placeholder_in_the_ref_is_refused(tmp_path: Path) -> None:
