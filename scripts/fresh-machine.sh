@@ -3,11 +3,11 @@
 # (+venv), make, git and CA certificates (debootstrap --variant=minbase), entered with chroot
 # and a clean environment (env -i), the project cloned from this repository's HEAD.
 #
-# The root is cached as a tarball keyed by suite and package list (debootstrap takes about a
-# minute; unpacking a few seconds). The machine's CA bundle, resolv.conf, hosts and pip.conf
+# The root is cached as a tarball keyed by suite and package list, for 30 days (debootstrap
+# takes one to two minutes; unpacking a few seconds). The machine's CA bundle, resolv.conf, hosts and pip.conf
 # are copied in so that pip and uv reach the package index the way the host does
-# (../shared/ENVIRONMENT.md, "A fresh machine for the README's two commands"). Mounts are
-# undone and the root removed on any exit.
+# (../shared/ENVIRONMENT.md, "A fresh machine for the README's two commands"). The root is a
+# tmpfs; on any exit what runs in it is stopped, the mounts are undone and the root is gone.
 #
 # Usage: scripts/fresh-machine.sh [--suite SUITE] [--mirror URL] [--cache DIR] [--rebuild]
 #                                 [--keep] [--uv-cache DIR] [--] [COMMAND]
@@ -18,6 +18,7 @@
 #   --keep      keep the root after the run (its path is printed) for a look inside
 #   --uv-cache  a host folder bind-mounted as uv's download cache in the root, so that
 #               repeated runs do not download the stack again        [none: a cold cache]
+#   --tmpfs-size  upper bound of the tmpfs that holds the root (it uses what is written) [8g]
 #   COMMAND     run with bash -c in /p, the project's clone [the fast tier: see FAST_TIER]
 # Needs root (debootstrap, mount, chroot). Exit status: the command's; 2 on a setup failure.
 set -euo pipefail
@@ -29,6 +30,7 @@ CACHE="/var/cache/mlops-fresh-machine"
 REBUILD=0
 KEEP=0
 UV_CACHE=""
+TMPFS_SIZE="8g"
 INCLUDE="python3,python3-venv,make,git,ca-certificates"
 # The README's setup, then the fast tier: unit tests through the README's own `make test`,
 # the config check and the first two pipeline steps on the example configs.
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --rebuild) REBUILD=1; shift ;;
     --keep) KEEP=1; shift ;;
     --uv-cache) UV_CACHE="${2:?--uv-cache needs a value}"; shift 2 ;;
+    --tmpfs-size) TMPFS_SIZE="${2:?--tmpfs-size needs a value}"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) shift; break ;;
     -*) die "unknown argument '$1' (see --help)" ;;
@@ -97,8 +100,8 @@ WORKDIR="$(mktemp -d /var/tmp/fresh-machine.XXXXXX)"
 ROOT="$WORKDIR/root"
 MOUNTED=()
 
-mounts_under_root() {
-  awk -v root="$ROOT" '$2 == root || index($2, root "/") == 1 { print $2 }' /proc/mounts
+mounts_under_workdir() {
+  awk -v dir="$WORKDIR" '$2 == dir || index($2, dir "/") == 1 { print $2 }' /proc/mounts
 }
 
 # Processes whose root directory is ROOT: whatever the command left running in the chroot.
@@ -121,18 +124,19 @@ cleanup() {
     # shellcheck disable=SC2086
     [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
   fi
-  for ((index = ${#MOUNTED[@]} - 1; index >= 0; index--)); do
+  # Last in, first out; with --keep the tmpfs holding the root (MOUNTED[0]) stays.
+  for ((index = ${#MOUNTED[@]} - 1; index >= KEEP; index--)); do
     umount "${MOUNTED[index]}" 2>/dev/null || umount -l "${MOUNTED[index]}" 2>/dev/null \
       || echo "fresh-machine: error: cannot unmount ${MOUNTED[index]}" >&2
   done
-  left="$(mounts_under_root)"
-  if [ -n "$left" ]; then
+  left="$(mounts_under_workdir)"
+  if [ "$KEEP" -eq 1 ]; then
+    echo "fresh-machine: root kept at $ROOT (a tmpfs: umount $WORKDIR && rm -r $WORKDIR)" >&2
+  elif [ -n "$left" ]; then
     # Never rm -rf through a live bind mount of /dev or /sys.
     echo "fresh-machine: error: still mounted, $WORKDIR left in place:" >&2
     echo "$left" >&2
     [ "$status" -ne 0 ] || status=2
-  elif [ "$KEEP" -eq 1 ]; then
-    echo "fresh-machine: root kept at $ROOT" >&2
   else
     rm -rf "$WORKDIR"
   fi
@@ -152,8 +156,14 @@ bind() {  # bind SOURCE TARGET_IN_ROOT
 started=$SECONDS
 key="$(printf '%s %s' "$SUITE" "$INCLUDE" | sha256sum | cut -c1-12)"
 TARBALL="$CACHE/$SUITE-minbase-$key.tar"
+# The root lives in memory (about 2 GB once the stack is installed): removing a root on disk
+# takes minutes on a busy machine, unmounting a tmpfs no time.
+mount -t tmpfs -o "size=$TMPFS_SIZE,mode=0755" fresh-machine "$WORKDIR" \
+  || die "cannot mount a tmpfs on $WORKDIR"
+MOUNTED+=("$WORKDIR")
 mkdir -p "$ROOT" "$CACHE"
-if [ "$REBUILD" -eq 0 ] && [ -s "$TARBALL" ]; then
+# A month-old root is made again, so that the suite's point releases reach the test.
+if [ "$REBUILD" -eq 0 ] && [ -s "$TARBALL" ] && [ -n "$(find "$TARBALL" -mtime -30)" ]; then
   tar -C "$ROOT" -xf "$TARBALL" || die "cannot unpack $TARBALL (--rebuild makes it again)"
   say "root from cache $TARBALL in $((SECONDS - started)) s"
 else
