@@ -17,16 +17,20 @@ CONFIGS ?= configs
 help: ## List the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.synced: pyproject.toml uv.lock scripts/bootstrap.sh
+# One stamp per PYTHON, so that another PYTHON syncs .venv again (uv recreates it).
+SYNCED := $(VENV)/.synced-$(subst /,_,$(PYTHON))
+
+$(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
 	@set -e; export PYTHON="$(PYTHON)" UV="$(UV)"; \
 	python="$$(bash scripts/bootstrap.sh --print python)"; \
 	uv="$$(bash scripts/bootstrap.sh --print uv)"; \
 	echo "$$uv sync --frozen --python $$python"; \
-	UV_PYTHON_DOWNLOADS=never "$$uv" sync --frozen --python "$$python"
+	UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT="$(VENV)" "$$uv" sync --frozen --python "$$python"
+	@rm -f $(VENV)/.synced*
 	@touch $@
 
 .PHONY: venv
-venv: $(VENV)/.synced ## Create .venv from uv.lock (runs by itself when needed)
+venv: $(SYNCED) ## Create .venv from uv.lock (runs by itself when needed)
 
 .PHONY: demo
 demo: venv ## The main job: train → validate → package → canary rollout on local staging (in .mlops/demo)
