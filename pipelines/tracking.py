@@ -74,8 +74,15 @@ def check_reachable(uri: str, source: str, timeout_s: float = REACHABILITY_TIMEO
         return
     import requests
 
+    # The TLS settings MLflow's own client reads, so the check trusts what the client trusts.
+    verify: bool | str = True
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        verify = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s, verify=verify, cert=cert)
     except requests.RequestException as exc:
         raise TrackingServerError(
             f"{source}: the MLflow tracking server {uri} is unreachable "
