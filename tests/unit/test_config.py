@@ -152,3 +152,26 @@ def test_training_hash_tracks_training_inputs_only(configs: Path) -> None:
     assert load_config_set(configs).training_hash() == before
     edit(configs / "train.yaml", lambda d: d["params"].update(C=0.25))
     assert load_config_set(configs).training_hash() != before
+
+
+def test_probability_metric_without_predict_proba_is_refused(configs: Path) -> None:
+    """A gate on ROC AUC for a model without predict_proba is refused, naming file and field."""
+    package = configs.parent / "models" / "margin_classifier"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        '"""A linear SVM: labels only, no probabilities."""\n'
+        "from pydantic import BaseModel, ConfigDict\n"
+        "from sklearn.svm import LinearSVC\n"
+        'TASK = "classification"\n'
+        "class Params(BaseModel):\n"
+        '    model_config = ConfigDict(extra="forbid")\n'
+        "def build(params, seed):\n"
+        "    return LinearSVC(random_state=seed)\n"
+    )
+    edit(configs / "train.yaml", lambda d: d.update(model="margin_classifier", params={}))
+    with pytest.raises(ConfigError) as info:
+        load_config_set(configs)
+    message = str(info.value)
+    assert str(configs / "validate.yaml") in message
+    assert "field 'gates.holdout.thresholds.roc_auc'" in message
+    assert "no predict_proba" in message
