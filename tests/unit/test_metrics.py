@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
