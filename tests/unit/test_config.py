@@ -175,3 +175,44 @@ def test_probability_metric_without_predict_proba_is_refused(configs: Path) -> N
     assert str(configs / "validate.yaml") in message
     assert "field 'gates.holdout.thresholds.roc_auc'" in message
     assert "no predict_proba" in message
+
+
+@pytest.mark.parametrize(
+    ("feature", "expected"),
+    [
+        (
+            {"type": "float", "categories": ["a"]},
+            "field 'schema.features.mean_radius': Value error, 'categories' and 'unknown' apply",
+        ),
+        (
+            {"type": "string", "categories": ["a", "a"]},
+            "field 'schema.features.mean_radius': Value error, 'categories' lists a value twice",
+        ),
+        (
+            {"type": "string", "unknown": "ignore"},
+            "field 'schema.features.mean_radius.unknown': Input should be 'refuse' or 'count'",
+        ),
+        (
+            {"type": "float", "nulable": True},
+            "field 'schema.features.mean_radius.nulable': Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_bad_feature_declarations_name_the_field(
+    configs: Path, feature: dict, expected: str
+) -> None:
+    """A feature declaration with a bad key or value fails naming data.yaml and the field."""
+    edit(configs / "data.yaml", lambda d: d["schema"]["features"].update(mean_radius=feature))
+    with pytest.raises(ConfigError) as info:
+        load_config_set(configs)
+    assert expected in str(info.value)
+    assert str(configs / "data.yaml") in str(info.value)
+
+
+def test_repository_multiclass_variant_declares_nullable_and_categories() -> None:
+    """The penguins variant loads with its nullable measurements and categoricals."""
+    config = load_config_set(REPO / "configs" / "variants" / "penguins-multiclass")
+    specs = config.data.schema_.feature_specs()
+    assert specs["island"].categories == ["Biscoe", "Dream", "Torgersen"]
+    assert specs["sex"].unknown == "count" and specs["sex"].categories is None
+    assert specs["body_mass_g"].nullable and not specs["island"].nullable
