@@ -48,6 +48,12 @@ verify(
     MANIFEST.artifact_sha256,
 )
 PredictRequest = request_model(MANIFEST)
+# Values outside a string feature's categories, scored because data.yaml says `unknown: count`.
+UNKNOWN_CATEGORIES = bentoml.metrics.Counter(
+    name="mlops_unknown_category_values",
+    documentation="String feature values outside the categories known at training, scored.",
+    labelnames=["feature"],
+)
 LabelsRequest = label_model(MANIFEST)
 _JSON = "application/json"
 
@@ -122,6 +128,7 @@ class ModelServer:
                 model_name=manifest.model_name,
                 model_version=manifest.model_version,
                 feature_names=manifest.feature_names,
+                classes=self.runner.classes,
                 flush_interval_ms=log_config.flush_interval_ms,
                 max_pending=log_config.max_pending,
             )
@@ -154,6 +161,9 @@ class ModelServer:
         """Predict one or many rows; the response names the exact model version used."""
         started = time.perf_counter()
         rows = [list(record.__dict__.values()) for record in records]
+        if self.runner.counted:
+            for feature, count in self.runner.unknown_categories(rows).items():
+                UNKNOWN_CATEGORIES.labels(feature=feature).inc(count)
         try:
             if self.batcher is not None:
                 predictions, probabilities = await self.batcher.submit(rows)

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from pipelines.metrics import METRICS, Task
 
@@ -69,10 +77,53 @@ class TargetSpec(Strict):
     type: FeatureType
 
 
+class UnknownCategory(StrEnum):
+    """What serving and batch scoring do with a string value outside the known categories."""
+
+    REFUSE = "refuse"  # a 4xx (serving) or a row problem (batch) naming the allowed values
+    COUNT = "count"  # scored, and counted per feature
+
+
+class DeclaredFeature(Strict):
+    """One feature declared in full; a bare type (``age: float``) means the defaults.
+
+    ``categories`` applies to string features: the allowed values. Left out, they are
+    learned from the training rows and recorded with the model.
+    """
+
+    type: FeatureType
+    nullable: bool = Field(
+        default=False, description="Missing values (null, NaN, empty CSV cell) are allowed."
+    )
+    categories: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    unknown: UnknownCategory = UnknownCategory.REFUSE
+
+    @model_validator(mode="after")
+    def _categories_are_for_strings(self) -> DeclaredFeature:
+        if self.type is not FeatureType.STRING and (
+            self.categories is not None or self.unknown is not UnknownCategory.REFUSE
+        ):
+            raise ValueError("'categories' and 'unknown' apply to string features only")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError("'categories' lists a value twice")
+        return self
+
+
+def _feature_entry_kind(value: Any) -> str:
+    return "DeclaredFeature" if isinstance(value, dict | DeclaredFeature) else "FeatureType"
+
+
+# A bare type or a full declaration; the tag keeps error messages to the branch that applies.
+FeatureEntry = Annotated[
+    Annotated[FeatureType, Tag("FeatureType")] | Annotated[DeclaredFeature, Tag("DeclaredFeature")],
+    Discriminator(_feature_entry_kind),
+]
+
+
 class SchemaSpec(Strict):
     """Declared feature names and types plus the target; checked on every load."""
 
-    features: dict[str, FeatureType] = Field(min_length=1)
+    features: dict[str, FeatureEntry] = Field(min_length=1)
     target: TargetSpec
     id_column: str | None = Field(
         default=None, description="Optional row identifier carried next to predictions."
@@ -83,6 +134,13 @@ class SchemaSpec(Strict):
         if self.target.name in self.features:
             raise ValueError(f"target '{self.target.name}' is also listed as a feature")
         return self
+
+    def feature_specs(self) -> dict[str, DeclaredFeature]:
+        """Every feature as a full :class:`DeclaredFeature`, in declared order."""
+        return {
+            name: spec if isinstance(spec, DeclaredFeature) else DeclaredFeature(type=spec)
+            for name, spec in self.features.items()
+        }
 
 
 class SplitSpec(Strict):
@@ -272,7 +330,8 @@ CONFIG_FILES: dict[str, type[Strict]] = {
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in {"SklearnSource", "FileSource"}]
+    tags = {"SklearnSource", "FileSource", "FeatureType", "DeclaredFeature"}
+    parts = [str(p) for p in loc if p not in tags]
     parts = [p[:-1] if p.endswith("_") else p for p in parts]
     return ".".join(parts) or "(top level)"
 
@@ -359,6 +418,8 @@ def _check_cross_file(config: ConfigSet) -> None:
         raise ConfigError(detail) from None
 
     gates = config.validate_.gates
+    # An unfitted estimator already says whether it will have predict_proba.
+    probabilistic = hasattr(code.build(config.train.params, config.train.seed), "predict_proba")
     for gate_name, names in (
         ("holdout.thresholds", gates.holdout.thresholds),
         ("champion.metrics", gates.champion.metrics),
@@ -374,6 +435,12 @@ def _check_cross_file(config: ConfigSet) -> None:
                 raise ConfigError(
                     f"{validate_file}: field 'gates.{gate_name}.{metric}': metric '{metric}' does "
                     f"not apply to a {code.task} model (model '{config.train.model}')"
+                )
+            if spec.needs_scores and not probabilistic:
+                raise ConfigError(
+                    f"{validate_file}: field 'gates.{gate_name}.{metric}': metric '{metric}' "
+                    f"needs class probabilities and model '{config.train.model}' has no "
+                    "predict_proba"
                 )
     if code.task == Task.CLASSIFICATION and config.data.schema_.target.type == FeatureType.FLOAT:
         raise ConfigError(

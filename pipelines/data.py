@@ -11,7 +11,14 @@ import pandas as pd
 from pandas.api import types as ptypes
 from sklearn.model_selection import train_test_split
 
-from pipelines.config import DataConfig, FeatureType, FileSource, SchemaSpec, SklearnSource
+from pipelines.config import (
+    DataConfig,
+    DeclaredFeature,
+    FeatureType,
+    FileSource,
+    SchemaSpec,
+    SklearnSource,
+)
 from pipelines.metrics import Task
 
 
@@ -79,13 +86,23 @@ def _load_file(source: FileSource, root: Path) -> pd.DataFrame:
     raise DataError(f"{path}: unknown data format '{fmt}'; expected csv or parquet")
 
 
-def _dtype_matches(series: pd.Series, expected: FeatureType) -> bool:
+def _dtype_matches(series: pd.Series, expected: FeatureType, nullable: bool = False) -> bool:
     if expected is FeatureType.FLOAT:
         return ptypes.is_numeric_dtype(series) and not ptypes.is_bool_dtype(series)
     if expected is FeatureType.INT:
-        return ptypes.is_integer_dtype(series)
+        if ptypes.is_integer_dtype(series):
+            return True
+        # A CSV column of whole numbers with empty cells reads as float: fine when nullable.
+        present = series.dropna()
+        return (
+            nullable
+            and ptypes.is_float_dtype(series)
+            and bool(np.all(present.to_numpy() == np.round(present.to_numpy())))
+        )
     if expected is FeatureType.BOOL:
-        return ptypes.is_bool_dtype(series)
+        return ptypes.is_bool_dtype(series) or (nullable and ptypes.is_object_dtype(series))
+    if series.isna().all():
+        return True
     return ptypes.is_string_dtype(series) or ptypes.is_object_dtype(series)
 
 
@@ -98,39 +115,71 @@ def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
 def check_schema(frame: pd.DataFrame, schema: SchemaSpec, origin: str) -> pd.DataFrame:
     """Check columns, types and values against ``schema``; return the columns in schema order.
 
+    A feature declared ``nullable`` may have missing values (NaN, None, an empty CSV cell);
+    any other missing or infinite value is refused. A string feature with declared
+    ``categories`` may hold only those values.
+
     Raises:
-        DataError: A column is missing or of the wrong type, or a value is NaN or infinite.
+        DataError: A column is missing or of the wrong type, a value is missing where the
+            feature is not nullable, infinite, or outside the declared categories.
     """
-    expected = {**schema.features, schema.target.name: schema.target.type}
+    specs = schema.feature_specs()
+    target = DeclaredFeature(type=schema.target.type)
+    expected = {**specs, schema.target.name: target}
     wanted = list(expected) + ([schema.id_column] if schema.id_column else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise DataError(f"{origin}: missing column(s) {missing} declared in the schema")
 
     problems = []
-    for column, kind in expected.items():
+    for column, spec in expected.items():
         series = frame[column]
         role = "target" if column == schema.target.name else "feature"
-        if not _dtype_matches(series, kind):
+        kind = spec.type
+        if not _dtype_matches(series, kind, spec.nullable):
             problems.append(f"{role} '{column}': expected {kind.value}, got dtype {series.dtype}")
             continue
+        absent = series.isna().to_numpy()
+        bad = np.zeros(len(series), dtype=bool) if spec.nullable else absent.copy()
         if kind in {FeatureType.FLOAT, FeatureType.INT}:
-            bad = ~np.isfinite(series.to_numpy(dtype=float))
-        else:
-            bad = series.isna().to_numpy()
+            bad |= np.isinf(series.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
+            hint = (
+                "; declare it nullable in data.yaml if the model handles missing values"
+                if role == "feature" and (absent & bad).any()
+                else ""
+            )
             problems.append(
                 f"{role} '{column}': {int(bad.sum())} NaN or infinite value(s) "
-                f"(rows {_first_rows(bad)})"
+                f"(rows {_first_rows(bad)}){hint}"
             )
+        if kind is FeatureType.STRING and spec.categories is not None:
+            outside = ~absent & ~series.isin(spec.categories).to_numpy()
+            if outside.any():
+                values = sorted({str(v) for v in series[outside]})
+                problems.append(
+                    f"{role} '{column}': value(s) {values[:10]} outside the declared "
+                    f"categories {spec.categories} (rows {_first_rows(outside)})"
+                )
     if problems:
         raise DataError(f"{origin}: data does not match the schema:\n  " + "\n  ".join(problems))
 
     checked = frame[wanted].copy()
-    for column, kind in schema.features.items():
-        if kind is FeatureType.FLOAT:
+    for column, spec in specs.items():
+        if spec.type is FeatureType.FLOAT or (spec.type is FeatureType.INT and spec.nullable):
             checked[column] = checked[column].astype("float64")
+        elif spec.type is FeatureType.STRING:
+            checked[column] = checked[column].astype(object).where(checked[column].notna(), None)
     return checked.reset_index(drop=True)
+
+
+def learned_categories(X: pd.DataFrame, schema: SchemaSpec) -> dict[str, list[str]]:
+    """The allowed values of each string feature: declared, or learned from ``X`` (sorted)."""
+    categories: dict[str, list[str]] = {}
+    for column, spec in schema.feature_specs().items():
+        if spec.type is FeatureType.STRING:
+            categories[column] = spec.categories or sorted({str(v) for v in X[column].dropna()})
+    return categories
 
 
 def content_hash(frame: pd.DataFrame) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import Bound, ComparisonRule, GateMode
-from pipelines.metrics import METRICS, Predictions, improvement
+from pipelines.metrics import METRICS, MetricValue, Predictions, Undefined, improvement
 
 
 class Outcome(StrEnum):
@@ -58,17 +58,20 @@ def apply_mode(name: str, mode: GateMode, evaluate: Callable[[], GateResult]) ->
     return result.model_copy(update={"mode": mode})
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: MetricValue) -> str:
+    if isinstance(value, Undefined):
+        return str(value)
     return "NaN" if math.isnan(value) else f"{value:.4g}"
 
 
 # --------------------------------------------------------------------------- holdout
 
 
-def holdout_gate(metrics: Mapping[str, float], thresholds: Mapping[str, Bound]) -> GateResult:
+def holdout_gate(metrics: Mapping[str, MetricValue], thresholds: Mapping[str, Bound]) -> GateResult:
     """Every declared metric lies within its absolute bounds.
 
-    A metric that was not computed, or is NaN, fails: no evidence is not good evidence.
+    A metric that was not computed, or is undefined (or NaN), fails: no evidence is not good
+    evidence. The reason it is undefined is part of the gate's reasons.
     """
     reasons, failed = [], False
     for name, bound in thresholds.items():
@@ -78,6 +81,10 @@ def holdout_gate(metrics: Mapping[str, float], thresholds: Mapping[str, Bound]) 
             reasons.append(
                 f"{name}: not computed, cannot check {bound.model_dump(exclude_none=True)}"
             )
+            continue
+        if isinstance(value, Undefined):
+            failed = True
+            reasons.append(f"{name}: {value} on this holdout")
             continue
         if math.isnan(value):
             failed = True
@@ -129,7 +136,7 @@ def paired_bootstrap_gain(
     (hard rows, easy rows) cancels out of the difference.
     """
     spec = METRICS[metric]
-    point = improvement(metric, spec(y_true, candidate), spec(y_true, champion))
+    point = improvement(metric, spec.value(y_true, candidate), spec.value(y_true, champion))
     rng = np.random.default_rng(seed)
     n = len(y_true)
     gains = np.empty(n_resamples)
@@ -137,8 +144,8 @@ def paired_bootstrap_gain(
         index = rng.integers(0, n, n)
         gains[i] = improvement(
             metric,
-            spec(y_true[index], candidate.take(index)),
-            spec(y_true[index], champion.take(index)),
+            spec.value(y_true[index], candidate.take(index)),
+            spec.value(y_true[index], champion.take(index)),
         )
     finite = gains[np.isfinite(gains)]
     if len(finite) < n_resamples // 2:
@@ -182,7 +189,7 @@ def champion_gate(
         cand_value, champ_value = spec(y_true, candidate), spec(y_true, champion)
         measured[name] = cand_value
         baseline[name] = champ_value
-        if math.isnan(cand_value) or math.isnan(champ_value):
+        if isinstance(cand_value, Undefined) or isinstance(champ_value, Undefined):
             failed = True
             reasons.append(
                 f"{name}: cannot compare, candidate {_fmt(cand_value)} "
@@ -240,6 +247,12 @@ class Provenance:
     data_hash: str
 
 
+def _compared(predictions: Predictions) -> np.ndarray:
+    if predictions.probabilities is not None:
+        return predictions.probabilities
+    return predictions.scores if predictions.scores is not None else predictions.values
+
+
 def reproducibility_gate(
     recorded: Provenance,
     current: Provenance,
@@ -250,8 +263,9 @@ def reproducibility_gate(
 ) -> GateResult:
     """A retrain from the same commit, config and data gives the same holdout predictions.
 
-    Scores are compared where the model has them (they expose nondeterminism that rounded
-    labels hide), otherwise the predicted values. ``tolerance`` 0 demands identity.
+    Class probabilities are compared where the model has them (they expose nondeterminism
+    that rounded labels hide), otherwise the predicted values. ``tolerance`` 0 demands
+    identity.
     """
     reasons: list[str] = []
     failed = False
@@ -264,8 +278,7 @@ def reproducibility_gate(
             )
     if failed:
         reasons.append("the retrain is not from the same inputs, so it proves nothing")
-    a = candidate.scores if candidate.scores is not None else candidate.values
-    b = retrained.scores if retrained.scores is not None else retrained.values
+    a, b = _compared(candidate), _compared(retrained)
     measured: dict[str, Any] = {"tolerance": tolerance}
     if a.shape != b.shape:
         failed = True

@@ -12,26 +12,35 @@ from pipelines.metrics import Predictions, Task
 
 
 def predict(model: Any, X: pd.DataFrame, task: Task) -> Predictions:
-    """Predict ``X``; binary classifiers also give the positive-class probability."""
+    """Predict ``X``; classifiers with ``predict_proba`` also give every class's probability.
+
+    The probability columns follow the estimator's ``classes_``; for two classes
+    :attr:`Predictions.scores` is the second column, as binary metrics expect.
+    """
     values = np.asarray(model.predict(X))
-    scores = None
     if task is Task.CLASSIFICATION and hasattr(model, "predict_proba"):
-        proba = np.asarray(model.predict_proba(X))
-        if proba.ndim == 2 and proba.shape[1] == 2:
-            scores = proba[:, 1]
-    return Predictions(values=values, scores=scores)
+        proba = np.asarray(model.predict_proba(X), dtype=float)
+        return Predictions(values=values, probabilities=proba, classes=np.asarray(model.classes_))
+    return Predictions(values=values)
 
 
 def fingerprint(predictions: Predictions) -> str:
     """A sha256 of the predictions' exact bytes: equal only for bit-identical outputs.
 
-    Recorded at training time, it lets a model rebuilt from git prove it is the same model
-    (the artifact's own hash differs: it carries run ids and timestamps).
+    Covers the labels and the class probabilities (for two classes, the positive-class
+    column, which determines the other). Recorded at training time, it lets a model rebuilt
+    from git prove it is the same model (the artifact's own hash differs: it carries run ids
+    and timestamps).
     """
     digest = hashlib.sha256()
-    for array in (predictions.values, predictions.scores):
+    probabilities = predictions.scores
+    if predictions.probabilities is not None and predictions.probabilities.shape[1] != 2:
+        probabilities = predictions.probabilities
+    for array in (predictions.values, probabilities):
         if array is not None:
             contiguous = np.ascontiguousarray(array)
+            if contiguous.dtype == object:
+                contiguous = contiguous.astype(str)
             digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
             digest.update(contiguous.tobytes())
     return digest.hexdigest()

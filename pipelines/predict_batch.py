@@ -77,6 +77,8 @@ class InputColumn:
     name: str
     type: str
     required: bool = True
+    categories: frozenset[str] | None = None
+    unknown: str = "refuse"
 
 
 class BatchResult(BaseModel):
@@ -129,6 +131,18 @@ def check_rows(
             values, bad, reason = _boolean(raw)
         else:
             values, bad, reason = raw.astype("string"), np.zeros(len(raw), bool), ""
+            if column.categories is not None:
+                outside = ~missing & ~values.isin(column.categories).fillna(False).to_numpy()
+                if column.unknown == "refuse":
+                    bad = outside
+                    reason = f"unknown category; expected one of {sorted(column.categories)}"
+                elif outside.any():
+                    log.warning(
+                        "column '%s': %d value(s) outside the known categories, scored (count)",
+                        column.name,
+                        int(outside.sum()),
+                    )
+            values = values.astype(object).where(values.notna(), None)
         converted[column.name] = values
         if column.required:
             for index in np.flatnonzero(missing):
@@ -366,10 +380,20 @@ def load_model(ref: ModelRef) -> LoadedModel:
     schema = info.signature.inputs if info.signature is not None else None
     if schema is None or not schema.has_input_names():
         raise ConfigError(f"{ref.uri} has no named input signature to check rows against")
-    inputs = [
-        InputColumn(spec.name, _type_name(spec), getattr(spec, "required", True))
-        for spec in schema.inputs
-    ]
+    contract = (info.metadata or {}).get("mlops_features") or {}
+    inputs = []
+    for spec in schema.inputs:
+        declared = contract.get(spec.name) or {}
+        categories = declared.get("categories")
+        inputs.append(
+            InputColumn(
+                spec.name,
+                _type_name(spec),
+                getattr(spec, "required", True),
+                frozenset(categories) if categories is not None else None,
+                declared.get("unknown", "refuse"),
+            )
+        )
     task = Task(details.tags.get("task", Task.CLASSIFICATION.value))
     return LoadedModel(mlflow.sklearn.load_model(ref.uri), inputs, task)
 
@@ -398,7 +422,9 @@ def run(
 
     The output has the id column (``schema.id_column`` of ``data.yaml`` if set, else
     ``row_number``, 1-based), ``prediction`` and, for binary classifiers, ``probability``
-    of the positive class. Its format follows its extension (.csv or .parquet).
+    of the positive class; classifiers with more classes get one ``probability_<class>``
+    column per class instead, in the model's class order. Its format follows its
+    extension (.csv or .parquet).
 
     Raises:
         ConfigError: Bad arguments, unknown version, no deploy state for ``env``.
@@ -456,9 +482,7 @@ def run(
         if not writer.started:
             raise DataError(f"{input_path}: no rows to score; nothing was written")
     log.info("scored %d rows of %s with %s into %s", rows, input_path, ref.uri, output_path)
-    columns = [id_column or ROW_NUMBER, PREDICTION]
-    if model.task is Task.CLASSIFICATION:
-        columns.append(PROBABILITY)
+    columns = [id_column or ROW_NUMBER, PREDICTION, *probability_columns(model.estimator)]
     return BatchResult(
         input=str(input_path),
         output=str(output_path),
@@ -492,8 +516,26 @@ def _predictions(
         start = chunk.row_offset + 1
         out = pd.DataFrame({ROW_NUMBER: np.arange(start, start + len(frame), dtype="int64")})
     out[PREDICTION] = result.values
-    if model.task is Task.CLASSIFICATION:
-        out[PROBABILITY] = (
-            result.scores if result.scores is not None else np.full(len(frame), np.nan)
-        )
+    if result.probabilities is not None and result.classes is not None:
+        if len(result.classes) == 2:
+            out[PROBABILITY] = result.probabilities[:, 1]
+        else:
+            for name, column in zip(
+                probability_columns(model.estimator), result.probabilities.T, strict=True
+            ):
+                out[name] = column
     return out
+
+
+def probability_columns(estimator: Any) -> list[str]:
+    """The probability column names a classifier's output gets (none without predict_proba).
+
+    Two classes: one ``probability`` (of the second class, the positive one). More: one
+    ``probability_<class>`` per class, in the estimator's ``classes_`` order.
+    """
+    if not hasattr(estimator, "predict_proba") or not hasattr(estimator, "classes_"):
+        return []
+    classes = list(estimator.classes_)
+    if len(classes) == 2:
+        return [PROBABILITY]
+    return [f"{PROBABILITY}_{c}" for c in classes]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from pipelines.gates import Outcome
-from pipelines.metrics import METRICS
+from pipelines.metrics import METRICS, MetricValue, Undefined, is_defined
 
 if TYPE_CHECKING:
     from pipelines.validate import ValidationDecision
@@ -14,8 +13,10 @@ if TYPE_CHECKING:
 _ICON = {Outcome.PASSED: "✅ passed", Outcome.FAILED: "❌ failed", Outcome.SKIPPED: "⏭️ skipped"}
 
 
-def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _num(value: MetricValue | None) -> str:
+    if isinstance(value, Undefined):
+        return _cell(str(value))
+    if value is None or not is_defined(value):
         return "—"
     return f"{value:.4f}"
 
@@ -49,7 +50,7 @@ def decision_markdown(decision: ValidationDecision) -> str:
     for name, value in decision.metrics.items():
         base = baseline.get(name)
         gain = "—"
-        if base is not None and not (math.isnan(value) or math.isnan(base)):
+        if is_defined(value) and is_defined(base):
             delta = value - base if METRICS[name].higher_is_better else base - value
             gain = f"{delta:+.4f}"
         lines.append(f"| {name} | {_num(value)} | {_num(base)} | {gain} |")
@@ -62,7 +63,7 @@ def decision_markdown(decision: ValidationDecision) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gain_chart(metrics: dict[str, float], baseline: dict[str, float]) -> list[str]:
+def gain_chart(metrics: dict[str, MetricValue], baseline: dict[str, MetricValue]) -> list[str]:
     """A Mermaid bar chart of each metric's relative change against the champion.
 
     Metrics live on different scales (accuracy near 1, RMSE in target units), so the chart
@@ -72,7 +73,7 @@ def gain_chart(metrics: dict[str, float], baseline: dict[str, float]) -> list[st
     names, gains = [], []
     for name, value in metrics.items():
         base = baseline.get(name)
-        if base is None or math.isnan(value) or math.isnan(base) or base == 0:
+        if not (is_defined(value) and is_defined(base)) or base == 0:
             continue
         delta = value - base if METRICS[name].higher_is_better else base - value
         names.append(name)

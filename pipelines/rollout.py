@@ -59,6 +59,7 @@ from pipelines.canary import (
     WindowObservation,
     judge,
     judge_standby,
+    logged_predictions,
 )
 from pipelines.canary_config import CanaryConfig, Strategy
 from pipelines.config import ConfigSet, GateMode
@@ -68,7 +69,6 @@ from pipelines.localenv import reconcile
 from pipelines.localenv import traffic as synthetic
 from pipelines.localenv.desired import desired_from_state
 from pipelines.localenv.gateway import GatewayPolicy
-from pipelines.metrics import Predictions
 from pipelines.package import PackageResult
 from pipelines.state import StateDir
 
@@ -291,7 +291,8 @@ class _Buffer:
     latencies: list[float] = field(default_factory=list)
     row_ids: list[str] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)
+    classes: list[Any] | None = None
     has_scores: bool = True
     inputs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -304,6 +305,7 @@ class _Buffer:
         outputs = record.get("outputs", {})
         values = outputs.get("predictions", [])
         probabilities = outputs.get("probabilities")
+        self.classes = outputs.get("classes", self.classes)
         rows = record.get("inputs") or []
         room = MAX_INPUT_ROWS - len(self.inputs)
         if room > 0:
@@ -312,8 +314,8 @@ class _Buffer:
             self.row_ids.append(f"{label_id or record['request_id']}#{i}")
             self.values.append(value)
             row = probabilities[i] if probabilities and i < len(probabilities) else None
-            if row is not None and len(row) == 2:
-                self.scores.append(float(row[1]))
+            if row is not None:
+                self.probabilities.append(row)
             else:
                 self.has_scores = False
 
@@ -321,9 +323,8 @@ class _Buffer:
         predictions = None
         labelled = None
         if self.values:
-            predictions = Predictions(
-                values=np.asarray(self.values),
-                scores=np.asarray(self.scores, float) if self.has_scores else None,
+            predictions = logged_predictions(
+                self.values, self.probabilities if self.has_scores else None, self.classes
             )
             labelled = Labelled.join(self.row_ids, predictions, labels)
         return VersionWindow(

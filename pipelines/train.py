@@ -11,22 +11,27 @@ from typing import Any
 import mlflow
 import mlflow.data
 import mlflow.sklearn
+import numpy as np
+import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import tracking
-from pipelines.config import ConfigSet
-from pipelines.data import Dataset, Split, load_dataset, split
+from pipelines.config import ConfigError, ConfigSet, FeatureType
+from pipelines.data import Dataset, Split, learned_categories, load_dataset, split
 from pipelines.inference import fingerprint, predict
-from pipelines.metrics import Task, compute
+from pipelines.metrics import MetricValue, Task, compute, defined_only
 from pipelines.model_code import ModelCode, load_model_code
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+# The key of the feature contract (nullable, categories) in the MLmodel file's metadata.
+FEATURES_METADATA = "mlops_features"
 
 
 class TrainResult(BaseModel):
@@ -46,7 +51,7 @@ class TrainResult(BaseModel):
     config_hash: str
     data_hash: str
     predictions_sha256: str
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, MetricValue]]
 
 
 def fit(code: ModelCode, config: ConfigSet, parts: Split) -> Any:
@@ -54,6 +59,62 @@ def fit(code: ModelCode, config: ConfigSet, parts: Split) -> Any:
     estimator = code.build(config.train.params, config.train.seed)
     estimator.fit(parts.X_train, parts.y_train)
     return estimator
+
+
+def check_nullable(estimator: Any, config: ConfigSet, X: pd.DataFrame) -> None:
+    """The fitted model scores rows with a missing value in each feature declared nullable.
+
+    Raises:
+        ConfigError: A nullable feature the model cannot handle (naming the feature), so
+            that nothing is registered that would fail on the first null request.
+    """
+    for name, spec in config.data.schema_.feature_specs().items():
+        if not spec.nullable:
+            continue
+        rows = X.head(3).copy()
+        rows[name] = np.nan if spec.type is not FeatureType.STRING else None
+        try:
+            estimator.predict(rows)
+            if hasattr(estimator, "predict_proba"):
+                estimator.predict_proba(rows)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"{config.directory / 'data.yaml'}: field 'schema.features.{name}.nullable': "
+                f"feature '{name}' is declared nullable, but model '{config.train.model}' "
+                f"cannot score a missing value in it ({str(exc).splitlines()[0][:200]}); "
+                "impute it in the model or declare it not nullable"
+            ) from None
+
+
+def feature_contract(config: ConfigSet, X: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What serving and batch scoring must accept, recorded in the model's metadata.
+
+    Per feature: ``nullable``, and for string features the ``categories`` (declared, or
+    learned from the training rows) and what to do with an ``unknown`` value.
+    """
+    categories = learned_categories(X, config.data.schema_)
+    contract: dict[str, dict[str, Any]] = {}
+    for name, spec in config.data.schema_.feature_specs().items():
+        entry: dict[str, Any] = {"nullable": spec.nullable}
+        if name in categories:
+            entry.update(categories=categories[name], unknown=spec.unknown.value)
+        contract[name] = entry
+    return contract
+
+
+def _signature(estimator: Any, X: pd.DataFrame, contract: dict[str, dict[str, Any]]) -> Any:
+    """The MLflow signature, nullable features marked optional (not required)."""
+    with warnings.catch_warnings():
+        # Integer class labels: MLflow's hint about missing values does not apply to outputs.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(X, estimator.predict(X))
+    inputs = [
+        ColSpec(type=col.type, name=col.name, required=not contract[col.name]["nullable"])
+        if col.name in contract
+        else col
+        for col in signature.inputs.inputs
+    ]
+    return ModelSignature(inputs=Schema(inputs), outputs=signature.outputs)
 
 
 def prepare(config: ConfigSet) -> tuple[ModelCode, Dataset, Split]:
@@ -96,6 +157,8 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
     """
     code, dataset, parts = prepare(config)
     estimator = fit(code, config, parts)
+    check_nullable(estimator, config, parts.X_train)
+    contract = feature_contract(config, parts.X_train)
     holdout_predictions = predict(estimator, parts.X_holdout, code.task)
     metrics = {
         "train": compute(code.task, parts.y_train, predict(estimator, parts.X_train, code.task)),
@@ -130,8 +193,7 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
             {
                 f"{part}_{name}": value
                 for part, values in metrics.items()
-                for name, value in values.items()
-                if value == value
+                for name, value in defined_only(values).items()
             }
         )
         mlflow.log_input(
@@ -148,14 +210,11 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
             config.model_dump(mode="json", by_alias=True, exclude={"root", "directory"}),
             "config/config_set.json",
         )
-        with warnings.catch_warnings():
-            # Integer class labels: MLflow's hint about missing values does not apply to outputs.
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-            signature = infer_signature(parts.X_train, estimator.predict(parts.X_train))
         info = mlflow.sklearn.log_model(
             sk_model=estimator,
             name=MODEL_ARTIFACT,
-            signature=signature,
+            signature=_signature(estimator, parts.X_train, contract),
+            metadata={FEATURES_METADATA: contract},
             input_example=parts.X_train.head(3),
             pip_requirements=_pip_requirements(),
             skops_trusted_types=_own_types(estimator),

@@ -26,7 +26,7 @@ from pipelines import tracking
 from pipelines.config import ConfigSet, GateMode
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
-from pipelines.metrics import Predictions, compute
+from pipelines.metrics import MetricValue, Predictions, compute, defined_only
 from pipelines.report import decision_markdown
 from pipelines.state import StateDir
 from pipelines.train import TrainResult, fit, prepare
@@ -53,8 +53,10 @@ class ValidationDecision(BaseModel):
     candidate: ModelRef
     champion: ModelRef | None
     gates: list[g.GateResult]
-    metrics: dict[str, float] = Field(description="Candidate metrics on the holdout.")
-    baseline_metrics: dict[str, float] | None = Field(
+    metrics: dict[str, MetricValue] = Field(
+        description="Candidate metrics on the holdout; undefined ones carry the reason."
+    )
+    baseline_metrics: dict[str, MetricValue] | None = Field(
         description="Champion metrics on the identical holdout rows; None without a champion."
     )
     blocking_reasons: list[str]
@@ -122,7 +124,7 @@ def run(
     champ_version = tracking.version_by_alias(name, tracking.CHAMPION)
     champion_ref: ModelRef | None = None
     champ_pred: Predictions | None = None
-    champ_metrics: dict[str, float] | None = None
+    champ_metrics: dict[str, MetricValue] | None = None
     champ_columns: dict[str, str] | None = None
     if champ_version is not None:
         champ_uri = f"models:/{name}/{champ_version}"
@@ -276,10 +278,10 @@ def _record(
                 "champion_version": decision.champion.version if decision.champion else "",
             }
         )
-        mlflow.log_metrics({f"candidate_{k}": v for k, v in decision.metrics.items() if v == v})
+        mlflow.log_metrics({f"candidate_{k}": v for k, v in defined_only(decision.metrics).items()})
         if decision.baseline_metrics:
             mlflow.log_metrics(
-                {f"champion_{k}": v for k, v in decision.baseline_metrics.items() if v == v}
+                {f"champion_{k}": v for k, v in defined_only(decision.baseline_metrics).items()}
             )
         mlflow.log_dict(decision.model_dump(mode="json"), "validation/decision.json")
         mlflow.log_text(decision_markdown(decision), "validation/decision.md")

@@ -23,6 +23,7 @@ from pipelines.canary.observations import (
     Labelled,
     VersionWindow,
     WindowObservation,
+    logged_predictions,
 )
 from pipelines.canary.summary import StepSummary, VersionSummary, summarize_step
 
@@ -40,5 +41,6 @@ __all__ = [
     "judge",
     "judge_standby",
     "judge_summaries",
+    "logged_predictions",
     "summarize_step",
 ]

@@ -11,11 +11,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipelines.metrics import Predictions
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _label_array(labels: list[Any]) -> np.ndarray:
+    """Labels as one array: ints where all are integral numbers, else their common type."""
+    if not labels:
+        return np.asarray([], dtype=int)
+    numeric = all(
+        isinstance(v, int | float | np.number) and not isinstance(v, bool | np.bool_)
+        for v in labels
+    )
+    if numeric:
+        values = np.asarray(labels, dtype=float)
+        return values.astype(int) if np.all(values == np.round(values)) else values
+    if all(isinstance(v, bool | np.bool_) for v in labels):
+        return np.asarray(labels, dtype=bool)
+    return np.asarray([str(v) for v in labels], dtype=object)
 
 
 @dataclass(frozen=True)
@@ -35,23 +56,26 @@ class Labelled:
         return len(self.y_true)
 
     @classmethod
-    def from_partial(cls, y_true: Sequence[float | None] | np.ndarray, predictions: Predictions):
-        """Keep the rows whose label is present (not None, not NaN); labels may still be due."""
-        raw = np.asarray(
-            [np.nan if v is None else v for v in np.asarray(y_true, dtype=object)], dtype=float
+    def from_partial(cls, y_true: Sequence[Any] | np.ndarray, predictions: Predictions) -> Labelled:
+        """Keep the rows whose label is present (not None, not NaN); labels may still be due.
+
+        Labels keep their type: integral numbers become ints, other numbers floats, and
+        string (or bool) class labels stay as they are, to be compared with the model's
+        classes.
+        """
+        raw = list(np.asarray(y_true, dtype=object)) if len(y_true) else []
+        keep = np.array([not _missing(v) for v in raw], dtype=bool)
+        return cls(
+            _label_array([v for v, k in zip(raw, keep, strict=True) if k]),
+            predictions.take(np.flatnonzero(keep)),
         )
-        keep = ~np.isnan(raw)
-        labels = raw[keep]
-        if labels.size and np.all(labels == np.round(labels)):
-            labels = labels.astype(int)
-        return cls(labels, predictions.take(np.flatnonzero(keep)))
 
     @classmethod
     def join(
         cls,
         request_ids: Sequence[str],
         predictions: Predictions,
-        labels: Mapping[str, float | None],
+        labels: Mapping[str, Any],
     ) -> Labelled:
         """Join predictions to labels by request id; requests without a label are left out."""
         return cls.from_partial([labels.get(rid) for rid in request_ids], predictions)
@@ -62,14 +86,9 @@ class Labelled:
         parts = [p for p in parts if len(p)]
         if not parts:
             return None
-        scores = [p.predictions.scores for p in parts]
-        return cls(
-            np.concatenate([p.y_true for p in parts]),
-            Predictions(
-                values=np.concatenate([p.predictions.values for p in parts]),
-                scores=None if any(s is None for s in scores) else np.concatenate(scores),
-            ),
-        )
+        predictions = _concat_predictions([p.predictions for p in parts])
+        assert predictions is not None  # parts hold rows
+        return cls(np.concatenate([p.y_true for p in parts]), predictions)
 
 
 @dataclass(frozen=True)
@@ -147,9 +166,16 @@ def _concat_predictions(parts: Sequence[Predictions | None]) -> Predictions | No
     if not present:
         return None
     scores = [p.scores for p in present]
+    probabilities = [p.probabilities for p in present]
+    classes = [p.classes for p in present]
+    same_classes = all(c is not None and np.array_equal(c, classes[0]) for c in classes) and all(
+        q is not None for q in probabilities
+    )
     return Predictions(
         values=np.concatenate([p.values for p in present]),
         scores=None if any(s is None for s in scores) else np.concatenate(scores),
+        probabilities=np.concatenate(probabilities) if same_classes else None,  # type: ignore[arg-type]
+        classes=classes[0] if same_classes else None,
     )
 
 
@@ -167,3 +193,32 @@ def merge_versions(parts: Sequence[VersionWindow]) -> VersionWindow:
         labelled=Labelled.concat(labelled) if labelled else None,
         inputs=pd.concat(inputs, ignore_index=True) if inputs else None,
     )
+
+
+def logged_predictions(
+    values: Sequence[Any],
+    probability_rows: Sequence[Sequence[float]] | None,
+    classes: Sequence[Any] | None,
+) -> Predictions:
+    """Predictions rebuilt from prediction-log records.
+
+    Args:
+        values: The predicted labels or values, one per row.
+        probability_rows: One probability per class per row (None when the model gave none).
+        classes: The order of the probability columns, as the log records it. A log written
+            without it can still give binary scores (the second column), nothing more.
+    """
+    labels = np.asarray(values)
+    if labels.dtype == object and all(isinstance(v, str) for v in values):
+        labels = np.asarray(values, dtype=object)
+    if not probability_rows or len(probability_rows) != len(values):
+        return Predictions(values=labels)
+    widths = {len(row) for row in probability_rows}
+    if len(widths) != 1:
+        return Predictions(values=labels)
+    proba = np.asarray(probability_rows, dtype=float)
+    if classes is not None and len(classes) == proba.shape[1]:
+        return Predictions(values=labels, probabilities=proba, classes=np.asarray(classes))
+    if proba.shape[1] == 2:
+        return Predictions(values=labels, scores=proba[:, 1])
+    return Predictions(values=labels)

@@ -34,26 +34,45 @@ def _accuracy_var(y: np.ndarray, p: Predictions, value: float) -> float:
 
 
 def _roc_auc_var(y: np.ndarray, p: Predictions, value: float) -> float:
-    """Hanley & McNeil (1982), with the AUC pulled off 0 and 1 by half a pair."""
-    n1 = int(np.sum(y == 1))
+    """Hanley & McNeil (1982), with the AUC pulled off 0 and 1 by half a pair.
+
+    Binary only: a one-vs-rest average over more classes falls back to the jackknife.
+    """
+    proba = p.proba()
+    if proba is None or len(proba[1]) != 2:
+        return _jackknife_var("roc_auc", y, p)
+    n1 = int(np.sum(np.asarray(y).astype(str) == str(proba[1][1])))
     n0 = len(y) - n1
     a = min(max(value, 0.5 / (n0 * n1)), 1 - 0.5 / (n0 * n1))
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     return (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n0 * n1)
 
 
-def _mean_loss_var(loss: Callable[[np.ndarray, np.ndarray], np.ndarray], scores: bool):
-    def variance(y: np.ndarray, p: Predictions, value: float) -> float:
-        pred = p.scores if scores else p.values
-        rows = loss(np.asarray(y, float), np.asarray(pred, float))
-        return float(np.var(rows, ddof=1) / len(y)) if len(y) > 1 else math.inf
-
-    return variance
+def _row_variance(rows: np.ndarray) -> float:
+    return float(np.var(rows, ddof=1) / len(rows)) if len(rows) > 1 else math.inf
 
 
-def _log_loss_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    s = np.clip(s, 1e-15, 1 - 1e-15)
-    return -(y * np.log(s) + (1 - y) * np.log1p(-s))
+def _onehot(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    return (np.asarray(y).astype(str)[:, None] == np.asarray(classes).astype(str)[None, :]).astype(
+        float
+    )
+
+
+def _log_loss_var(y: np.ndarray, p: Predictions, value: float) -> float:
+    proba, classes = p.proba()  # type: ignore[misc]  # defined metric: probabilities exist
+    true_class = np.sum(np.clip(proba, 1e-15, 1 - 1e-15) * _onehot(y, classes), axis=1)
+    return _row_variance(-np.log(true_class))
+
+
+def _brier_var(y: np.ndarray, p: Predictions, value: float) -> float:
+    proba, classes = p.proba()  # type: ignore[misc]
+    if len(classes) == 2:
+        return _row_variance((proba[:, 1] - _onehot(y, classes)[:, 1]) ** 2)
+    return _row_variance(np.sum((proba - _onehot(y, classes)) ** 2, axis=1))
+
+
+def _mae_var(y: np.ndarray, p: Predictions, value: float) -> float:
+    return _row_variance(np.abs(np.asarray(y, float) - np.asarray(p.values, float)))
 
 
 def _rmse_var(y: np.ndarray, p: Predictions, value: float) -> float:
@@ -66,9 +85,9 @@ def _rmse_var(y: np.ndarray, p: Predictions, value: float) -> float:
 _VARIANCE: dict[str, Callable[[np.ndarray, Predictions, float], float]] = {
     "accuracy": _accuracy_var,
     "roc_auc": _roc_auc_var,
-    "log_loss": _mean_loss_var(_log_loss_rows, scores=True),
-    "brier": _mean_loss_var(lambda y, s: (s - y) ** 2, scores=True),
-    "mae": _mean_loss_var(lambda y, v: np.abs(y - v), scores=False),
+    "log_loss": _log_loss_var,
+    "brier": _brier_var,
+    "mae": _mae_var,
     "rmse": _rmse_var,
 }
 
@@ -79,7 +98,7 @@ def _jackknife_var(name: str, y: np.ndarray, p: Predictions, groups: int = 20) -
     values = []
     for k in range(g):
         keep = index[index % g != k]
-        values.append(METRICS[name](y[keep], p.take(keep)))
+        values.append(METRICS[name].value(y[keep], p.take(keep)))
     finite = np.asarray([v for v in values if math.isfinite(v)])
     if len(finite) < 2:
         return math.inf
@@ -90,11 +109,12 @@ def metric_with_variance(name: str, labelled: Labelled) -> tuple[float, float]:
     """The metric as :data:`pipelines.metrics.METRICS` defines it, and its sampling variance.
 
     Returns NaN for the value when the metric is undefined on these rows (one class, no
-    scores), and a variance floored at the metric's resolution so that a perfect score on a
+    probabilities; :meth:`pipelines.metrics.MetricSpec.why_undefined` says why), and a
+    variance floored at the metric's resolution so that a perfect score on a
     few rows is not mistaken for certainty.
     """
     y, p = labelled.y_true, labelled.predictions
-    value = METRICS[name](y, p)
+    value = METRICS[name].value(y, p)
     if not math.isfinite(value) or len(y) < 2:
         return math.nan, math.inf
     fn = _VARIANCE.get(name)

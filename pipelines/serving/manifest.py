@@ -27,12 +27,19 @@ class ManifestError(Exception):
 
 
 class FeatureSpec(BaseModel):
-    """One input column of the model signature."""
+    """One input column of the model signature, with what the model was trained to accept.
+
+    ``nullable`` comes from the signature (a column that is not required); ``categories``
+    and ``unknown`` from the feature contract recorded in the model's metadata at training.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     type: MlflowColumnType
+    nullable: bool = False
+    categories: list[str] | None = None
+    unknown: Literal["refuse", "count"] = "refuse"
 
 
 class ServingManifest(BaseModel):
@@ -97,6 +104,8 @@ def signature_features(mlmodel: dict) -> list[FeatureSpec]:
     if not raw:
         raise ManifestError("the model has no input signature; log it with one to serve it")
     columns = json.loads(raw)
+    # Written by `mlops train` (pipelines.train.FEATURES_METADATA); older models lack it.
+    contract = ((mlmodel.get("metadata") or {}).get("mlops_features")) or {}
     features = []
     for column in columns:
         if "name" not in column or column.get("type") not in MlflowColumnType.__args__:
@@ -104,7 +113,16 @@ def signature_features(mlmodel: dict) -> list[FeatureSpec]:
                 f"signature column {column!r} is not a named column of a supported type "
                 f"{list(MlflowColumnType.__args__)}"
             )
-        features.append(FeatureSpec(name=column["name"], type=column["type"]))
+        declared = contract.get(column["name"]) or {}
+        features.append(
+            FeatureSpec(
+                name=column["name"],
+                type=column["type"],
+                nullable=not column.get("required", True),
+                categories=declared.get("categories"),
+                unknown=declared.get("unknown", "refuse"),
+            )
+        )
     return features
 
 

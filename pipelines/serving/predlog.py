@@ -46,12 +46,14 @@ class PredictionLog:
         model_name: str,
         model_version: str,
         feature_names: Sequence[str],
+        classes: Sequence[Any] | None = None,
         flush_interval_ms: float = 50.0,
         max_pending: int = 100_000,
     ) -> None:
         self.path = path
         self._model = {"name": model_name, "version": model_version}
         self._features = list(feature_names)
+        self._classes = None if classes is None else list(classes)
         self._interval = flush_interval_ms / 1000.0
         self._max_pending = max_pending
         self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -89,6 +91,8 @@ class PredictionLog:
         }
         if probabilities is not None:
             record["outputs"]["probabilities"] = probabilities
+            if self._classes is not None:
+                record["outputs"]["classes"] = self._classes
         return orjson.dumps(record) + b"\n"
 
     def flush(self) -> int:

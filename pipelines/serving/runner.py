@@ -28,6 +28,22 @@ class ModelRunner:
         self.classes: list[Any] | None = (
             np.asarray(estimator.classes_).tolist() if self.classifier else None
         )
+        self._floats = [f.name for f in manifest.features if f.type in {"double", "float"}]
+        # Columns whose unknown categories are scored and counted (position, known values).
+        self.counted = {
+            f.name: (i, frozenset(f.categories))
+            for i, f in enumerate(manifest.features)
+            if f.categories is not None and f.unknown == "count"
+        }
+
+    def unknown_categories(self, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """Per counted feature, how many of ``rows`` hold a value outside its categories."""
+        counts: dict[str, int] = {}
+        for name, (index, known) in self.counted.items():
+            n = sum(1 for row in rows if row[index] is not None and row[index] not in known)
+            if n:
+                counts[name] = n
+        return counts
 
     def frame(self, rows: Sequence[Sequence[Any]]) -> Any:
         """The model input for ``rows`` (each row in signature order)."""
@@ -36,7 +52,11 @@ class ModelRunner:
             return np.asarray(rows, dtype=np.float64, order="F")
         import pandas as pd
 
-        return pd.DataFrame(list(rows), columns=self.columns)
+        frame = pd.DataFrame(list(rows), columns=self.columns)
+        for name in self._floats:
+            # A null in a nullable float column arrives as None: make it NaN, the column float.
+            frame[name] = frame[name].astype("float64")
+        return frame
 
     def score(self, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], list[list[float]] | None]:
         """Predictions (and class probabilities for classifiers) as JSON-ready lists."""

@@ -7,7 +7,7 @@ unknown fields forbidden. Validation runs in pydantic-core straight from the JSO
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, create_model
 
@@ -46,9 +46,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _field_type(feature: FeatureSpec) -> Any:
+    """The strict type of one column: known categories only (unless counted), null if allowed."""
+    kind: Any = _TYPES[feature.type]
+    if feature.categories is not None and feature.unknown == "refuse":
+        # A 422 whose message lists the allowed values, with the field in its location.
+        kind = Literal[tuple(feature.categories)]  # type: ignore[misc]
+    return kind | None if feature.nullable else kind
+
+
 def row_model(features: list[FeatureSpec]) -> type[BaseModel]:
-    """A pydantic model for one input row: every signature column, required, strictly typed."""
-    fields: dict[str, Any] = {f.name: (_TYPES[f.type], Field(...)) for f in features}
+    """A pydantic model for one input row: every signature column, strictly typed.
+
+    Every column must be present; a nullable one may be JSON null.
+    """
+    fields: dict[str, Any] = {f.name: (_field_type(f), Field(...)) for f in features}
     return create_model("Record", __base__=_Strict, **fields)
 
 

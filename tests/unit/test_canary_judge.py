@@ -21,6 +21,7 @@ from pipelines.canary import (
     judge,
     judge_standby,
     judge_summaries,
+    logged_predictions,
     summarize_step,
 )
 from pipelines.canary.simulation import Fault, Traffic, simulate_window
@@ -494,3 +495,83 @@ def test_standby_breach_switches_back_at_once(window: WindowObservation, signal:
 def test_standby_without_windows_holds() -> None:
     """No observation yet after the switch: nothing to decide."""
     assert judge_standby(BLUE_GREEN, []).action is Action.HOLD
+
+
+# --------------------------------------------------------------------------- k classes
+
+CLASSES = np.array(["Adelie", "Chinstrap", "Gentoo"], dtype=object)
+MULTICLASS = CanaryConfig.model_validate(
+    {
+        "steps": [{"weight": 50, "min_requests": 300, "min_duration_s": 60}],
+        "hard_limits": {"min_requests": 50, "max_error_rate": 0.2, "max_p99_latency_ms": 500},
+        "quality": {
+            "min_labels": 100,
+            "metrics": {
+                "accuracy": {"max_regression": 0.02},
+                "roc_auc": {"max_regression": 0.02},
+                "log_loss": {"max_regression": 0.05},
+            },
+        },
+    }
+)
+
+
+def _three_class_version(rng: np.random.Generator, n: int, noise: float) -> VersionWindow:
+    """One version's window of a three-class model with string labels, as the log gives it."""
+    y = CLASSES[rng.integers(0, 3, n)]
+    logits = rng.normal(0.0, 1.0, (n, 3)) * noise
+    logits[np.arange(n), np.searchsorted(CLASSES, y)] += 2.5
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    values = list(CLASSES[proba.argmax(axis=1)])
+    predictions = logged_predictions(values, proba.tolist(), list(CLASSES))
+    labels = {f"r{i}": (str(label) if i % 2 == 0 else None) for i, label in enumerate(y)}
+    return VersionWindow(
+        requests=n,
+        latencies_ms=rng.lognormal(3.0, 0.3, n),
+        predictions=predictions,
+        labelled=Labelled.join([f"r{i}" for i in range(n)], predictions, labels),
+    )
+
+
+def _three_class_windows(canary_noise: float) -> list[WindowObservation]:
+    rng = np.random.default_rng(11)
+    return [
+        WindowObservation(
+            0,
+            60.0,
+            _three_class_version(rng, 400, 1.0),
+            _three_class_version(rng, 400, canary_noise),
+        )
+        for _ in range(4)
+    ]
+
+
+def test_string_labels_join_and_keep_their_type() -> None:
+    """String class labels are kept (not cast to float); missing ones are dropped."""
+    predictions = logged_predictions(
+        ["Gentoo", "Adelie", "Gentoo"],
+        [[0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]],
+        list(CLASSES),
+    )
+    labelled = Labelled.from_partial(["Gentoo", None, "Chinstrap"], predictions)
+    assert labelled.y_true.tolist() == ["Gentoo", "Chinstrap"]
+    assert labelled.predictions.probabilities.shape == (2, 3)
+    assert list(labelled.predictions.classes) == list(CLASSES)
+
+
+@pytest.mark.parametrize(("noise", "action"), [(1.0, Action.PROMOTE), (6.0, Action.ROLLBACK)])
+def test_three_string_classes_are_judged_on_quality(noise: float, action: Action) -> None:
+    """A three-class canary with string labels is judged by accuracy, OvR AUC and log loss."""
+    verdict = judge(MULTICLASS, 0, _three_class_windows(noise))
+    assert verdict.action is action, verdict.reasons
+    for name in ("quality.accuracy", "quality.roc_auc", "quality.log_loss"):
+        signal = next(s for s in verdict.signals if s.name == name)
+        assert signal.status is not SignalStatus.INSUFFICIENT, signal
+    if action is Action.ROLLBACK:
+        assert _names(verdict) & {"quality.accuracy", "quality.roc_auc", "quality.log_loss"}
+
+
+def test_three_class_prediction_drift_counts_each_class() -> None:
+    """Prediction drift for k classes is a histogram of predicted classes, one bin each."""
+    summary = summarize_step(MULTICLASS, _three_class_windows(1.0))
+    assert set(summary.canary.prediction_bins) == set(CLASSES)

@@ -152,3 +152,67 @@ def test_training_hash_tracks_training_inputs_only(configs: Path) -> None:
     assert load_config_set(configs).training_hash() == before
     edit(configs / "train.yaml", lambda d: d["params"].update(C=0.25))
     assert load_config_set(configs).training_hash() != before
+
+
+def test_probability_metric_without_predict_proba_is_refused(configs: Path) -> None:
+    """A gate on ROC AUC for a model without predict_proba is refused, naming file and field."""
+    package = configs.parent / "models" / "margin_classifier"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        '"""A linear SVM: labels only, no probabilities."""\n'
+        "from pydantic import BaseModel, ConfigDict\n"
+        "from sklearn.svm import LinearSVC\n"
+        'TASK = "classification"\n'
+        "class Params(BaseModel):\n"
+        '    model_config = ConfigDict(extra="forbid")\n'
+        "def build(params, seed):\n"
+        "    return LinearSVC(random_state=seed)\n"
+    )
+    edit(configs / "train.yaml", lambda d: d.update(model="margin_classifier", params={}))
+    with pytest.raises(ConfigError) as info:
+        load_config_set(configs)
+    message = str(info.value)
+    assert str(configs / "validate.yaml") in message
+    assert "field 'gates.holdout.thresholds.roc_auc'" in message
+    assert "no predict_proba" in message
+
+
+@pytest.mark.parametrize(
+    ("feature", "expected"),
+    [
+        (
+            {"type": "float", "categories": ["a"]},
+            "field 'schema.features.mean_radius': Value error, 'categories' and 'unknown' apply",
+        ),
+        (
+            {"type": "string", "categories": ["a", "a"]},
+            "field 'schema.features.mean_radius': Value error, 'categories' lists a value twice",
+        ),
+        (
+            {"type": "string", "unknown": "ignore"},
+            "field 'schema.features.mean_radius.unknown': Input should be 'refuse' or 'count'",
+        ),
+        (
+            {"type": "float", "nulable": True},
+            "field 'schema.features.mean_radius.nulable': Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_bad_feature_declarations_name_the_field(
+    configs: Path, feature: dict, expected: str
+) -> None:
+    """A feature declaration with a bad key or value fails naming data.yaml and the field."""
+    edit(configs / "data.yaml", lambda d: d["schema"]["features"].update(mean_radius=feature))
+    with pytest.raises(ConfigError) as info:
+        load_config_set(configs)
+    assert expected in str(info.value)
+    assert str(configs / "data.yaml") in str(info.value)
+
+
+def test_repository_multiclass_variant_declares_nullable_and_categories() -> None:
+    """The penguins variant loads with its nullable measurements and categoricals."""
+    config = load_config_set(REPO / "configs" / "variants" / "penguins-multiclass")
+    specs = config.data.schema_.feature_specs()
+    assert specs["island"].categories == ["Biscoe", "Dream", "Torgersen"]
+    assert specs["sex"].unknown == "count" and specs["sex"].categories is None
+    assert specs["body_mass_g"].nullable and not specs["island"].nullable

@@ -124,3 +124,68 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(DataError, match="unknown data format 'xlsx'"):
         load_dataset(data_config(tmp_path / "d.xlsx"), tmp_path)
+
+
+def declared_schema(**island) -> DataConfig:
+    """A schema with a nullable float, a nullable int and a categorical string."""
+    return data_config(
+        features={
+            "a": {"type": "float", "nullable": True},
+            "b": {"type": "int", "nullable": True},
+            "island": {"type": "string", **island},
+        },
+        target={"name": "y", "type": "string"},
+    )
+
+
+def mixed_frame() -> pd.DataFrame:
+    """String labels, a categorical and missing numbers."""
+    return pd.DataFrame(
+        {
+            "a": [1.0, np.nan, 3.0, 4.0],
+            "b": [1.0, 2.0, np.nan, 4.0],
+            "island": ["Biscoe", "Dream", "Biscoe", "Dream"],
+            "y": ["Adelie", "Gentoo", "Adelie", "Chinstrap"],
+        }
+    )
+
+
+def test_nullable_features_accept_missing_values() -> None:
+    """Missing values pass for nullable features; a nullable int may arrive as floats."""
+    checked = check_schema(mixed_frame(), declared_schema().schema_, "t")
+    assert checked["a"].isna().sum() == 1 and checked["b"].isna().sum() == 1
+    assert list(checked["y"]) == ["Adelie", "Gentoo", "Adelie", "Chinstrap"]
+
+
+def test_missing_values_in_a_feature_not_nullable_say_how_to_allow_them() -> None:
+    """A NaN in a feature not declared nullable is refused, pointing at the declaration."""
+    schema = data_config(
+        features={"a": "float", "island": "string"}, target={"name": "y", "type": "string"}
+    ).schema_
+    with pytest.raises(DataError, match=r"feature 'a': 1 NaN .* declare it nullable"):
+        check_schema(mixed_frame(), schema, "t")
+
+
+def test_values_outside_declared_categories_are_refused() -> None:
+    """A training value outside the declared categories is named with its rows."""
+    with pytest.raises(DataError, match=r"feature 'island': value\(s\) \['Dream'\] outside"):
+        check_schema(mixed_frame(), declared_schema(categories=["Biscoe"]).schema_, "t")
+
+
+def test_a_string_label_declared_int_is_refused() -> None:
+    """A target whose declared type does not match the data is refused, naming it."""
+    schema = data_config(
+        features={"a": {"type": "float", "nullable": True}}, target={"name": "y", "type": "int"}
+    ).schema_
+    with pytest.raises(DataError, match=r"target 'y': expected int, got dtype object"):
+        check_schema(mixed_frame(), schema, "t")
+
+
+def test_categories_are_declared_or_learned_from_training_rows() -> None:
+    """Declared categories win; otherwise the sorted values of the training rows."""
+    from pipelines.data import learned_categories
+
+    X = mixed_frame()
+    assert learned_categories(X, declared_schema().schema_) == {"island": ["Biscoe", "Dream"]}
+    declared = declared_schema(categories=["Dream", "Biscoe", "Torgersen"]).schema_
+    assert learned_categories(X, declared) == {"island": ["Dream", "Biscoe", "Torgersen"]}

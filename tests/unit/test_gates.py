@@ -9,7 +9,7 @@ import pytest
 
 from pipelines import gates as g
 from pipelines.config import Bound, ComparisonRule, GateMode
-from pipelines.metrics import Predictions
+from pipelines.metrics import Predictions, Undefined
 
 pytestmark = pytest.mark.unit
 
@@ -266,3 +266,67 @@ def test_data_checks_gate(p_values: dict[str, float], missing: float, outcome: g
         report_path=None,
     )
     assert result.outcome is outcome
+
+
+# --------------------------------------------------------------------------- k classes
+
+K_CLASSES = np.array(["a", "b", "c"], dtype=object)
+K_Y = K_CLASSES[RNG.integers(0, 3, 300)]
+
+
+def _k_class_predictions(noise: float, seed: int) -> Predictions:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, noise, (K_Y.size, 3))
+    logits[np.arange(K_Y.size), np.searchsorted(K_CLASSES, K_Y)] += 2.0
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return Predictions(
+        values=K_CLASSES[proba.argmax(axis=1)], probabilities=proba, classes=K_CLASSES
+    )
+
+
+def test_holdout_gate_fails_an_undefined_metric_with_its_reason() -> None:
+    """An Undefined metric fails the holdout gate, and the reason is in the gate's reasons."""
+    result = g.holdout_gate(
+        {"roc_auc": Undefined(undefined="only one class (1) in the labels")},
+        {"roc_auc": Bound(min=0.9)},
+    )
+    assert result.outcome is g.Outcome.FAILED
+    assert "only one class (1)" in result.reasons[0]
+    assert "null" not in result.model_dump_json()
+
+
+@pytest.mark.parametrize(("noise", "outcome"), [(1.0, g.Outcome.PASSED), (4.0, g.Outcome.FAILED)])
+def test_champion_bootstrap_works_for_three_string_classes(
+    noise: float, outcome: g.Outcome
+) -> None:
+    """The paired bootstrap compares k-class models on OvR AUC, log loss and macro F1."""
+    rules = {
+        "roc_auc": ComparisonRule(max_regression=0.02),
+        "log_loss": ComparisonRule(max_regression=0.05),
+        "f1_macro": ComparisonRule(max_regression=0.03),
+    }
+    result = g.champion_gate(
+        K_Y,
+        _k_class_predictions(noise, 1),
+        _k_class_predictions(1.0, 2),
+        rules,
+        champion_version="1",
+        confidence=0.95,
+        n_resamples=200,
+        seed=0,
+    )
+    assert result.outcome is outcome, result.reasons
+    assert all(len(result.metrics[f"{m}_gain_ci"]) == 2 for m in rules)
+
+
+def test_reproducibility_compares_every_class_probability() -> None:
+    """A change in any class's probability, not only the predicted label, is caught."""
+    same = _k_class_predictions(1.0, 3)
+    nudged_proba = same.probabilities.copy()
+    nudged_proba[0, 2] += 1e-9
+    nudged = Predictions(values=same.values, probabilities=nudged_proba, classes=K_CLASSES)
+    prov = g.Provenance("c", "h", "d")
+    assert g.reproducibility_gate(prov, prov, same, same, tolerance=0.0).outcome is g.Outcome.PASSED
+    result = g.reproducibility_gate(prov, prov, same, nudged, tolerance=0.0)
+    assert result.outcome is g.Outcome.FAILED
+    assert result.metrics["differing_rows"] == 1

@@ -23,12 +23,19 @@ def write_model(root: Path, name: str, body: str) -> Path:
 
 
 def test_shipped_models_honour_the_contract() -> None:
-    """Both example models load, declare their task and build an estimator."""
-    assert available_models(REPO_MODELS) == ["gbm_regressor", "logreg_classifier"]
+    """Every example model loads, declares its task and builds an estimator."""
+    assert available_models(REPO_MODELS) == [
+        "gbm_regressor",
+        "logreg_classifier",
+        "penguin_classifier",
+    ]
     classifier = load_model_code(REPO_MODELS, "logreg_classifier")
     assert classifier.task is Task.CLASSIFICATION
     assert hasattr(classifier.build({"C": 2.0}, seed=1), "fit")
     assert load_model_code(REPO_MODELS, "gbm_regressor").task is Task.REGRESSION
+    multiclass = load_model_code(REPO_MODELS, "penguin_classifier")
+    assert multiclass.task is Task.CLASSIFICATION
+    assert hasattr(multiclass.build({}, seed=1), "predict_proba")
 
 
 @pytest.mark.parametrize(

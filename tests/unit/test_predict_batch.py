@@ -182,3 +182,27 @@ def test_completed_output_replaces_the_target(tmp_path: Path) -> None:
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_unknown_categories_are_row_problems_or_counted() -> None:
+    """A refused categorical names line and allowed values; a counted one passes."""
+    frame = pd.DataFrame({"island": ["Dream", "Atlantis"], "sex": ["f", "MALE"]})
+    columns = [
+        InputColumn("island", "string", categories=frozenset({"Biscoe", "Dream"})),
+        InputColumn("sex", "string", categories=frozenset({"f", "m"}), unknown="count"),
+    ]
+    checked, problems = check_rows(frame, columns, first_line=2)
+    assert [(p.line, p.column) for p in problems] == [(3, "island")]
+    assert (
+        "unknown category; expected one of ['Biscoe', 'Dream'] ('Atlantis')" in problems[0].problem
+    )
+    assert list(checked["sex"]) == ["f", "MALE"]
+
+
+def test_missing_values_pass_only_for_optional_columns() -> None:
+    """An empty cell is a problem in a required column and None in a nullable one."""
+    frame = pd.DataFrame({"a": ["1.5", None], "s": [None, "x"]})
+    columns = [InputColumn("a", "double", required=False), InputColumn("s", "string")]
+    checked, problems = check_rows(frame, columns, first_line=2)
+    assert [(p.line, p.column, p.problem) for p in problems] == [(2, "s", "missing value")]
+    assert np.isnan(checked["a"][1]) and checked["s"][1] == "x"

@@ -205,3 +205,91 @@ def test_bad_serve_config_names_file_and_field(tmp_path: Path) -> None:
     path.write_text("api:\n  max_records_per_request: 0\n")
     with pytest.raises(ConfigError, match=r"serve.yaml: field 'api.max_records_per_request'"):
         load_serve_config(path)
+
+
+def _declared_manifest() -> ServingManifest:
+    """A manifest with a nullable float, a refused and a counted categorical."""
+    mlmodel = {
+        "signature": {
+            "inputs": json.dumps(
+                [
+                    {"type": "double", "name": "x", "required": False},
+                    {"type": "string", "name": "island", "required": True},
+                    {"type": "string", "name": "sex", "required": True},
+                ]
+            )
+        },
+        "metadata": {
+            "mlops_features": {
+                "x": {"nullable": True},
+                "island": {"nullable": False, "categories": ["Biscoe", "Dream"]},
+                "sex": {"nullable": False, "categories": ["f", "m"], "unknown": "count"},
+            }
+        },
+    }
+    return manifest().model_copy(update={"features": signature_features(mlmodel)})
+
+
+def test_signature_features_carry_nullable_and_categories() -> None:
+    """Optional signature columns are nullable; the model metadata gives the categories."""
+    x, island, sex = _declared_manifest().features
+    assert x.nullable and not island.nullable
+    assert island.categories == ["Biscoe", "Dream"] and island.unknown == "refuse"
+    assert sex.unknown == "count"
+
+
+def test_request_model_accepts_null_only_where_nullable() -> None:
+    """JSON null passes for a nullable feature and is refused, naming the field, elsewhere."""
+    model = request_model(_declared_manifest())
+    model.model_validate_json('{"records": [{"x": null, "island": "Dream", "sex": "f"}]}')
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate_json('{"records": [{"x": 1.0, "island": null, "sex": "f"}]}')
+    assert caught.value.errors()[0]["loc"] == ("records", 0, "island")
+
+
+@pytest.mark.parametrize("value", ["Atlantis", "dream", ""])
+def test_request_model_refuses_unknown_categories_listing_the_allowed(value: str) -> None:
+    """An unknown value of a refused categorical names the field and the allowed values."""
+    body = json.dumps({"records": [{"x": 1.0, "island": value, "sex": "f"}]})
+    with pytest.raises(ValidationError) as caught:
+        request_model(_declared_manifest()).model_validate_json(body)
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("records", 0, "island")
+    assert "'Biscoe'" in error["msg"] and "'Dream'" in error["msg"]
+
+
+def test_counted_categories_are_scored_and_counted() -> None:
+    """An unknown value of a counted categorical passes the schema and is counted by the runner."""
+    from pipelines.serving.runner import ModelRunner
+
+    declared = _declared_manifest()
+    body = json.dumps({"records": [{"x": None, "island": "Dream", "sex": "MALE"}]})
+    request_model(declared).model_validate_json(body)
+
+    class Constant:
+        def predict(self, X):
+            assert X["x"].dtype == "float64"
+            return ["a"] * len(X)
+
+    runner = ModelRunner(Constant(), declared)
+    assert runner.unknown_categories([[None, "Dream", "MALE"], [1.0, "Biscoe", "f"]]) == {"sex": 1}
+    assert runner.score([[None, "Dream", "MALE"]]) == (["a"], None)
+
+
+def test_prediction_log_records_the_class_order(tmp_path: Path) -> None:
+    """A classifier's log line names its classes next to the per-class probabilities."""
+    log = PredictionLog(
+        tmp_path / "p.jsonl",
+        model_name="m",
+        model_version="1",
+        feature_names=["x"],
+        classes=["Adelie", "Gentoo", "Chinstrap"],
+    )
+    log.record("a" * 32, 0.0, [[1.0]], ["Gentoo"], [[0.1, 0.8, 0.1]], 1.0)
+    log.close()
+    (line,) = read_jsonl(tmp_path / "p.jsonl")
+    assert line["outputs"] == {
+        "predictions": ["Gentoo"],
+        "probabilities": [[0.1, 0.8, 0.1]],
+        "classes": ["Adelie", "Gentoo", "Chinstrap"],
+    }
