@@ -45,11 +45,16 @@ promotion and a rollback; and a ``kill -9`` of the canary at 50 %):
 * the front, fresh connection per request, no retries on that hop: 1 of 645 (a 502 ``EOF``: a
   connection the old server accepted as it shut down);
 * the front, kept-alive connections to the inner Caddy, with retries: 0 failures;
-* the front as built (fresh connections and retries): 0 failures.
+* the front with fresh connections and retries: 0 failures on the weighted split; with a
+  sticky header 5 of 701 (502s: a reload cancels the retries of the old config's handlers,
+  so a request failing on the hop to a bucket listener at that instant is answered at once);
+* as built: that 502 drops the front's connection instead (``behind_front``), and the front
+  retries it on the new config: 0 failures, split and sticky.
 
 Weights cannot change without a reload in Caddy 2.11 (the selection policy is config), so the
 front is the cheapest way to keep Caddy as the gateway. ``POST /labels`` is not retried (it
-appends); with fresh inner connections it is lost only in the rare case of the 502 above.
+appends): it can still be lost in the rare case of a connection the old server accepted as it
+shut down.
 """
 
 from __future__ import annotations
@@ -369,11 +374,29 @@ class GatewaySpec(BaseModel):
     primary_port: int | None = Field(
         default=None, description="Internal listener with the split, behind the mirror."
     )
+    behind_front: bool = Field(
+        default=False,
+        description="The client port is the static front's upstream: a request this Caddy "
+        "could not proxy (502) drops its connection instead, so the front sends it again.",
+    )
     bucket_ports: tuple[int, ...] = Field(
         default=(),
         description="Loopback listeners of the sticky buckets, bucket 0 first. Keep them across "
         "reloads: a user's bucket is a hash of the header value and these addresses.",
     )
+
+
+# A reload cancels the retries of the old config's handlers: a request in flight through an
+# internal hop (a sticky bucket, the primary listener) that fails at that instant is answered
+# 502 at once. Dropping the connection instead lets the front retry it on the new config.
+_ABORT_ON_502 = {
+    "routes": [
+        {
+            "match": [{"expression": "{http.error.status_code} == 502"}],
+            "handle": [{"handler": "static_response", "abort": True}],
+        }
+    ]
+}
 
 
 def _loopback(port: int) -> str:
@@ -485,13 +508,19 @@ def servers(spec: GatewaySpec) -> dict[str, Any]:
             if spec.primary_port is not None
             else {}
         )
-        return {"gateway": _server([listen], split), **primary, **bucket}
+        gateway = _server([listen], split)
+        if spec.behind_front:
+            gateway["errors"] = _ABORT_ON_502
+        return {"gateway": gateway, **primary, **bucket}
     if spec.primary_port is None:
         raise GatewayError("a mirror needs the internal primary port")
     primary = _loopback(spec.primary_port)
     front = _proxy([spec.mirror_dial, primary], spec.policy, {"policy": "first"})
+    gateway = _server([listen], [{"handle": [front]}])
+    if spec.behind_front:
+        gateway["errors"] = _ABORT_ON_502
     return {
-        "gateway": _server([listen], [{"handle": [front]}]),
+        "gateway": gateway,
         "primary": _server([primary], split),
         **bucket,
     }
@@ -699,7 +728,7 @@ class Gateway:
         """``spec`` as the inner Caddy runs it: its client listener is the front's upstream."""
         if self.record.inner_port is None:
             return spec
-        return spec.model_copy(update={"port": self.record.inner_port})
+        return spec.model_copy(update={"port": self.record.inner_port, "behind_front": True})
 
     def alive(self) -> bool:
         """Whether the Caddy process runs and its admin API answers."""
