@@ -550,7 +550,7 @@ def front_config(port: int, inner_port: int, policy: GatewayPolicy) -> dict[str,
     handler = _proxy([_loopback(inner_port)], policy, {"policy": "first"}, keep_alive=False)
     del handler["health_checks"]
     return {
-        "admin": {"disabled": True},
+        "admin": {"disabled": True, "config": {"persist": False}},
         "logging": {"logs": {"default": {"level": "WARN"}}},
         "apps": {
             "http": {"servers": {"front": _server([_loopback(port)], [{"handle": [handler]}])}}

@@ -27,7 +27,7 @@ def _front_handler() -> dict:
 def test_the_front_cannot_be_reloaded() -> None:
     """It has no admin API, so its config (and its clients' connections) never changes."""
     config = front_config(8080, 9090, GatewayPolicy())
-    assert config["admin"] == {"disabled": True}
+    assert config["admin"] == {"disabled": True, "config": {"persist": False}}
     assert config["apps"]["http"]["servers"]["front"]["listen"] == ["127.0.0.1:8080"]
 
 
