@@ -5,9 +5,10 @@ across requests, ``POST /predict`` with a body, and no resend of a request that 
 of them run at once while the gateway moves the canary through 0 -> 10 -> 25 -> 50 -> 100 % and
 back many times (a change every ~150 ms), and while the canary is killed with ``kill -9``.
 
-The upstreams are small HTTP/1.1 servers in their own processes on loopback (a real ``bentoml
-serve`` pair is covered by ``test_localenv.py``): the property under test is the gateway's, and
-the upstreams must be killable and cheap on a 2-core machine.
+The fast tests use small HTTP/1.1 upstream servers in their own processes on loopback: the
+property under test is the gateway's, and they are cheap enough to change weights every
+150 ms on a 2-core machine. The last test runs the same clients through a live rollout of two
+real ``bentoml serve`` versions driven by ``mlops env up`` (reconcile), with a ``kill -9``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipelines.localenv import reconcile
 from pipelines.localenv.gateway import (
     STICKY_BUCKETS,
     VERSION_HEADER,
@@ -37,6 +39,8 @@ from pipelines.localenv.gateway import (
     Upstream,
     reserve_ports,
 )
+from pipelines.localenv.servers import kill_server
+from tests.integration.localenv.conftest import ENV, TwoVersions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -85,6 +89,7 @@ class PlainClient:
 
     port: int
     headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = BODY
     pause: float = 0.03
     ok: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
@@ -98,7 +103,7 @@ class PlainClient:
                 conn.request(
                     "POST",
                     "/predict",
-                    body=BODY,
+                    body=self.body,
                     headers={"Content-Type": "application/json", **self.headers},
                 )
                 response = conn.getresponse()
@@ -183,10 +188,15 @@ def gateway(upstreams: Upstreams, tmp_path: Path) -> Iterator[Gateway]:
 
 
 def _clients(
-    port: int, *, sticky: bool = False
+    port: int, *, sticky: bool = False, body: bytes = BODY, pause: float = 0.03
 ) -> tuple[list[PlainClient], threading.Event, list[threading.Thread]]:
     clients = [
-        PlainClient(port, headers={STICKY_HEADER: f"user-{i}"} if sticky else {})
+        PlainClient(
+            port,
+            headers={STICKY_HEADER: f"user-{i}"} if sticky else {},
+            body=body,
+            pause=pause,
+        )
         for i in range(CLIENTS)
     ]
     stop = threading.Event()
@@ -266,4 +276,41 @@ def test_plain_clients_see_no_failure_when_the_canary_is_killed(
     finally:
         served, failures = _finish(clients, stop, threads)
     assert served["2"] > 10 and served["1"] > 100, served
+    assert failures == [], f"{len(failures)} of {sum(served.values()) + len(failures)} failed"
+
+
+@pytest.mark.timeout(900)
+def test_a_live_rollout_of_bento_servers_costs_plain_clients_nothing(env: TwoVersions) -> None:
+    """It answers every request of plain keep-alive clients through ``mlops env up`` steps.
+
+    Real ``bentoml serve`` versions behind the real gateway: the canary goes 10 -> 25 -> 50 ->
+    100 % and back twice, is rolled back, comes back at 50 % and is killed with ``kill -9``,
+    is rolled back again, and is finally promoted (stable retired).
+    """
+    from pipelines.localenv import traffic
+
+    row = traffic.holdout_rows(env.project.config())[0][0]
+    body = json.dumps({"records": [row]}).encode()
+    status = env.up(env.desired(None))
+    assert status.gateway_url is not None
+    port = int(status.gateway_url.rsplit(":", 1)[1])
+    clients, stop, threads = _clients(port, body=body, pause=0.05)
+    try:
+        for canary in (10, 25, 50, 100, 50, 25, 10) * 2:
+            env.up(env.desired(canary))
+            time.sleep(0.2)
+        env.up(env.desired(None))  # rollback: the canary drains and stops
+        env.up(env.desired(50))
+        time.sleep(1.0)
+        record = reconcile._read(reconcile.env_dir(env.project.state.root, ENV), ENV)
+        kill_server(record.servers["2"])
+        time.sleep(3.0)
+        env.up(env.desired(None))  # the rollback that follows the crash
+        env.up(env.desired(50))
+        time.sleep(1.0)
+        env.up(env.desired(None, stable="2"))  # promotion: version 1 drains and stops
+        time.sleep(1.0)
+    finally:
+        served, failures = _finish(clients, stop, threads)
+    assert served["1"] > 50 and served["2"] > 50, served
     assert failures == [], f"{len(failures)} of {sum(served.values()) + len(failures)} failed"
