@@ -470,8 +470,7 @@ def _ensure_gateway(
         gateway = Gateway(record.gateway)
         if gateway.alive():
             return gateway
-        gateway.close()
-        procs.stop(record.gateway.process)
+        gateway.stop()  # what is left of it: the inner Caddy and the front
         changes.append(f"gateway was not running (pid {record.gateway.process.pid})")
     gateway = Gateway.start(folder / "gateway", spec)
     record.gateway = gateway.record
