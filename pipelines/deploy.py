@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import gitops
+from pipelines import gitops, registry
 from pipelines.canary_config import Strategy
 from pipelines.config import ConfigError, ConfigSet
 from pipelines.deploy_state import (
@@ -41,6 +41,7 @@ from pipelines.deploy_state import (
 )
 from pipelines.gitops import GitIdentity
 from pipelines.package import PackageResult
+from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, RegistryChange
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -61,25 +62,6 @@ class Action(StrEnum):
 
 class RefusedError(Exception):
     """The transition contradicts the current state (another rollout, nothing to promote)."""
-
-
-class RegistryChange(BaseModel):
-    """One move in the MLflow registry that goes with a transition."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    op: Literal["set_alias", "delete_alias", "set_tag"]
-    key: str = Field(description="The alias or the tag name.")
-    version: int
-    value: str | None = Field(default=None, description="The tag value (set_tag only).")
-
-    def describe(self) -> str:
-        """``champion → v4``, ``challenger removed (was v4)``, ``v4 tag rejected=true``."""
-        if self.op == "set_alias":
-            return f"alias {self.key} → v{self.version}"
-        if self.op == "delete_alias":
-            return f"alias {self.key} removed (was v{self.version})"
-        return f"v{self.version} tag {self.key}={self.value}"
 
 
 class Transition(BaseModel):
@@ -201,41 +183,11 @@ def _payload_reason(payload: EvidencePayload) -> str | None:
 # --------------------------------------------------------------------------- registry
 
 
-def _aliases() -> tuple[str, str, str]:
-    """``(champion, challenger, previous)`` from :mod:`pipelines.tracking` (imports MLflow)."""
-    from pipelines.tracking import CHALLENGER, CHAMPION, PREVIOUS
-
-    return CHAMPION, CHALLENGER, PREVIOUS
-
-
-def _client(config: ConfigSet, state: StateDir) -> Any:
+def _configure(config: ConfigSet, state: StateDir) -> None:
     # Imported here: MLflow takes seconds to import, and a rollback commits before it needs it.
-    from mlflow.tracking import MlflowClient
-
     from pipelines import tracking
 
     tracking.configure(config, state)
-    return MlflowClient()
-
-
-def _alias_version(client: Any, name: str, alias: str) -> int | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def _apply_registry(client: Any, name: str, changes: list[RegistryChange]) -> None:
-    for change in changes:
-        if change.op == "set_alias":
-            client.set_registered_model_alias(name, change.key, str(change.version))
-        elif change.op == "delete_alias":
-            client.delete_registered_model_alias(name, change.key)
-        else:
-            client.set_model_version_tag(name, str(change.version), change.key, change.value)
-        log.info("registry: %s", change.describe())
 
 
 def release_from_registry(
@@ -262,12 +214,11 @@ def release_from_registry(
         )
     from mlflow.exceptions import MlflowException
 
-    client = _client(config, state)
+    _configure(config, state)
     try:
-        found = client.get_model_version(name, str(version))
+        tags, run_id = registry.version_provenance(name, version)
     except MlflowException:
         raise ConfigError(f"registered model '{name}' has no version {version}") from None
-    tags = dict(found.tags)
     missing = [t for t in ("git_commit", "config_hash") if not tags.get(t)]
     if missing:
         raise ConfigError(
@@ -284,7 +235,7 @@ def release_from_registry(
         bento_tag=package.bento_tag,
         image=image,
         artifact_sha256=package.artifact_sha256,
-        run_id=found.run_id or None,
+        run_id=run_id,
         git_commit=tags["git_commit"],
         git_dirty=tags.get("git_dirty", "false") == "true",
         config_hash=tags["config_hash"],
@@ -497,11 +448,10 @@ def start(
         after = current.model_copy(
             update={"stable": StableRelease(**release.model_dump(), promoted_at=at)}
         )
-        client = _client(config, state)
-        champion, challenger, _ = _aliases()
-        registry = [RegistryChange(op="set_alias", key=champion, version=version)]
-        if _alias_version(client, name, challenger) == version:
-            registry.append(RegistryChange(op="delete_alias", key=challenger, version=version))
+        _configure(config, state)
+        moves = [RegistryChange(op="set_alias", key=CHAMPION, version=version)]
+        if registry.alias_version(name, CHALLENGER) == version:
+            moves.append(RegistryChange(op="delete_alias", key=CHALLENGER, version=version))
         transition = _commit(
             config,
             action=Action.INITIAL,
@@ -514,8 +464,8 @@ def start(
             payload=evidence,
             markdown=markdown,
             identity=identity,
-            registry=registry,
-            before_commit=lambda: _apply_registry(client, name, registry),
+            registry=moves,
+            before_commit=lambda: registry.apply(name, moves),
         )
         return transition.model_copy(update={"warnings": warnings})
     rollout = Rollout(
@@ -698,16 +648,14 @@ def promote(
             "rollout": None,
         }
     )
-    registry: list[RegistryChange] = []
-    client = None
+    moves: list[RegistryChange] = []
     if move_aliases:
-        client = _client(config, state)
-        champion, challenger, previous = _aliases()
-        registry.append(RegistryChange(op="set_alias", key=champion, version=new))
+        _configure(config, state)
+        moves.append(RegistryChange(op="set_alias", key=CHAMPION, version=new))
         if old is not None and old.version != new:
-            registry.append(RegistryChange(op="set_alias", key=previous, version=old.version))
-        if _alias_version(client, current.model, challenger) == new:
-            registry.append(RegistryChange(op="delete_alias", key=challenger, version=new))
+            moves.append(RegistryChange(op="set_alias", key=PREVIOUS, version=old.version))
+        if registry.alias_version(current.model, CHALLENGER) == new:
+            moves.append(RegistryChange(op="delete_alias", key=CHALLENGER, version=new))
     was = f" (was v{old.version})" if old else ""
     return _commit(
         config,
@@ -721,10 +669,8 @@ def promote(
         payload=evidence,
         markdown=markdown,
         identity=identity,
-        registry=registry,
-        before_commit=(lambda: _apply_registry(client, current.model, registry))
-        if client is not None
-        else None,
+        registry=moves,
+        before_commit=(lambda: registry.apply(current.model, moves)) if move_aliases else None,
     )
 
 
@@ -799,12 +745,11 @@ def rollback(
         return transition
     applied: list[RegistryChange] = []
     try:
-        client = _client(config, state)
-        _, challenger, _ = _aliases()
-        if _alias_version(client, current.model, challenger) == canary:
-            planned.insert(0, RegistryChange(op="delete_alias", key=challenger, version=canary))
+        _configure(config, state)
+        if registry.alias_version(current.model, CHALLENGER) == canary:
+            planned.insert(0, RegistryChange(op="delete_alias", key=CHALLENGER, version=canary))
         for change in planned:
-            _apply_registry(client, current.model, [change])
+            registry.apply(current.model, [change])
             applied.append(change)
     except Exception as exc:  # the rollback stands; the registry can be fixed afterwards
         log.warning("rollback committed, registry update failed: %s", exc)

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines import deploy, gitops, tracking, train
+from pipelines import deploy, gitops, registry, tracking, train
 from pipelines.canary.judge import Action as VerdictAction
 from pipelines.canary.judge import Verdict
 from pipelines.canary_config import Strategy
@@ -283,8 +283,8 @@ def test_advance_records_the_verdict_as_evidence(proj: Project) -> None:
 
 def test_promote_moves_aliases_and_commits_why(proj: Project) -> None:
     """Promotion: canary stable at 100 %, champion → new, previous → old, challenger removed."""
-    registry = client(proj)
-    registry.set_registered_model_alias(MODEL, "challenger", "2")
+    mlflow_client = client(proj)
+    mlflow_client.set_registered_model_alias(MODEL, "challenger", "2")
     start_v2(proj)
     promoted = deploy.promote(
         proj.config(),
@@ -296,9 +296,9 @@ def test_promote_moves_aliases_and_commits_why(proj: Project) -> None:
         now=T0 + timedelta(hours=3),
     )
     assert promoted.changed and promoted.action is deploy.Action.PROMOTE
-    assert str(registry.get_model_version_by_alias(MODEL, "champion").version) == "2"
-    assert str(registry.get_model_version_by_alias(MODEL, "previous").version) == "1"
-    assert tracking.version_by_alias(MODEL, "challenger") is None
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "previous").version) == "1"
+    assert registry.version_by_alias(MODEL, "challenger") is None
     assert {(c.op, c.key, c.version) for c in promoted.registry} == {
         ("set_alias", "champion", 2),
         ("set_alias", "previous", 1),
@@ -329,8 +329,8 @@ def test_promote_moves_aliases_and_commits_why(proj: Project) -> None:
 
 def test_rollback_rejects_the_canary_and_keeps_stable(proj: Project) -> None:
     """Rollback: rollout cleared, stable untouched, challenger removed, version tagged rejected."""
-    registry = client(proj)
-    registry.set_registered_model_alias(MODEL, "challenger", "2")
+    mlflow_client = client(proj)
+    mlflow_client.set_registered_model_alias(MODEL, "challenger", "2")
     stable_before = load_state(proj.root, "staging", MODEL).stable
     start_v2(proj)
     rolled = deploy.rollback(
@@ -339,9 +339,9 @@ def test_rollback_rejects_the_canary_and_keeps_stable(proj: Project) -> None:
     assert rolled.changed and rolled.action is deploy.Action.ROLLBACK and not rolled.warnings
     state = load_state(proj.root, "staging", MODEL)
     assert state.rollout is None and state.stable == stable_before
-    assert tracking.version_by_alias(MODEL, "challenger") is None
-    assert str(registry.get_model_version_by_alias(MODEL, "champion").version) == "1"
-    tags = registry.get_model_version(MODEL, "2").tags
+    assert registry.version_by_alias(MODEL, "challenger") is None
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    tags = mlflow_client.get_model_version(MODEL, "2").tags
     assert tags["rejected"] == "true"
     assert tags["rejected_reason"] == "p99 latency 400 ms > 250 ms"
     assert tags["rejected_env"] == "staging"
