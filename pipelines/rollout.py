@@ -2,7 +2,7 @@
 
 The loop glues the pieces together; each decision is made elsewhere:
 
-1. :func:`pipelines.deploy.start` commits the rollout (or, on an environment without a stable
+1. :func:`pipelines.release.apply.start` commits the rollout (or, on an environment without a stable
    release, makes the version stable at once). If ``deploy/<env>.yaml`` already records this
    version's rollout, ``start`` changes nothing and the loop continues from the recorded step:
    git is the checkpoint, so a rollout whose process was killed resumes when rerun.
@@ -11,8 +11,9 @@ The loop glues the pieces together; each decision is made elsewhere:
    :class:`~pipelines.canary.WindowObservation` (the clients' outcomes, each server's
    prediction log and the labels that have arrived, joined by request id), and asks the
    judge with every window of the rollout so far.
-4. The verdict becomes a commit: advance → :func:`~pipelines.deploy.set_step`, promote →
-   :func:`~pipelines.deploy.promote`, rollback → :func:`~pipelines.deploy.rollback`, each
+4. The verdict becomes a commit: advance → :func:`~pipelines.release.apply.set_step`,
+   promote → :func:`~pipelines.release.apply.promote`, rollback →
+   :func:`~pipelines.release.apply.rollback`, each
    followed by a reconcile (new weights; the old stable or the canary drained and stopped).
 
 The strategy recorded in the state decides where the canary's evidence comes from: client
@@ -48,7 +49,6 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import deploy
 from pipelines.canary import (
     Action,
     AgreementCounts,
@@ -62,14 +62,15 @@ from pipelines.canary import (
 )
 from pipelines.canary_config import CanaryConfig, Strategy
 from pipelines.config import ConfigSet, GateMode
-from pipelines.deploy_state import EnvState, RolloutStatus, load_state
-from pipelines.gitops import GitIdentity
 from pipelines.localenv import reconcile
 from pipelines.localenv import traffic as synthetic
 from pipelines.localenv.desired import desired_from_state
 from pipelines.localenv.gateway import GatewayPolicy
 from pipelines.metrics import Predictions
 from pipelines.package import PackageResult
+from pipelines.release import apply as deploy
+from pipelines.release.commit import GitIdentity
+from pipelines.release.state import EnvState, RolloutStatus, load_state
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class TransitionRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    action: deploy.Action
+    action: deploy.TransitionKind
     changed: bool
     summary: str
     commit: str | None
@@ -713,9 +714,9 @@ def run(
             their count covers the switch.
 
     Raises:
-        pipelines.deploy.RefusedError: Another version's rollout is in progress.
+        pipelines.release.apply.RefusedError: Another version's rollout is in progress.
         pipelines.config.ConfigError: A package result for another version, unknown version.
-        pipelines.gitops.GitOpsError: The state file has uncommitted changes.
+        pipelines.release.commit.GitOpsError: The state file has uncommitted changes.
         pipelines.localenv.reconcile.EnvError: The stable release could not be served.
     """
     started = time.monotonic()

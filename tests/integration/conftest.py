@@ -16,10 +16,10 @@ import pytest
 
 from pipelines import rollout, tracking
 from pipelines.canary_config import CanaryConfig, load_canary_config
-from pipelines.deploy_state import EnvState, load_state, render_state, state_path
 from pipelines.localenv import reconcile
 from pipelines.localenv.traffic import Scenario, TrafficOptions
 from pipelines.package import PackageResult
+from pipelines.release.state import EnvState, load_state, render_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.localenv.conftest import _mlops
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from pipelines import rollout
-from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
 from pipelines.localenv.servers import kill_server
 from pipelines.localenv.traffic import Scenario
+from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

@@ -19,10 +19,10 @@ import pytest
 from pipelines import rollout
 from pipelines.canary import Action, SignalStatus
 from pipelines.canary_config import CanaryConfig
-from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
 from pipelines.localenv.servers import kill_server
 from pipelines.localenv.traffic import Scenario
+from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

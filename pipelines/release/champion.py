@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines import registry, tracking
 from pipelines.config import ConfigSet, load_config_set
-from pipelines.deploy_state import Release, load_state, state_path
+from pipelines.release.state import Release, load_state, state_path
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)

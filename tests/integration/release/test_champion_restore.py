@@ -6,8 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import registry, tracking, train
-from pipelines.champion import RestoreAction, RestoreError, restore
-from pipelines.deploy_state import EnvState, StableRelease, save_state, utc_now
+from pipelines.release.champion import RestoreAction, RestoreError, restore
+from pipelines.release.state import EnvState, StableRelease, save_state, utc_now
 from pipelines.state import StateDir
 from tests.conftest import Project
 

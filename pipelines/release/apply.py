@@ -1,10 +1,12 @@
-"""Rollout transitions as commits: start, advance, promote and roll back a canary.
+"""Deploy transitions as commits: start, advance, promote and roll back a rollout.
 
-Each function reads ``deploy/<env>.yaml``, decides, and returns a typed :class:`Transition`.
-A change is one commit of the state file and its evidence (markdown and JSON under
-``deploy/evidence/<env>/``) with a structured message; a transition that is already the
-current state commits nothing and returns ``changed=False``; a transition that contradicts
-the current state raises :class:`RefusedError` and changes nothing.
+Each function is the thin layer around one pure rule of :mod:`pipelines.release.transitions`:
+it loads ``deploy/<env>.yaml`` (refusing if the file has uncommitted changes), asks the rule
+for a plan, then writes the next state with its evidence (markdown and JSON under
+``deploy/evidence/<env>/``), commits them with a structured message and makes the plan's
+registry moves through :mod:`pipelines.registry`. A request that is already the current
+state commits nothing and returns ``changed=False``; one that contradicts the state raises
+:class:`RefusedError` and changes nothing.
 
 Registry moves follow the state: promotion moves ``champion`` to the new version and
 ``previous`` to the old one *before* its commit (so git never claims a champion the registry
@@ -17,51 +19,47 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import gitops, registry
+from pipelines import registry
 from pipelines.canary_config import Strategy
 from pipelines.config import ConfigError, ConfigSet
-from pipelines.deploy_state import (
+from pipelines.package import PackageResult
+from pipelines.registry import CHALLENGER, RegistryChange
+from pipelines.release import commit as gitcommit
+from pipelines.release import transitions as rules
+from pipelines.release.commit import GitIdentity
+from pipelines.release.state import (
     EnvState,
     Release,
-    Rollout,
     RolloutStatus,
-    StableRelease,
     load_state,
     save_state,
     state_path,
     utc_now,
 )
-from pipelines.gitops import GitIdentity
-from pipelines.package import PackageResult
-from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, RegistryChange
+from pipelines.release.transitions import Plan, RefusedError, TransitionKind, Unchanged
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "RefusedError",
+    "Transition",
+    "TransitionKind",
+    "promote",
+    "rollback",
+    "set_step",
+    "start",
+]
+
 EvidencePayload = BaseModel | Mapping[str, Any] | None
 """What decided a transition: a judge ``Verdict``, a validation decision, or any mapping."""
-
-
-class Action(StrEnum):
-    """The kind of transition (the ``Action:`` trailer of its commit)."""
-
-    INITIAL = "initial"  # first release of an environment: nothing to compare with, 100 %
-    START = "start"  # a rollout begins at its first step
-    ADVANCE = "advance"  # the rollout moves to a later step or weight
-    PROMOTE = "promote"  # the canary becomes stable at 100 %
-    ROLLBACK = "rollback"  # the canary is dropped; stable keeps all traffic
-
-
-class RefusedError(Exception):
-    """The transition contradicts the current state (another rollout, nothing to promote)."""
 
 
 class Transition(BaseModel):
@@ -69,7 +67,7 @@ class Transition(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    action: Action
+    action: TransitionKind
     environment: str
     model: str
     version: int | None = Field(description="The version the transition is about.")
@@ -90,8 +88,10 @@ class Transition(BaseModel):
         lines += [
             "| | before | after |",
             "|---|---|---|",
-            f"| stable | {_stable_text(self.from_state)} | {_stable_text(self.to_state)} |",
-            f"| canary | {_canary_text(self.from_state)} | {_canary_text(self.to_state)} |",
+            f"| stable | {rules.stable_text(self.from_state)} | "
+            f"{rules.stable_text(self.to_state)} |",
+            f"| canary | {rules.canary_text(self.from_state)} | "
+            f"{rules.canary_text(self.to_state)} |",
         ]
         if self.registry:
             lines += ["", "Registry: " + "; ".join(c.describe() for c in self.registry)]
@@ -117,7 +117,7 @@ class EvidenceRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    action: Action
+    action: TransitionKind
     environment: str
     model: str
     version: int | None
@@ -129,25 +129,7 @@ class EvidenceRecord(BaseModel):
     evidence: dict[str, Any] | None = Field(description="The decision payload (e.g. a Verdict).")
 
 
-# --------------------------------------------------------------------------- formatting
-
-
-def _pct(weight: float) -> str:
-    return f"{weight:g}%"
-
-
-def _stable_text(state: EnvState) -> str:
-    if state.stable is None:
-        return "none"
-    return f"v{state.stable.version} at {_pct(state.stable_weight)}"
-
-
-def _canary_text(state: EnvState) -> str:
-    r = state.rollout
-    if r is None:
-        return "none"
-    paused = ", paused" if r.status is RolloutStatus.PAUSED else ""
-    return f"v{r.canary.version} at {_pct(r.weight)} ({r.strategy.value}, step {r.step}{paused})"
+# --------------------------------------------------------------------------- evidence payloads
 
 
 def _payload_dict(payload: EvidencePayload) -> dict[str, Any] | None:
@@ -248,9 +230,11 @@ def release_from_registry(
 # --------------------------------------------------------------------------- the machinery
 
 
-def _evidence_id(root: Path, env: str, at: datetime, action: Action, version: int | None) -> str:
-    base = f"{at:%Y%m%dT%H%M%SZ}-{action.value}" + (f"-v{version}" if version else "")
-    folder = root / gitops.EVIDENCE_DIR / env
+def _evidence_id(
+    root: Path, env: str, at: datetime, kind: TransitionKind, version: int | None
+) -> str:
+    base = f"{at:%Y%m%dT%H%M%SZ}-{kind.value}" + (f"-v{version}" if version else "")
+    folder = root / gitcommit.EVIDENCE_DIR / env
     candidate, n = base, 1
     while (folder / f"{candidate}.md").exists() or (folder / f"{candidate}.json").exists():
         n += 1
@@ -258,20 +242,18 @@ def _evidence_id(root: Path, env: str, at: datetime, action: Action, version: in
     return candidate
 
 
-def _trailers(
-    action: Action, before: EnvState, after: EnvState, version: int | None, evidence: str
-) -> dict[str, str | int | None]:
+def _trailers(plan: Plan, before: EnvState, evidence: str) -> dict[str, str | int | None]:
+    after = plan.after
     release = after.rollout.canary if after.rollout else after.stable
-    if action is Action.ROLLBACK and before.rollout:
+    if plan.kind is TransitionKind.ROLLBACK and before.rollout:
         release = before.rollout.canary
+    rollout = after.rollout or before.rollout
     return {
         "Environment": after.environment,
         "Model": after.model,
-        "Version": version,
-        "Action": action.value,
-        "Strategy": (after.rollout or before.rollout).strategy.value
-        if (after.rollout or before.rollout)
-        else None,
+        "Version": plan.version,
+        "Action": plan.kind.value,
+        "Strategy": rollout.strategy.value if rollout else None,
         "Step": after.rollout.step if after.rollout else None,
         "Canary-Weight": f"{after.canary_weight:g}",
         "Stable-Version": after.stable.version if after.stable else None,
@@ -284,17 +266,15 @@ def _trailers(
     }
 
 
-def _unchanged(
-    action: Action, current: EnvState, version: int | None, summary: str, at: datetime
-) -> Transition:
-    log.info("%s: unchanged (%s)", current.environment, summary)
+def _unchanged(current: EnvState, same: Unchanged, at: datetime) -> Transition:
+    log.info("%s: unchanged (%s)", current.environment, same.summary)
     return Transition(
-        action=action,
+        action=same.kind,
         environment=current.environment,
         model=current.model,
-        version=version,
+        version=same.version,
         changed=False,
-        summary=summary,
+        summary=same.summary,
         reason="already the current state",
         at=at,
         from_state=current,
@@ -304,75 +284,145 @@ def _unchanged(
 
 def _load(config: ConfigSet, env: str) -> EnvState:
     """Refuse on uncommitted changes first: the file on disk must be the committed state."""
-    gitops.ensure_committed(config.root, [state_path(config.root, env)])
+    gitcommit.ensure_committed(config.root, [state_path(config.root, env)])
     return load_state(config.root, env, config.train.registered_model_name)
+
+
+def _challenger_moves(plan: Plan, model: str) -> list[RegistryChange]:
+    """The moves before the commit, with ``challenger`` cleared if the plan says so."""
+    if plan.clear_challenger != "before_commit" or plan.version is None:
+        return plan.moves_before_commit
+    return rules.with_challenger_cleared(
+        plan.moves_before_commit, registry.alias_version(model, CHALLENGER), plan.version
+    )
 
 
 def _commit(
     config: ConfigSet,
-    *,
-    action: Action,
     before: EnvState,
-    after: EnvState,
-    version: int | None,
-    subject: str,
-    reason: str,
+    plan: Plan,
     at: datetime,
+    *,
     payload: EvidencePayload,
     markdown: str | None,
     identity: GitIdentity | None,
-    registry: list[RegistryChange],
-    before_commit: Callable[[], None] | None = None,
+    moves: list[RegistryChange],
+    recorded: list[RegistryChange],
 ) -> Transition:
-    """Write state and evidence, commit them together; undo the writes if the commit fails."""
-    root = config.root
+    """Make ``moves``, then write state and evidence and commit them together.
+
+    ``recorded`` are the moves the evidence names. The writes are undone if the commit fails.
+    """
+    root, after = config.root, plan.after
     env = after.environment
     record = EvidenceRecord(
-        action=action,
+        action=plan.kind,
         environment=env,
         model=after.model,
-        version=version,
-        reason=reason,
+        version=plan.version,
+        reason=plan.reason,
         at=at,
         from_state=before,
         to_state=after,
-        registry=registry,
+        registry=recorded,
         evidence=_payload_dict(payload),
     )
     draft = Transition(
-        action=action,
+        action=plan.kind,
         environment=env,
         model=after.model,
-        version=version,
+        version=plan.version,
         changed=True,
-        summary=subject,
-        reason=reason,
+        summary=plan.subject,
+        reason=plan.reason,
         at=at,
         from_state=before,
         to_state=after,
-        registry=registry,
+        registry=recorded,
     )
     detail = _payload_markdown(payload, markdown)
     report = draft.to_markdown() + ("\n" + detail if detail else "")
-    evidence_id = _evidence_id(root, env, at, action, version)
-    if before_commit is not None:
-        before_commit()
-    written = gitops.write_evidence(root, env, evidence_id, record, report)
+    evidence_id = _evidence_id(root, env, at, plan.kind, plan.version)
+    if moves:
+        registry.apply(after.model, moves)
+    written = gitcommit.write_evidence(root, env, evidence_id, record, report)
     written.insert(0, save_state(root, after))
     relative = [p.relative_to(root).as_posix() for p in written]
-    body = f"{reason}\n\nStable: {_stable_text(after)}. Canary: {_canary_text(after)}."
-    if registry:
-        body += "\nRegistry: " + "; ".join(c.describe() for c in registry) + "."
-    message = gitops.format_message(
-        subject, body, _trailers(action, before, after, version, relative[1])
+    body = (
+        f"{plan.reason}\n\nStable: {rules.stable_text(after)}. Canary: {rules.canary_text(after)}."
     )
+    if recorded:
+        body += "\nRegistry: " + "; ".join(c.describe() for c in recorded) + "."
+    message = gitcommit.format_message(plan.subject, body, _trailers(plan, before, relative[1]))
     try:
-        sha = gitops.commit_files(root, written, message, identity)
-    except gitops.GitOpsError:
-        gitops.discard(root, written)
+        sha = gitcommit.commit_files(root, written, message, identity)
+    except gitcommit.GitOpsError:
+        gitcommit.discard(root, written)
         raise
-    log.info("%s (%s)", subject, sha[:12])
+    log.info("%s (%s)", plan.subject, sha[:12])
     return draft.model_copy(update={"commit": sha, "evidence": relative[1:]})
+
+
+def _apply(
+    config: ConfigSet,
+    state: StateDir | None,
+    current: EnvState,
+    plan: Plan,
+    at: datetime,
+    *,
+    payload: EvidencePayload,
+    markdown: str | None,
+    identity: GitIdentity | None,
+) -> Transition:
+    """Commit ``plan`` with its registry moves: those before the commit, then those after."""
+    moves: list[RegistryChange] = []
+    if plan.moves_before_commit or plan.clear_challenger == "before_commit":
+        assert state is not None
+        _configure(config, state)
+        moves = _challenger_moves(plan, current.model)
+    transition = _commit(
+        config,
+        current,
+        plan,
+        at,
+        payload=payload,
+        markdown=markdown,
+        identity=identity,
+        moves=moves,
+        recorded=moves + plan.moves_after_commit,
+    )
+    if plan.clear_challenger != "after_commit" or state is None:
+        return transition
+    return _after_commit(config, state, plan, transition)
+
+
+def _after_commit(
+    config: ConfigSet, state: StateDir, plan: Plan, transition: Transition
+) -> Transition:
+    """Best effort: a failure becomes a warning, the committed transition stands."""
+    applied: list[RegistryChange] = []
+    model = plan.after.model
+    try:
+        _configure(config, state)
+        assert plan.version is not None
+        moves = rules.with_challenger_cleared(
+            plan.moves_after_commit,
+            registry.alias_version(model, CHALLENGER),
+            plan.version,
+            first=True,
+        )
+        for change in moves:
+            registry.apply(model, [change])
+            applied.append(change)
+    except Exception as exc:  # the rollback stands; the registry can be fixed afterwards
+        log.warning("rollback committed, registry update failed: %s", exc)
+        return transition.model_copy(
+            update={
+                "registry": applied,
+                "warnings": [f"registry update failed after the rollback commit: {exc}"],
+            }
+        )
+    return transition.model_copy(update={"registry": applied})
 
 
 # --------------------------------------------------------------------------- transitions
@@ -412,8 +462,8 @@ def start(
         now: The time to record (tests pin it).
 
     Returns:
-        ``Action.START`` (or ``Action.INITIAL`` when the env has no stable release yet:
-        the version becomes stable at 100 % and ``champion`` moves to it).
+        ``TransitionKind.START`` (or ``INITIAL`` when the env has no stable release yet: the
+        version becomes stable at 100 % and ``champion`` moves to it).
 
     Raises:
         RefusedError: Another version's rollout is in progress.
@@ -422,73 +472,15 @@ def start(
     """
     at = now or utc_now()
     current = _load(config, env)
-    if current.rollout is not None:
-        running = current.rollout.canary.version
-        if running == version:
-            return _unchanged(
-                Action.START, current, version, f"v{version} is already rolling out in {env}", at
-            )
-        raise RefusedError(
-            f"{env}: a rollout of v{running} is in progress ({_canary_text(current)}); "
-            f"promote or roll it back (`mlops rollback --env {env}`) before deploying v{version}"
-        )
-    if current.stable is not None and current.stable.version == version:
-        return _unchanged(
-            Action.START, current, version, f"v{version} is already stable in {env}", at
-        )
-    if strategy is Strategy.CANARY and not 0 < weight < 100:
-        raise ConfigError(f"weight: a canary starts above 0 % and below 100 %, got {weight:g}")
-    if strategy is not Strategy.CANARY and weight != 0:
-        raise ConfigError(
-            f"weight: strategy '{strategy}' analyses mirrored traffic at 0 %, got {weight:g}"
-        )
+    # The rules first: a refused start never needs the registry.
+    unchanged = rules.check_start(current, version, strategy, weight)
+    if unchanged is not None:
+        return _unchanged(current, unchanged, at)
     release, warnings = release_from_registry(config, state, package, version, image)
-    name = current.model
-    if current.stable is None:
-        after = current.model_copy(
-            update={"stable": StableRelease(**release.model_dump(), promoted_at=at)}
-        )
-        _configure(config, state)
-        moves = [RegistryChange(op="set_alias", key=CHAMPION, version=version)]
-        if registry.alias_version(name, CHALLENGER) == version:
-            moves.append(RegistryChange(op="delete_alias", key=CHALLENGER, version=version))
-        transition = _commit(
-            config,
-            action=Action.INITIAL,
-            before=current,
-            after=after,
-            version=version,
-            subject=f"deploy({env}): initial release {name} v{version} at 100%",
-            reason=reason or f"first release of {env}: no stable version to compare a canary with",
-            at=at,
-            payload=evidence,
-            markdown=markdown,
-            identity=identity,
-            registry=moves,
-            before_commit=lambda: registry.apply(name, moves),
-        )
-        return transition.model_copy(update={"warnings": warnings})
-    rollout = Rollout(
-        canary=release, strategy=strategy, step=0, weight=weight, started_at=at, updated_at=at
-    )
-    after = current.model_copy(update={"rollout": rollout})
-    verb = {Strategy.CANARY: "canary", Strategy.BLUE_GREEN: "blue-green", Strategy.SHADOW: "shadow"}
-    where = f"at {_pct(weight)}" if strategy is Strategy.CANARY else "on mirrored traffic"
-    transition = _commit(
-        config,
-        action=Action.START,
-        before=current,
-        after=after,
-        version=version,
-        subject=f"deploy({env}): start {verb[strategy]} {name} v{version} {where}",
-        reason=reason
-        or f"roll out v{version} (Bento {release.bento_tag}) against stable "
-        f"v{current.stable.version}",
-        at=at,
-        payload=evidence,
-        markdown=markdown,
-        identity=identity,
-        registry=[],
+    plan = rules.start(current, release, strategy=strategy, weight=weight, at=at, reason=reason)
+    assert isinstance(plan, Plan)
+    transition = _apply(
+        config, state, current, plan, at, payload=evidence, markdown=markdown, identity=identity
     )
     return transition.model_copy(update={"warnings": warnings})
 
@@ -532,63 +524,19 @@ def set_step(
     """
     at = now or utc_now()
     current = _load(config, env)
-    rollout = current.rollout
-    if rollout is None or rollout.canary.version != version:
-        running = f"v{rollout.canary.version} is rolling out" if rollout else "no rollout"
-        raise RefusedError(f"{env}: cannot move v{version}: {running}")
-    if (rollout.step, rollout.weight, rollout.status) == (step, weight, status):
-        return _unchanged(
-            Action.ADVANCE, current, version, f"v{version} is already at step {step}", at
-        )
-    if step < rollout.step:
-        raise RefusedError(
-            f"{env}: v{version} is at step {rollout.step}; steps only move forward "
-            f"(roll back instead of going to step {step})"
-        )
-    if rollout.strategy is Strategy.CANARY and not 0 < weight < 100:
-        raise ConfigError(f"weight: a canary step is above 0 % and below 100 %, got {weight:g}")
-    switch = rollout.strategy is Strategy.BLUE_GREEN and weight == 100
-    if switch and current.stable is None:
-        raise RefusedError(f"{env}: nothing to switch from: no stable release")
-    if rollout.strategy is Strategy.BLUE_GREEN and rollout.weight == 100 and not switch:
-        raise RefusedError(
-            f"{env}: v{version} already answers 100 %; roll back to switch back to blue"
-        )
-    if rollout.strategy is not Strategy.CANARY and weight != 0 and not switch:
-        raise ConfigError(
-            f"weight: strategy '{rollout.strategy}' stays at 0 % "
-            + ("until the switch to 100 %" if rollout.strategy is Strategy.BLUE_GREEN else "")
-            + f", got {weight:g}"
-        )
-    after = current.model_copy(
-        update={
-            "rollout": rollout.model_copy(
-                update={"step": step, "weight": weight, "status": status, "updated_at": at}
-            )
-        }
-    )
-    verb = "pause" if status is RolloutStatus.PAUSED else "advance"
-    subject = (
-        f"deploy({env}): {verb} canary {current.model} v{version} to {_pct(weight)} (step {step})"
-    )
-    if switch and current.stable is not None:
-        subject = (
-            f"deploy({env}): switch blue-green {current.model} to v{version} at 100% "
-            f"(v{current.stable.version} on standby)"
-        )
-    return _commit(
-        config,
-        action=Action.ADVANCE,
-        before=current,
-        after=after,
-        version=version,
-        subject=subject,
-        reason=reason or _payload_reason(evidence) or f"step {rollout.step} passed",
+    plan = rules.set_step(
+        current,
+        version,
+        step,
+        weight,
+        status=status,
         at=at,
-        payload=evidence,
-        markdown=markdown,
-        identity=identity,
-        registry=[],
+        reason=reason or _payload_reason(evidence),
+    )
+    if isinstance(plan, Unchanged):
+        return _unchanged(current, plan, at)
+    return _apply(
+        config, None, current, plan, at, payload=evidence, markdown=markdown, identity=identity
     )
 
 
@@ -629,48 +577,17 @@ def promote(
     """
     at = now or utc_now()
     current = _load(config, env)
-    rollout = current.rollout
-    if rollout is None:
-        if version is not None and current.stable and current.stable.version == version:
-            return _unchanged(
-                Action.PROMOTE, current, version, f"v{version} is already stable in {env}", at
-            )
-        raise RefusedError(f"{env}: no rollout in progress, nothing to promote")
-    if version is not None and rollout.canary.version != version:
-        raise RefusedError(
-            f"{env}: v{rollout.canary.version} is rolling out, not v{version}; nothing promoted"
-        )
-    new = rollout.canary.version
-    old = current.stable
-    after = current.model_copy(
-        update={
-            "stable": StableRelease(**rollout.canary.model_dump(), promoted_at=at),
-            "rollout": None,
-        }
-    )
-    moves: list[RegistryChange] = []
-    if move_aliases:
-        _configure(config, state)
-        moves.append(RegistryChange(op="set_alias", key=CHAMPION, version=new))
-        if old is not None and old.version != new:
-            moves.append(RegistryChange(op="set_alias", key=PREVIOUS, version=old.version))
-        if registry.alias_version(current.model, CHALLENGER) == new:
-            moves.append(RegistryChange(op="delete_alias", key=CHALLENGER, version=new))
-    was = f" (was v{old.version})" if old else ""
-    return _commit(
-        config,
-        action=Action.PROMOTE,
-        before=current,
-        after=after,
-        version=new,
-        subject=f"deploy({env}): promote {current.model} v{new} to stable at 100%{was}",
-        reason=reason or _payload_reason(evidence) or "promoted by hand",
+    plan = rules.promote(
+        current,
+        version=version,
         at=at,
-        payload=evidence,
-        markdown=markdown,
-        identity=identity,
-        registry=moves,
-        before_commit=(lambda: registry.apply(current.model, moves)) if move_aliases else None,
+        move_aliases=move_aliases,
+        reason=reason or _payload_reason(evidence),
+    )
+    if isinstance(plan, Unchanged):
+        return _unchanged(current, plan, at)
+    return _apply(
+        config, state, current, plan, at, payload=evidence, markdown=markdown, identity=identity
     )
 
 
@@ -711,52 +628,11 @@ def rollback(
     """
     at = now or utc_now()
     current = _load(config, env)
-    rollout = current.rollout
-    if rollout is None:
-        return _unchanged(Action.ROLLBACK, current, version, f"no rollout in progress in {env}", at)
-    canary = rollout.canary.version
-    if version is not None and version != canary:
-        return _unchanged(
-            Action.ROLLBACK, current, version, f"v{version} is not rolling out in {env}", at
-        )
-    after = current.model_copy(update={"rollout": None})
-    planned = [
-        RegistryChange(op="set_tag", key="rejected", version=canary, value="true"),
-        RegistryChange(op="set_tag", key="rejected_reason", version=canary, value=reason),
-        RegistryChange(op="set_tag", key="rejected_env", version=canary, value=env),
-        RegistryChange(op="set_tag", key="rejected_at", version=canary, value=at.isoformat()),
-    ]
-    stable = f"stable v{current.stable.version}" if current.stable else "no stable"
-    transition = _commit(
-        config,
-        action=Action.ROLLBACK,
-        before=current,
-        after=after,
-        version=canary,
-        subject=f"deploy({env}): roll back canary {current.model} v{canary} to {stable}",
-        reason=reason,
-        at=at,
-        payload=evidence,
-        markdown=markdown,
-        identity=identity,
-        registry=planned if update_registry else [],
+    plan = rules.rollback(
+        current, reason=reason, version=version, at=at, update_registry=update_registry
     )
-    if not update_registry:
-        return transition
-    applied: list[RegistryChange] = []
-    try:
-        _configure(config, state)
-        if registry.alias_version(current.model, CHALLENGER) == canary:
-            planned.insert(0, RegistryChange(op="delete_alias", key=CHALLENGER, version=canary))
-        for change in planned:
-            registry.apply(current.model, [change])
-            applied.append(change)
-    except Exception as exc:  # the rollback stands; the registry can be fixed afterwards
-        log.warning("rollback committed, registry update failed: %s", exc)
-        return transition.model_copy(
-            update={
-                "registry": applied,
-                "warnings": [f"registry update failed after the rollback commit: {exc}"],
-            }
-        )
-    return transition.model_copy(update={"registry": applied})
+    if isinstance(plan, Unchanged):
+        return _unchanged(current, plan, at)
+    return _apply(
+        config, state, current, plan, at, payload=evidence, markdown=markdown, identity=identity
+    )
