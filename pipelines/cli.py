@@ -728,7 +728,7 @@ def rollout_command(
         package = read_result(package_result or state.results / "package.json", PackageResult)
         wanted = version or int(package.model_version)
         if max_duration is None:
-            max_duration = max(900.0, 2 * sum(s.min_duration_s for s in canary.steps) + 300)
+            max_duration = step.default_max_duration_s(canary)
         options = None
         if traffic != "none":
             try:
@@ -780,7 +780,7 @@ def rollout_command(
     publish_summary(markdown, state.reports / f"rollout-{env}.md")
     typer.echo(markdown)
     console.print(f"result: {path}", highlight=False)
-    if result.outcome is not step.Outcome.PROMOTED:
+    if result.outcome is not step.RolloutOutcome.PROMOTED:
         raise typer.Exit(EXIT_REFUSED)
 
 
