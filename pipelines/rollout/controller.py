@@ -98,9 +98,11 @@ class _Context:
         return rollout.step if rollout and rollout.canary.version == self.version else None
 
     def elapsed(self) -> float:
+        """Seconds since the rollout started."""
         return time.monotonic() - self.started
 
     def record(self, transition: deploy.Transition) -> deploy.Transition:
+        """Keep a transition (and its evidence) for the result; log its warnings."""
         self.transitions.append(TransitionRecord.of(transition))
         self.evidence.extend(transition.evidence)
         for warning in transition.warnings:
@@ -108,9 +110,11 @@ class _Context:
         return transition
 
     def load(self) -> EnvState:
+        """The environment's desired state as committed now."""
         return load_state(self.config.root, self.env, self.config.train.registered_model_name)
 
     def reconcile(self) -> reconcile.EnvStatus:
+        """Make the local environment follow the committed state."""
         status = reconcile.up(
             desired_from_state(self.load()),
             self.state.root,
@@ -125,6 +129,7 @@ class _Context:
     def tell(
         self, message: str, step: int | None, weight: float | None, check: CheckRecord | None = None
     ) -> None:
+        """Log ``message`` and report it to the progress callback."""
         log.info("%s", message)
         if self.progress is not None:
             steps = len(self.canary_config.steps)
@@ -149,6 +154,7 @@ class _Context:
         )
 
     def result(self, outcome: RolloutOutcome, reason: str, **extra: Any) -> RolloutResult:
+        """The rollout's result so far, ending with ``outcome`` for ``reason``."""
         return RolloutResult(
             environment=self.env,
             model=self.before.model,
@@ -441,6 +447,7 @@ def _time_out(ctx: _Context, loop: _Loop) -> _Ending:
 def _report(
     ctx: _Context, loop: _Loop, ending: _Ending, traffic: TrafficTotals | None
 ) -> RolloutResult:
+    """The result: the ending, every check, the traffic totals and the last verdict."""
     last = loop.last
     return ctx.result(
         ending.outcome,
@@ -459,6 +466,7 @@ def _report(
 
 
 def _tell_position(ctx: _Context, p: Position) -> None:
+    """Report where the rollout stands before the first look."""
     if p.standby:
         stable = ctx.load().stable
         blue = stable.version if stable else ""
@@ -491,6 +499,7 @@ def _source(
 def _traffic_driver(
     ctx: _Context, status: reconcile.EnvStatus, traffic: synthetic.TrafficOptions
 ) -> TrafficDriver:
+    """Clients replaying the holdout rows, not started yet; outcomes under the env folder."""
     rows, labels = synthetic.holdout_rows(ctx.config)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     outcomes_file = (
