@@ -320,7 +320,7 @@ EnvOption = Annotated[str, typer.Option("--env", help="Environment: deploy/<env>
 
 def finish_transition(transition: BaseModel, state: StateDir, output: Path | None) -> None:
     """Write a transition's JSON and markdown, print what happened."""
-    from pipelines.deploy import Transition
+    from pipelines.release.apply import Transition
 
     assert isinstance(transition, Transition)
     env = transition.environment
@@ -336,8 +336,8 @@ def finish_transition(transition: BaseModel, state: StateDir, output: Path | Non
 @contextmanager
 def refusals_exit() -> Iterator[None]:
     """A transition that contradicts the state, or a dirty state file: exit 1, nothing changed."""
-    from pipelines.deploy import RefusedError
-    from pipelines.gitops import GitOpsError
+    from pipelines.release.apply import RefusedError
+    from pipelines.release.commit import GitOpsError
 
     try:
         yield
@@ -366,10 +366,10 @@ def deploy_command(
     ] = None,
 ) -> None:
     """Start a rollout of version N: commit it to deploy/<env>.yaml at the first canary step."""
-    from pipelines import deploy as step
     from pipelines.canary_config import load_canary_config
-    from pipelines.gitops import GitIdentity
     from pipelines.package import PackageResult
+    from pipelines.release import apply as step
+    from pipelines.release.commit import GitIdentity
 
     with bad_input_exits(), refusals_exit():
         config, state = load(configs)
@@ -412,8 +412,8 @@ def promote_command(
     ] = None,
 ) -> None:
     """Promote the canary by hand: stable at 100 %, champion → it, previous → old stable."""
-    from pipelines import deploy as step
-    from pipelines.gitops import GitIdentity
+    from pipelines.release import apply as step
+    from pipelines.release.commit import GitIdentity
 
     with bad_input_exits(), refusals_exit():
         config, state = load(configs)
@@ -435,8 +435,8 @@ def rollback_command(
     ] = None,
 ) -> None:
     """Roll back the canary now (no analysis): stable keeps 100 %, the version is rejected."""
-    from pipelines import deploy as step
-    from pipelines.gitops import GitIdentity
+    from pipelines.release import apply as step
+    from pipelines.release.commit import GitIdentity
 
     with bad_input_exits(), refusals_exit():
         config, state = load(configs)
@@ -453,13 +453,13 @@ def state_show(
     history: Annotated[int, typer.Option(min=0, help="Commits of the env to list.")] = 10,
 ) -> None:
     """Print the desired state of an environment and its recent transitions from git."""
-    from pipelines import gitops
-    from pipelines.deploy_state import load_state, render_state, state_path
+    from pipelines.release import commit as gitcommit
+    from pipelines.release.state import load_state, render_state, state_path
 
     with bad_input_exits(), refusals_exit():
         config = load_config_set(configs)
         current = load_state(config.root, env, config.train.registered_model_name)
-        entries = gitops.history(config.root, state_path(config.root, env), history)
+        entries = gitcommit.history(config.root, state_path(config.root, env), history)
     typer.echo(render_state(current), nl=False)
     if entries:
         typer.echo("\n# history (newest first)")
@@ -512,9 +512,9 @@ def env_up(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> Non
 
     Sticky routing follows the sticky_header field of deploy/<env>.yaml, as the weights do.
     """
-    from pipelines.deploy_state import load_state
     from pipelines.localenv import reconcile
     from pipelines.localenv.desired import desired_from_state
+    from pipelines.release.state import load_state
 
     with bad_input_exits():
         config, state = load(configs)
@@ -631,7 +631,7 @@ def champion_restore(
     ] = None,
 ) -> None:
     """Point alias `champion` at the recorded stable release, rebuilding it from git if needed."""
-    from pipelines.champion import RestoreError, restore
+    from pipelines.release.champion import RestoreError, restore
 
     with bad_input_exits():
         config, state = load(configs)
@@ -652,8 +652,8 @@ def record_refusal_command(
     ] = None,
 ) -> None:
     """Commit a failed validation's evidence to git (the refusal is on record like a rollback)."""
-    from pipelines.gitops import GitIdentity, GitOpsError
-    from pipelines.refusal import record_refusal
+    from pipelines.release.commit import GitIdentity, GitOpsError
+    from pipelines.release.refusal import record_refusal
     from pipelines.validate import ValidationDecision
 
     with bad_input_exits():
@@ -717,10 +717,10 @@ def rollout_command(
 
     from pipelines import rollout as step
     from pipelines.canary_config import load_canary_config
-    from pipelines.gitops import GitIdentity
     from pipelines.localenv import reconcile
     from pipelines.localenv.traffic import Scenario, TrafficOptions
     from pipelines.package import PackageResult
+    from pipelines.release.commit import GitIdentity
 
     with bad_input_exits(), refusals_exit():
         config, state = load(configs)
@@ -728,7 +728,7 @@ def rollout_command(
         package = read_result(package_result or state.results / "package.json", PackageResult)
         wanted = version or int(package.model_version)
         if max_duration is None:
-            max_duration = max(900.0, 2 * sum(s.min_duration_s for s in canary.steps) + 300)
+            max_duration = step.default_max_duration_s(canary)
         options = None
         if traffic != "none":
             try:
@@ -780,7 +780,7 @@ def rollout_command(
     publish_summary(markdown, state.reports / f"rollout-{env}.md")
     typer.echo(markdown)
     console.print(f"result: {path}", highlight=False)
-    if result.outcome is not step.Outcome.PROMOTED:
+    if result.outcome is not step.RolloutOutcome.PROMOTED:
         raise typer.Exit(EXIT_REFUSED)
 
 

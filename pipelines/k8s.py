@@ -28,8 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config import ConfigError
-from pipelines.deploy_state import EnvState, Release, load_state, state_path
 from pipelines.localenv.desired import DesiredEnv, LiveRelease, desired_from_state
+from pipelines.release.state import EnvState, Release, load_state, state_path
 
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 HTTP_PORT = 3000  # BentoML's default port, EXPOSEd by the images `mlops image` builds

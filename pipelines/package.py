@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict
 
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.config import ConfigError, ConfigSet
 from pipelines.serve_config import ServeConfig
 from pipelines.serving.artifact import tree_sha256
@@ -102,7 +102,7 @@ def resolve_version(name: str, version: str | None, alias: str | None) -> tuple[
     if (version is None) == (alias is None):
         raise PackageError("give exactly one of --version N or --alias NAME")
     if alias is not None:
-        resolved = tracking.version_by_alias(name, alias)
+        resolved = registry.version_by_alias(name, alias)
         if resolved is None:
             raise PackageError(f"registered model '{name}' has no alias '{alias}'")
         return resolved, f"alias {alias}"

@@ -305,7 +305,7 @@ class ModelRef:
 
 
 def deploy_state_version(root: Path, env: str, model: str | None = None) -> str:
-    """The stable version of ``deploy/<env>.yaml`` (:mod:`pipelines.deploy_state`).
+    """The stable version of ``deploy/<env>.yaml`` (:mod:`pipelines.release.state`).
 
     Args:
         root: The project root.
@@ -316,7 +316,7 @@ def deploy_state_version(root: Path, env: str, model: str | None = None) -> str:
         ConfigError: There is no deploy state for ``env`` yet, it is invalid, it is about
             another model, or nothing is stable there yet.
     """
-    from pipelines.deploy_state import load_state, state_path
+    from pipelines.release.state import load_state, state_path
 
     path = state_path(root, env)
     if not path.is_file():

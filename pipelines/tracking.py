@@ -1,7 +1,6 @@
-"""MLflow wiring: where the store is, experiments, git provenance, registry aliases.
+"""MLflow wiring: where the store is, experiments, git provenance.
 
-The registry vocabulary is three aliases: ``challenger`` (passed validation), ``champion``
-(serves in production) and ``previous`` (the champion before it). Nothing resolves "latest".
+Registry aliases and version tags are moved by :mod:`pipelines.registry` alone.
 """
 
 from __future__ import annotations
@@ -13,18 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import ConfigError, ConfigSet
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS = "previous"
-
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
@@ -159,11 +152,3 @@ def git_info(root: Path) -> GitInfo:
     except (OSError, subprocess.CalledProcessError):
         return GitInfo(commit="unknown", dirty=True)
     return GitInfo(commit=commit, dirty=bool(status))
-
-
-def version_by_alias(name: str, alias: str) -> str | None:
-    """The version number behind ``alias``, or None if the alias or the model is absent."""
-    try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import gates as g
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.config import ConfigSet, GateMode
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
@@ -115,13 +115,13 @@ def run(
     tracking.configure(config, state)
     client = MlflowClient()
     name, version = candidate.model_name, candidate.model_version
-    recorded_tags = client.get_model_version(name, version).tags
+    recorded_tags = registry.version_tags(name, version)
 
     cand_model = _load(candidate.model_uri)
     cand_pred = predict(cand_model, parts.X_holdout, task)
     cand_metrics = compute(task, parts.y_holdout, cand_pred)
 
-    champ_version = tracking.version_by_alias(name, tracking.CHAMPION)
+    champ_version = registry.version_by_alias(name, registry.CHAMPION)
     champion_ref: ModelRef | None = None
     champ_pred: Predictions | None = None
     champ_metrics: dict[str, MetricValue] | None = None
@@ -288,16 +288,10 @@ def _record(
         if decision.report_path and Path(decision.report_path).is_file():
             mlflow.log_artifact(decision.report_path, "validation")
     client.set_tag(candidate.run_id, "validation_status", status)
-    client.set_model_version_tag(name, version, "validation_status", status)
-    if decision.passed:
-        client.set_registered_model_alias(name, tracking.CHALLENGER, version)
-        if "validation_reasons" in client.get_model_version(name, version).tags:
-            client.delete_model_version_tag(name, version, "validation_reasons")
-        decision = decision.model_copy(update={"alias_set": tracking.CHALLENGER})
-        log.info("%s v%s passed validation: alias %s", name, version, tracking.CHALLENGER)
+    alias = registry.record_validation(name, version, decision.passed, decision.blocking_reasons)
+    if alias is not None:
+        decision = decision.model_copy(update={"alias_set": alias})
+        log.info("%s v%s passed validation: alias %s", name, version, alias)
     else:
-        client.set_model_version_tag(
-            name, version, "validation_reasons", "; ".join(decision.blocking_reasons)[:4900]
-        )
         log.warning("%s v%s failed validation", name, version)
     return decision

@@ -90,7 +90,7 @@ def fresh_snapshot(scratch: Path, env: str) -> Path:
 
 def reset_environment(repo: Path, env: str, model: str) -> None:
     """Commit an empty ``deploy/<env>.yaml`` there: the demo starts from nothing."""
-    from pipelines.deploy_state import EnvState, render_state, state_path
+    from pipelines.release.state import EnvState, render_state, state_path
 
     path = state_path(repo, env)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,9 @@ from pipelines.canary_config import CanaryConfig, Strategy
 from pipelines.config import GateMode
 from pipelines.metrics import METRICS, improvement
 
+# Input drift never rolls back by itself: live inputs that drift hold the rollout for a person.
+INPUT_DRIFT = "input_drift"
+
 
 class Action(StrEnum):
     """What the rollout loop should do next."""
@@ -105,6 +108,11 @@ class Verdict(BaseModel):
     reasons: list[str]
     signals: list[SignalResult]
     evidence: dict[str, Any]
+    decided_by: list[str] = Field(
+        default_factory=list,
+        description="On rollback, the signals that decided it (input drift only holds); "
+        "else empty.",
+    )
 
     def to_markdown(self) -> str:
         """A short report for people (PR comment, step summary)."""
@@ -452,7 +460,7 @@ def _agreement(config: CanaryConfig, steps: Sequence[StepSummary], alpha: float)
 
 def _input_drift(config: CanaryConfig, current: StepSummary) -> SignalResult:
     spec = config.input_drift
-    name, test = "input_drift", "Evidently drift of live inputs vs the training reference"
+    name, test = INPUT_DRIFT, "Evidently drift of live inputs vs the training reference"
     if spec.mode is GateMode.DISABLED:
         return _skipped(name, test, spec.mode, "disabled in config", False)
     share = current.canary.input_drifted_share
@@ -490,12 +498,16 @@ def _deciding(
     """A maker of this call's verdicts: only the action, reasons and next weight vary."""
 
     def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
+        decided_by = []
+        if action is Action.ROLLBACK:
+            decided_by = [s.name for s in signals if s.blocking and s.name != INPUT_DRIFT]
         return Verdict(
             action=action,
             next_weight=next_weight,
             reasons=reasons,
             signals=signals,
             evidence=evidence,
+            decided_by=decided_by,
             **base,
         )
 
@@ -578,7 +590,7 @@ def judge_summaries(
             [f"rollback at once: {s.name} breached: {s.detail}" for s in breached],
             0.0,
         )
-    worse = [s for s in signals if s.blocking and s not in hard and s.name != "input_drift"]
+    worse = [s for s in signals if s.blocking and s not in hard and s.name != INPUT_DRIFT]
     if worse:
         return verdict(
             Action.ROLLBACK,
@@ -610,7 +622,7 @@ def judge_summaries(
             for s in signals
             if s.name.startswith("quality.") and s.status is SignalStatus.INSUFFICIENT
         )
-    drift = signals[-1]
+    drift = next(s for s in signals if s.name == INPUT_DRIFT)
     if drift.blocking:
         holds.append(f"hold: live inputs drifted from the training data: {drift.detail}")
     elif last and drift.mode is GateMode.ENABLED and drift.status is SignalStatus.INSUFFICIENT:

@@ -78,8 +78,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.deploy_state import HTTP_HEADER_NAME
 from pipelines.localenv import procs
+from pipelines.release.state import HTTP_HEADER_NAME
 
 log = logging.getLogger(__name__)
 

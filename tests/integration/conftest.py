@@ -16,10 +16,10 @@ import pytest
 
 from pipelines import rollout, tracking
 from pipelines.canary_config import CanaryConfig, load_canary_config
-from pipelines.deploy_state import EnvState, load_state, render_state, state_path
 from pipelines.localenv import reconcile
 from pipelines.localenv.traffic import Scenario, TrafficOptions
 from pipelines.package import PackageResult
+from pipelines.release.state import EnvState, load_state, render_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.localenv.conftest import _mlops
 
@@ -85,7 +85,7 @@ def env_name(versions: Versions, request: pytest.FixtureRequest) -> Iterator[str
     git(project.root, "commit", "-q", "-m", f"create environment {name}")
     try:
         initial = run_rollout(versions, name, 1, traffic=None)
-        assert initial.outcome is rollout.Outcome.PROMOTED
+        assert initial.outcome is rollout.RolloutOutcome.PROMOTED
         yield name
     finally:
         reconcile.down(name, project.state.root)
@@ -166,7 +166,7 @@ def assert_no_failed_requests(result: rollout.RolloutResult) -> None:
 
 def assert_rolled_back(versions: Versions, env: str, result: rollout.RolloutResult) -> None:
     project = versions.project
-    assert result.outcome is rollout.Outcome.ROLLED_BACK, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.ROLLED_BACK, result.to_markdown()
     state = load_state(project.root, env)
     assert state.rollout is None and state.stable is not None and state.stable.version == 1
     status = reconcile.status(env, project.state.root)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines.canary_config import Strategy
-from pipelines.deploy_state import EnvState, Release, Rollout, StableRelease, save_state
+from pipelines.release.state import EnvState, Release, Rollout, StableRelease, save_state
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

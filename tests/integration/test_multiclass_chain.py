@@ -27,9 +27,9 @@ import yaml
 
 from pipelines import rollout
 from pipelines.canary_config import load_canary_config
-from pipelines.deploy_state import EnvState, render_state, state_path
 from pipelines.localenv import reconcile
 from pipelines.package import PackageResult
+from pipelines.release.state import EnvState, render_state, state_path
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.conftest import PROFILE, Versions, load, run_rollout
@@ -275,10 +275,10 @@ def test_canary_rollout_judges_string_labels_for_k_classes(chain: Chain) -> None
     versions = Versions(project, chain.home, chain.packages, canary)
     try:
         first = run_rollout(versions, env, 1, traffic=None)
-        assert first.outcome is rollout.Outcome.PROMOTED, first.to_markdown()
+        assert first.outcome is rollout.RolloutOutcome.PROMOTED, first.to_markdown()
         traffic = load().model_copy(update={"rate": 30.0})
         result = run_rollout(versions, env, 2, traffic=traffic)
-        assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+        assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
         evidence = "".join((project.root / p).read_text() for p in result.evidence)
         text = result.to_markdown() + evidence
         assert "quality.accuracy" in text and "quality.roc_auc" in text

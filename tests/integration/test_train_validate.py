@@ -15,7 +15,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking, train, validate
+from pipelines import registry, tracking, train, validate
 from pipelines.config import load_config_set
 from pipelines.data import DataError
 from tests.conftest import Project, git
@@ -99,7 +99,7 @@ def test_worse_candidate_than_champion_is_refused(project: Project) -> None:
     first = train.run(config, project.state)
     # Stand in for a promotion (the rollout issue owns it): v1 becomes champion.
     MlflowClient().set_registered_model_alias(
-        first.model_name, tracking.CHAMPION, first.model_version
+        first.model_name, registry.CHAMPION, first.model_version
     )
 
     # Cripple the model: almost no features' worth of signal survives this regularisation.
@@ -126,7 +126,7 @@ def test_worse_candidate_than_champion_is_refused(project: Project) -> None:
     assert tags["validation_status"] == "failed"
     assert "champion:" in tags["validation_reasons"]
     with pytest.raises(MlflowException):
-        client.get_model_version_by_alias(second.model_name, tracking.CHALLENGER)
+        client.get_model_version_by_alias(second.model_name, registry.CHALLENGER)
 
 
 UNSEEDED_MODEL = '''

@@ -13,7 +13,7 @@ import yaml
 
 from pipelines import k8s
 from pipelines.canary_config import Strategy
-from pipelines.deploy_state import EnvState, Release, Rollout, StableRelease
+from pipelines.release.state import EnvState, Release, Rollout, StableRelease
 
 pytestmark = pytest.mark.unit
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.deploy_state import EnvState, load_state, render_state, state_path
 from pipelines.localenv import reconcile
+from pipelines.release.state import EnvState, load_state, render_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.tracking_server.conftest import (
     Postgres,

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from pipelines.config import ConfigError
-from pipelines.deploy_state import EnvState, load_state, render_state, save_state, state_path
 from pipelines.localenv.desired import desired_from_state
+from pipelines.release.state import EnvState, load_state, render_state, save_state, state_path
 
 pytestmark = pytest.mark.unit
 

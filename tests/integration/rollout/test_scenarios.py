@@ -87,7 +87,7 @@ def test_corrupted_requests_are_refused_by_both_versions_and_the_candidate_promo
     """
     result = run_rollout(versions, env_name, GOOD, traffic=load(Scenario.CORRUPT))
 
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     totals = result.traffic
     assert totals is not None and totals.rejected > 0 and totals.failed == 0, totals
     outcomes = _outcomes(totals.outcomes_file)
@@ -137,7 +137,7 @@ def test_drifted_live_inputs_are_reported_or_hold_the_rollout(
     assert signal.canary is not None and signal.canary > spec.max_drifted_share, signal
     assert all(c.action is not Action.ROLLBACK for c in result.checks)
     if not enabled:
-        assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+        assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
         assert not signal.blocking
         assert any(r.startswith("warning (dry_run): input_drift") for r in _verdict(result).reasons)
         assert "input_drift" in result.reason
@@ -249,7 +249,7 @@ def test_real_traffic_is_judged_from_the_prediction_logs(
         assert_rolled_back(versions, env_name, result)
         assert set(result.decided_by) & signals, result.to_markdown()
     else:
-        assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+        assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
         assert last.labels["canary"] >= versions.canary.quality.min_labels
     assert sent.failed == 0 and sent.labels_sent > 0, sent
     assert sent.by_version.get(str(version), 0) > 0, sent

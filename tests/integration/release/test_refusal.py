@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import train, validate
-from pipelines.refusal import record_refusal
+from pipelines.release.refusal import record_refusal
 from tests.conftest import Project, git
 
 pytestmark = pytest.mark.integration

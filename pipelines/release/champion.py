@@ -17,12 +17,11 @@ import tempfile
 from enum import StrEnum
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.config import ConfigSet, load_config_set
-from pipelines.deploy_state import Release, load_state, state_path
+from pipelines.release.state import Release, load_state, state_path
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -108,9 +107,8 @@ def restore(config: ConfigSet, state: StateDir, environments: list[str]) -> Rest
         )
 
     tracking.configure(config, state)
-    client = MlflowClient()
-    current = tracking.version_by_alias(name, tracking.CHAMPION)
-    if current is not None and _matches(dict(client.get_model_version(name, current).tags), stable):
+    current = registry.version_by_alias(name, registry.CHAMPION)
+    if current is not None and _matches(registry.version_tags(name, current), stable):
         return RestoreResult(
             action=RestoreAction.PRESENT,
             environment=env,
@@ -148,19 +146,22 @@ def restore(config: ConfigSet, state: StateDir, environments: list[str]) -> Rest
         if stable.predictions_sha256 and rebuilt.predictions_sha256 != stable.predictions_sha256:
             problems.append("holdout predictions differ from the recorded fingerprint")
         if problems:
-            client.set_model_version_tag(
-                name, rebuilt.model_version, "rebuild_failed", "; ".join(problems)
+            registry.tag_version(
+                name, rebuilt.model_version, {"rebuild_failed": "; ".join(problems)}
             )
             raise RestoreError(
                 f"rebuild of v{stable.version} is not the same model: " + "; ".join(problems)
             )
-        for key, value in {
-            "rebuilt_from_git": "true",
-            "original_version": str(stable.version),
-            "original_environment": env,
-        }.items():
-            client.set_model_version_tag(name, rebuilt.model_version, key, value)
-        client.set_registered_model_alias(name, tracking.CHAMPION, rebuilt.model_version)
+        registry.tag_version(
+            name,
+            rebuilt.model_version,
+            {
+                "rebuilt_from_git": "true",
+                "original_version": str(stable.version),
+                "original_environment": env,
+            },
+        )
+        registry.make_champion(name, rebuilt.model_version)
     finally:
         subprocess.run(
             ["git", "-C", str(config.root), "worktree", "remove", "--force", str(tree)],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking, train
-from pipelines.champion import RestoreAction, RestoreError, restore
-from pipelines.deploy_state import EnvState, StableRelease, save_state, utc_now
+from pipelines import registry, tracking, train
+from pipelines.release.champion import RestoreAction, RestoreError, restore
+from pipelines.release.state import EnvState, StableRelease, save_state, utc_now
 from pipelines.state import StateDir
 from tests.conftest import Project
 
@@ -69,7 +69,7 @@ def test_a_rebuild_that_differs_is_refused(project: Project) -> None:
     fresh = StateDir(project.root / ".mlops")
     with pytest.raises(RestoreError, match="holdout predictions differ"):
         restore(project.config(), fresh, ["production"])
-    assert tracking.version_by_alias(original.model_name, "champion") is None
+    assert registry.version_by_alias(original.model_name, "champion") is None
 
 
 def test_no_stable_release_means_no_champion(project: Project) -> None:

@@ -19,10 +19,10 @@ import pytest
 from pipelines import rollout
 from pipelines.canary import Action, SignalStatus
 from pipelines.canary_config import CanaryConfig
-from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
 from pipelines.localenv.servers import kill_server
 from pipelines.localenv.traffic import Scenario
+from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
@@ -103,7 +103,7 @@ def test_shadow_candidate_is_judged_on_mirrored_traffic_and_promoted(
         progress=note_decision,
     )
 
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert_no_failed_requests(result)
     assert result.traffic is not None and decided
     before = _answered_by(result, until=decided[0])
@@ -169,7 +169,7 @@ def test_blue_green_switches_at_once_keeps_blue_warm_then_retires_it(
         progress=watch,
     )
 
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert_no_failed_requests(result)
     assert during_standby, "the loop never switched"
     standby = during_standby[0]

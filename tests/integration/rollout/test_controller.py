@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from pipelines import rollout
-from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
 from pipelines.localenv.servers import kill_server
 from pipelines.localenv.traffic import Scenario
+from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
@@ -45,7 +45,7 @@ def test_good_candidate_is_promoted_with_zero_failed_requests(
     old = reconcile.status(env_name, project.state.root).release("1")
     result = run_rollout(versions, env_name, GOOD, traffic=load())
 
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert_no_failed_requests(result)
     assert result.traffic is not None and result.traffic.by_version.get("2", 0) > 0
     subjects = commit_subjects(project, env_name)
@@ -149,7 +149,7 @@ def test_interrupted_rollout_resumes_from_the_git_state(versions: Versions, env_
 
     assert result.resumed_from_step == 1
     assert result.transitions[0].changed is False  # start found the rollout in git
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert result.checks[0].step_index == 1
     assert reconcile.status(env_name, project.state.root).release("2").pid == canary_pid
     subjects = commit_subjects(project, env_name)

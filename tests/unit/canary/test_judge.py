@@ -575,3 +575,51 @@ def test_three_class_prediction_drift_counts_each_class() -> None:
     """Prediction drift for k classes is a histogram of predicted classes, one bin each."""
     summary = summarize_step(MULTICLASS, _three_class_windows(1.0))
     assert set(summary.canary.prediction_bins) == set(CLASSES)
+
+
+# --------------------------------------------------------------------------- who decided
+
+
+@pytest.mark.parametrize(
+    ("fault", "signal", "step", "checks"),
+    [(Fault.ERRORS, "error_rate", 1, (10, 4)), (Fault.LATENCY, "latency", 0, (3,))],
+)
+def test_a_rollback_names_the_signals_that_decided_it(
+    fault: Fault, signal: str, step: int, checks: tuple[int, ...]
+) -> None:
+    """It lists in ``decided_by`` exactly the blocking signals, none but on a rollback."""
+    verdict = judge(CONFIG, step, _stream(fault, checks))
+    assert verdict.action is Action.ROLLBACK
+    blocking = {s.name for s in verdict.signals if s.blocking}
+    assert set(verdict.decided_by) == blocking
+    assert any(name.startswith(signal) for name in verdict.decided_by)
+    assert judge(CONFIG, 0, _stream(Fault.NONE, (10,))).decided_by == []
+
+
+def test_input_drift_never_decides_a_rollback() -> None:
+    """It leaves input drift out of ``decided_by`` even when drift fails beside a hard limit."""
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
+    config = CONFIG.model_copy(
+        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": GateMode.ENABLED})}
+    )
+    windows = _stream(Fault.ERRORS, (1,), error_increase=0.5)
+    last = windows[-1]
+    windows[-1] = WindowObservation(
+        0,
+        last.duration_s,
+        VersionWindow(**{**last.stable.__dict__, "inputs": shifted}),
+        VersionWindow(**{**last.canary.__dict__, "inputs": shifted}),
+    )
+    verdict = judge(config, 0, windows, reference=reference)
+    assert verdict.action is Action.ROLLBACK
+    assert next(s for s in verdict.signals if s.name == "input_drift").blocking
+    assert "input_drift" not in verdict.decided_by
+    assert "hard_limit.error_rate" in verdict.decided_by
+
+
+def test_standby_rollback_names_its_hard_limit() -> None:
+    """It names the breached hard limit as the decider of a switch back to blue."""
+    verdict = judge_standby(BLUE_GREEN, [_green(100, 10, 5.0)])
+    assert verdict.decided_by == ["hard_limit.error_rate"]

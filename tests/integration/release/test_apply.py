@@ -20,14 +20,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines import deploy, gitops, tracking, train
+from pipelines import registry, tracking, train
 from pipelines.canary.judge import Action as VerdictAction
 from pipelines.canary.judge import Verdict
 from pipelines.canary_config import Strategy
 from pipelines.config import ConfigError
-from pipelines.deploy_state import load_state, state_path
-from pipelines.gitops import GitIdentity, GitOpsError
 from pipelines.package import PackageResult
+from pipelines.release import apply as deploy
+from pipelines.release import commit as gitcommit
+from pipelines.release.commit import GitIdentity, GitOpsError
+from pipelines.release.state import load_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
 
 pytestmark = pytest.mark.integration
@@ -79,7 +81,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Project:
     first = deploy.start(
         config, project.state, "staging", 1, package(project, 1), weight=10, identity=BOT, now=T0
     )
-    assert first.action is deploy.Action.INITIAL
+    assert first.action is deploy.TransitionKind.INITIAL
     return project
 
 
@@ -171,7 +173,7 @@ def test_deploy_commits_state_and_evidence_with_structured_message(proj: Project
     """Starting a canary commits only the state file and its evidence, as the bot, with trailers."""
     git(proj.root, "config", "user.name", "someone-else")
     result = start_v2(proj, reason="validated on the holdout")
-    assert result.changed and result.action is deploy.Action.START
+    assert result.changed and result.action is deploy.TransitionKind.START
     assert result.commit == head(proj)
     assert git(proj.root, "log", "-1", "--format=%an <%ae> / %cn") == (
         "mlops-bot <mlops-bot@example.com> / mlops-bot"
@@ -260,7 +262,7 @@ def test_advance_records_the_verdict_as_evidence(proj: Project) -> None:
     moved = deploy.set_step(
         proj.config(), "staging", 2, 1, 25, evidence=decided, identity=BOT, now=T0
     )
-    assert moved.changed and moved.action is deploy.Action.ADVANCE
+    assert moved.changed and moved.action is deploy.TransitionKind.ADVANCE
     assert git(proj.root, "log", "-1", "--format=%s") == (
         f"deploy(staging): advance canary {MODEL} v2 to 25% (step 1)"
     )
@@ -283,8 +285,8 @@ def test_advance_records_the_verdict_as_evidence(proj: Project) -> None:
 
 def test_promote_moves_aliases_and_commits_why(proj: Project) -> None:
     """Promotion: canary stable at 100 %, champion → new, previous → old, challenger removed."""
-    registry = client(proj)
-    registry.set_registered_model_alias(MODEL, "challenger", "2")
+    mlflow_client = client(proj)
+    mlflow_client.set_registered_model_alias(MODEL, "challenger", "2")
     start_v2(proj)
     promoted = deploy.promote(
         proj.config(),
@@ -295,10 +297,10 @@ def test_promote_moves_aliases_and_commits_why(proj: Project) -> None:
         identity=BOT,
         now=T0 + timedelta(hours=3),
     )
-    assert promoted.changed and promoted.action is deploy.Action.PROMOTE
-    assert str(registry.get_model_version_by_alias(MODEL, "champion").version) == "2"
-    assert str(registry.get_model_version_by_alias(MODEL, "previous").version) == "1"
-    assert tracking.version_by_alias(MODEL, "challenger") is None
+    assert promoted.changed and promoted.action is deploy.TransitionKind.PROMOTE
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "previous").version) == "1"
+    assert registry.version_by_alias(MODEL, "challenger") is None
     assert {(c.op, c.key, c.version) for c in promoted.registry} == {
         ("set_alias", "champion", 2),
         ("set_alias", "previous", 1),
@@ -329,19 +331,21 @@ def test_promote_moves_aliases_and_commits_why(proj: Project) -> None:
 
 def test_rollback_rejects_the_canary_and_keeps_stable(proj: Project) -> None:
     """Rollback: rollout cleared, stable untouched, challenger removed, version tagged rejected."""
-    registry = client(proj)
-    registry.set_registered_model_alias(MODEL, "challenger", "2")
+    mlflow_client = client(proj)
+    mlflow_client.set_registered_model_alias(MODEL, "challenger", "2")
     stable_before = load_state(proj.root, "staging", MODEL).stable
     start_v2(proj)
     rolled = deploy.rollback(
         proj.config(), proj.state, "staging", reason="p99 latency 400 ms > 250 ms", identity=BOT
     )
-    assert rolled.changed and rolled.action is deploy.Action.ROLLBACK and not rolled.warnings
+    assert (
+        rolled.changed and rolled.action is deploy.TransitionKind.ROLLBACK and not rolled.warnings
+    )
     state = load_state(proj.root, "staging", MODEL)
     assert state.rollout is None and state.stable == stable_before
-    assert tracking.version_by_alias(MODEL, "challenger") is None
-    assert str(registry.get_model_version_by_alias(MODEL, "champion").version) == "1"
-    tags = registry.get_model_version(MODEL, "2").tags
+    assert registry.version_by_alias(MODEL, "challenger") is None
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    tags = mlflow_client.get_model_version(MODEL, "2").tags
     assert tags["rejected"] == "true"
     assert tags["rejected_reason"] == "p99 latency 400 ms > 250 ms"
     assert tags["rejected_env"] == "staging"
@@ -394,7 +398,7 @@ def test_git_log_tells_the_history_of_the_environment(proj: Project) -> None:
     start_v2(proj)
     deploy.set_step(proj.config(), "staging", 2, 1, 25, reason="step 0 passed", identity=BOT)
     deploy.rollback(proj.config(), proj.state, "staging", reason="drift", identity=BOT)
-    entries = gitops.history(proj.root, state_path(proj.root, "staging"))
+    entries = gitcommit.history(proj.root, state_path(proj.root, "staging"))
     assert [e.trailers.get("Action") for e in entries] == [
         "rollback",
         "advance",
@@ -404,7 +408,7 @@ def test_git_log_tells_the_history_of_the_environment(proj: Project) -> None:
     ]
     assert all(e.author == "mlops-bot" for e in entries[:4])
     assert entries[0].trailers["Version"] == "2"
-    assert gitops.history(proj.root, state_path(proj.root, "production"))[0].subject == (
+    assert gitcommit.history(proj.root, state_path(proj.root, "production"))[0].subject == (
         "deploy states"
     )
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from pipelines import gitops
 from pipelines.config import ConfigSet
+from pipelines.release import commit as gitcommit
 from pipelines.report import decision_markdown
 from pipelines.validate import ValidationDecision
 
@@ -33,19 +33,19 @@ def record_refusal(
     config: ConfigSet,
     env: str,
     decision: ValidationDecision,
-    identity: gitops.GitIdentity | None = None,
+    identity: gitcommit.GitIdentity | None = None,
 ) -> RefusalRecord:
     """Commit the refusal's evidence; rerunning for the same decision changes nothing.
 
     Raises:
         ValueError: The decision passed (there is no refusal to record).
-        gitops.GitOpsError: Git refused the commit.
+        gitcommit.GitOpsError: Git refused the commit.
     """
     if decision.passed:
         raise ValueError(f"v{decision.candidate.version} passed validation: nothing to refuse")
     version = decision.candidate.version
     evidence_id = f"{decision.decided_at:%Y%m%dT%H%M%SZ}-refused-v{version}"
-    folder = config.root / gitops.EVIDENCE_DIR / env
+    folder = config.root / gitcommit.EVIDENCE_DIR / env
     existing = [folder / f"{evidence_id}.md", folder / f"{evidence_id}.json"]
     if all(p.is_file() for p in existing):
         return RefusalRecord(
@@ -55,11 +55,11 @@ def record_refusal(
             evidence=[str(p) for p in existing],
             changed=False,
         )
-    paths = gitops.write_evidence(
+    paths = gitcommit.write_evidence(
         config.root, env, evidence_id, decision, decision_markdown(decision)
     )
     relative = [Path(p).relative_to(config.root).as_posix() for p in paths]
-    message = gitops.format_message(
+    message = gitcommit.format_message(
         f"deploy({env}): refuse {decision.candidate.name} v{version} (validation failed)",
         "\n".join(f"- {reason}" for reason in decision.blocking_reasons),
         {
@@ -71,9 +71,9 @@ def record_refusal(
         },
     )
     try:
-        commit = gitops.commit_files(config.root, paths, message, identity)
-    except gitops.GitOpsError:
-        gitops.discard(config.root, paths)
+        commit = gitcommit.commit_files(config.root, paths, message, identity)
+    except gitcommit.GitOpsError:
+        gitcommit.discard(config.root, paths)
         raise
     return RefusalRecord(
         environment=env,

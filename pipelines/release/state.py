@@ -7,7 +7,7 @@ hash and data hash it was trained from, so the stable model can be rebuilt from 
 reproducible training when no persistent MLflow server exists.
 
 The file is validated like every config (unknown keys are errors, numbers are bounded) and is
-only changed through :mod:`pipelines.deploy`, one commit per transition.
+only changed through :mod:`pipelines.release.apply`, one commit per transition.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def _header(env: str) -> str:
         f"# Desired state of the '{env}' environment: what serves where. Git is the control\n"
         "# plane: `mlops deploy`, `mlops promote` and `mlops rollback` change this file, one\n"
         "# commit per transition, with the evidence under deploy/evidence/. The local\n"
-        "# reconciler and the gateway follow it. Schema: pipelines/deploy_state.py (EnvState).\n"
+        "# reconciler and the gateway follow it. Schema: pipelines/release/state.py (EnvState).\n"
         "# stable: the release that answers (100 - rollout.weight) % of live traffic.\n"
         "# rollout: the canary during a rollout, else null.\n"
         "# sticky_header (optional): a request header, e.g. X-User-Id, whose value keeps a user\n"

@@ -11,7 +11,8 @@ import yaml
 
 from pipelines.canary_config import Strategy
 from pipelines.config import ConfigError
-from pipelines.deploy_state import (
+from pipelines.release.commit import format_message
+from pipelines.release.state import (
     EnvState,
     Release,
     Rollout,
@@ -21,11 +22,10 @@ from pipelines.deploy_state import (
     save_state,
     state_path,
 )
-from pipelines.gitops import format_message
 
 pytestmark = pytest.mark.unit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 MODEL = "breast-cancer-classifier"
 AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

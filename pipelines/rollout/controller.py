@@ -1,0 +1,553 @@
+"""``mlops rollout``: deploy, step, analyse, decide and commit until the canary is settled.
+
+The loop glues the pieces together; each decision is made elsewhere:
+
+1. :func:`pipelines.release.apply.start` commits the rollout (or, on an environment without
+   a stable release, makes the version stable at once). If ``deploy/<env>.yaml`` already
+   records this version's rollout, ``start`` changes nothing and the loop continues from the
+   recorded step: git is the checkpoint, so a rollout whose process was killed resumes.
+2. The local environment is reconciled with the state (servers, gateway weights).
+3. Every ``check_interval_s`` the observation source closes a window
+   (:mod:`~pipelines.rollout.sources`) and the judge looks at every window so far
+   (:func:`~pipelines.rollout.strategies.verdict_at`).
+4. The strategy turns the verdict into a move (:mod:`~pipelines.rollout.strategies`), and
+   the move becomes a commit: advance or switch → :func:`~pipelines.release.apply.set_step`,
+   promote → :func:`~pipelines.release.apply.promote`, rollback →
+   :func:`~pipelines.release.apply.rollback`, each followed by a reconcile.
+
+Synthetic traffic, when asked for, runs for the whole rollout in a background thread
+(:mod:`~pipelines.rollout.traffic`). A canary server that dies is not restarted: the loop
+checks the servers before each decision and rolls back. At the time limit the loop rolls back
+("timed out"): a rollout that cannot show the canary is as good as stable does not promote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.canary import Verdict
+from pipelines.canary_config import CanaryConfig
+from pipelines.config import ConfigSet, GateMode
+from pipelines.localenv import reconcile
+from pipelines.localenv import traffic as synthetic
+from pipelines.localenv.desired import desired_from_state
+from pipelines.localenv.gateway import GatewayPolicy
+from pipelines.package import PackageResult
+from pipelines.release import apply as deploy
+from pipelines.release.commit import GitIdentity
+from pipelines.release.state import EnvState, RolloutStatus, load_state
+from pipelines.rollout import strategies
+from pipelines.rollout.result import (
+    CheckRecord,
+    ProgressCallback,
+    RolloutOutcome,
+    RolloutProgress,
+    RolloutResult,
+    TrafficTotals,
+    TransitionRecord,
+    check_record,
+)
+from pipelines.rollout.sources import LogSource, ObservationSource
+from pipelines.rollout.strategies import MoveKind, Position
+from pipelines.rollout.traffic import TrafficDriver, fault_for
+from pipelines.state import StateDir
+
+log = logging.getLogger(__name__)
+
+# A canary that is not ready is looked at again after this long before it is given up.
+NOT_READY_GRACE_S = 3.0
+
+
+def default_max_duration_s(canary_config: CanaryConfig) -> float:
+    """The time limit when none is given: twice the steps' minimum durations + 300 s, ≥ 900 s."""
+    return max(900.0, 2 * sum(s.min_duration_s for s in canary_config.steps) + 300)
+
+
+@dataclass
+class _Context:
+    """One rollout's fixed facts, and its record so far (transitions and evidence)."""
+
+    config: ConfigSet
+    canary_config: CanaryConfig
+    state: StateDir
+    env: str
+    version: int
+    bentoml_home: Path
+    policy: GatewayPolicy | None
+    identity: GitIdentity | None
+    max_duration_s: float
+    progress: ProgressCallback | None
+    before: EnvState
+    started: float = field(default_factory=time.monotonic)
+    transitions: list[TransitionRecord] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+
+    @property
+    def resumed(self) -> int | None:
+        """The step the state file recorded for this version when the loop started."""
+        rollout = self.before.rollout
+        return rollout.step if rollout and rollout.canary.version == self.version else None
+
+    def elapsed(self) -> float:
+        """Seconds since the rollout started."""
+        return time.monotonic() - self.started
+
+    def record(self, transition: deploy.Transition) -> deploy.Transition:
+        """Keep a transition (and its evidence) for the result; log its warnings."""
+        self.transitions.append(TransitionRecord.of(transition))
+        self.evidence.extend(transition.evidence)
+        for warning in transition.warnings:
+            log.warning("%s", warning)
+        return transition
+
+    def load(self) -> EnvState:
+        """The environment's desired state as committed now."""
+        return load_state(self.config.root, self.env, self.config.train.registered_model_name)
+
+    def reconcile(self) -> reconcile.EnvStatus:
+        """Make the local environment follow the committed state."""
+        status = reconcile.up(
+            desired_from_state(self.load()),
+            self.state.root,
+            self.bentoml_home,
+            project_root=self.config.root,
+            policy=self.policy,
+        )
+        for change in status.changes:
+            log.info("%s: %s", self.env, change)
+        return status
+
+    def tell(
+        self, message: str, step: int | None, weight: float | None, check: CheckRecord | None = None
+    ) -> None:
+        """Log ``message`` and report it to the progress callback."""
+        log.info("%s", message)
+        if self.progress is not None:
+            steps = len(self.canary_config.steps)
+            self.progress(
+                RolloutProgress(
+                    self.elapsed(), self.max_duration_s, step, steps, weight, message, check
+                )
+            )
+
+    def roll_back(self, why: str, evidence: Verdict | None) -> None:
+        """Commit the rollback of this version (the reconcile after the loop stops it)."""
+        self.record(
+            deploy.rollback(
+                self.config,
+                self.state,
+                self.env,
+                reason=why,
+                version=self.version,
+                evidence=evidence,
+                identity=self.identity,
+            )
+        )
+
+    def result(self, outcome: RolloutOutcome, reason: str, **extra: Any) -> RolloutResult:
+        """The rollout's result so far, ending with ``outcome`` for ``reason``."""
+        return RolloutResult(
+            environment=self.env,
+            model=self.before.model,
+            version=self.version,
+            previous_stable=self.before.stable.version if self.before.stable else None,
+            outcome=outcome,
+            reason=reason,
+            decided_by=extra.pop("decided_by", []),
+            resumed_from_step=self.resumed,
+            duration_s=round(self.elapsed(), 1),
+            checks=extra.pop("checks", []),
+            transitions=self.transitions,
+            evidence=self.evidence,
+            **extra,
+        )
+
+
+@dataclass
+class _Loop:
+    """What changes while the loop runs."""
+
+    position: Position
+    source: ObservationSource
+    driver: TrafficDriver | None
+    window_start: float = 0.0
+    checks: list[CheckRecord] = field(default_factory=list)
+    last: Verdict | None = None
+    fault_on: bool = False
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How the loop ended and why."""
+
+    outcome: RolloutOutcome
+    reason: str
+    decided_by: list[str]
+    timed_out: bool = False
+
+
+def run(
+    config: ConfigSet,
+    canary_config: CanaryConfig,
+    state: StateDir,
+    env: str,
+    *,
+    package: PackageResult,
+    version: int,
+    traffic: synthetic.TrafficOptions | None = None,
+    check_interval_s: float = 10.0,
+    max_duration_s: float | None = None,
+    progress: ProgressCallback | None = None,
+    bentoml_home: Path | None = None,
+    policy: GatewayPolicy | None = None,
+    identity: GitIdentity | None = None,
+    settle_s: float = 2.0,
+) -> RolloutResult:
+    """Roll ``version`` out to ``env`` and drive it to promotion or rollback.
+
+    Start (or resume) the rollout in git, serve it, then look, judge, move and commit until
+    the canary is promoted or rolled back; finally stop the clients and report.
+
+    Args:
+        config: The project's configs.
+        canary_config: Steps, limits and signals (``configs/canary.yaml`` or a local profile).
+        state: The state folder (MLflow store, environment records).
+        env: The environment (``deploy/<env>.yaml``).
+        package: ``mlops package``'s result for ``version``.
+        version: The registered version to roll out.
+        traffic: Synthetic clients for the whole rollout (their duration is ignored);
+            None observes whatever traffic something else sends (errors are then not seen).
+        check_interval_s: Seconds between looks of the judge.
+        max_duration_s: Hard stop: roll back ("timed out") after this long
+            (default: :func:`default_max_duration_s`).
+        progress: Called at every check and transition (e.g. a progress display).
+        bentoml_home: The BentoML store with the Bentos (default ``$BENTOML_HOME`` or
+            ``<state>/bentoml``).
+        policy: Gateway health checks and retries (defaults are for loopback).
+        identity: Commit author and committer of the transitions.
+        settle_s: Seconds the synthetic clients keep going after the final transition, so
+            their count covers the switch.
+
+    Raises:
+        pipelines.release.apply.RefusedError: Another version's rollout is in progress.
+        pipelines.config.ConfigError: A package result for another version, unknown version.
+        pipelines.release.commit.GitOpsError: The state file has uncommitted changes.
+        pipelines.localenv.reconcile.EnvError: The stable release could not be served.
+    """
+    home = bentoml_home or Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")
+    limit = max_duration_s if max_duration_s is not None else default_max_duration_s(canary_config)
+    before = load_state(config.root, env, config.train.registered_model_name)
+    ctx = _Context(
+        config, canary_config, state, env, version, home, policy, identity, limit, progress, before
+    )
+    started = ctx.record(
+        deploy.start(
+            config,
+            state,
+            env,
+            version,
+            package,
+            strategy=canary_config.strategy,
+            weight=canary_config.steps[0].weight,
+            identity=identity,
+        )
+    )
+    position = _position_to_judge(ctx, started)
+    if isinstance(position, RolloutResult):
+        return position
+    return _drive(ctx, position, traffic, check_interval_s, settle_s)
+
+
+def _position_to_judge(ctx: _Context, started: deploy.Transition) -> Position | RolloutResult:
+    """Where the recorded rollout stands, or the result when there is nothing to judge.
+
+    Raises:
+        pipelines.release.apply.RefusedError: The recorded rollout does not fit the config.
+    """
+    current, env, version = ctx.load(), ctx.env, ctx.version
+    steps = len(ctx.canary_config.steps)
+    if current.rollout is None:
+        # Initial release, or the version is already stable: serve it, nothing to judge.
+        ctx.reconcile()
+        ctx.tell(started.summary, None, 100.0)
+        return ctx.result(RolloutOutcome.PROMOTED, started.reason)
+    resumed = ctx.resumed
+    if resumed is not None:
+        ctx.tell(
+            f"resuming the rollout of v{version} at step {resumed + 1} (from git)", resumed, None
+        )
+    rollout = current.rollout
+    if rollout.strategy is not ctx.canary_config.strategy:
+        raise deploy.RefusedError(
+            f"{env}: the rollout of v{version} is recorded as '{rollout.strategy}' in "
+            f"deploy/{env}.yaml but the canary config says '{ctx.canary_config.strategy}'; "
+            "finish it with the config it started with, or roll it back"
+        )
+    if rollout.status is RolloutStatus.PAUSED:
+        ctx.reconcile()
+        reason = f"the rollout of v{version} is paused in deploy/{env}.yaml"
+        return ctx.result(RolloutOutcome.HELD, reason)
+    position = Position(rollout.strategy, rollout.step, rollout.weight, steps)
+    if position.step >= steps and not position.standby:
+        raise deploy.RefusedError(
+            f"{env}: v{version} is at step {position.step}, the canary config has {steps} steps"
+        )
+    return position
+
+
+def _drive(
+    ctx: _Context,
+    position: Position,
+    traffic: synthetic.TrafficOptions | None,
+    check_interval_s: float,
+    settle_s: float,
+) -> RolloutResult:
+    """Serve the rollout, run the clients, judge until settled, stop the clients, report."""
+    reference = _reference(ctx.config, ctx.canary_config)
+    try:
+        status = ctx.reconcile()
+    except reconcile.EnvError as exc:
+        reason = f"canary v{ctx.version} could not be started: {exc}"
+        ctx.record(
+            deploy.rollback(ctx.config, ctx.state, ctx.env, reason=reason, identity=ctx.identity)
+        )
+        ctx.reconcile()
+        return ctx.result(RolloutOutcome.ROLLED_BACK, reason, decided_by=["canary_down"])
+    _tell_position(ctx, position)
+    driver = _traffic_driver(ctx, status, traffic) if traffic is not None else None
+    loop = _Loop(position, _source(ctx, status, position, driver), driver)
+    totals = None
+    try:
+        if traffic is not None:
+            _start_traffic(ctx, loop, traffic)
+        loop.window_start = time.monotonic()
+        ending = _judge_until_settled(ctx, loop, check_interval_s, reference)
+        if ending.outcome is RolloutOutcome.ROLLED_BACK:
+            loop.fault_on = False
+            ctx.reconcile()  # canary weight 0, drained, stopped
+            ctx.tell(f"rolled back v{ctx.version}: {ending.reason}", None, 0.0)
+        if driver is not None and settle_s > 0:
+            time.sleep(settle_s)
+    finally:
+        totals = driver.finish() if driver is not None else None
+        if loop.fault_on:
+            with contextlib.suppress(reconcile.EnvError):
+                reconcile.set_fault(
+                    ctx.env, ctx.state.root, str(ctx.version), None, policy=ctx.policy
+                )
+    return _report(ctx, loop, ending, TrafficTotals.of(totals) if totals is not None else None)
+
+
+def _judge_until_settled(
+    ctx: _Context, loop: _Loop, check_interval_s: float, reference: pd.DataFrame | None
+) -> _Ending:
+    """Every interval: close a window, check the canary is up, judge, make the move."""
+    while True:
+        remaining = ctx.max_duration_s - ctx.elapsed()
+        if remaining <= 0:
+            return _time_out(ctx, loop)
+        time.sleep(min(check_interval_s, remaining))
+        now = time.monotonic()
+        loop.source.close_window(loop.position.step, now - loop.window_start)
+        loop.window_start = now
+        down = _canary_down(ctx)
+        if down is not None:
+            reason = f"{down}: rolled back instead of restarting it"
+            ctx.roll_back(reason, loop.last)
+            return _Ending(RolloutOutcome.ROLLED_BACK, reason, ["canary_down"])
+        ending = _make_move(ctx, loop, _look(ctx, loop, reference))
+        if ending is not None:
+            return ending
+
+
+def _look(ctx: _Context, loop: _Loop, reference: pd.DataFrame | None) -> Verdict:
+    """Ask the judge about every window so far; record and report the check."""
+    windows = loop.source.observations()
+    p = loop.position
+    verdict = strategies.verdict_at(ctx.canary_config, p, windows, reference)
+    loop.last = verdict
+    check = check_record(len(loop.checks) + 1, ctx.elapsed(), p.step, p.weight, verdict, windows)
+    loop.checks.append(check)
+    ctx.tell(f"step {p.step + 1} at {p.weight:g} %: {verdict.reasons[0]}", p.step, p.weight, check)
+    return verdict
+
+
+def _make_move(ctx: _Context, loop: _Loop, verdict: Verdict) -> _Ending | None:
+    """Commit what the strategy makes of ``verdict``; the ending if it settles the rollout."""
+    move = strategies.next_move(verdict, loop.position)
+    reason = "; ".join(verdict.reasons)
+    if move.kind is MoveKind.HOLD:
+        return None
+    if move.kind is MoveKind.ROLLBACK:
+        ctx.roll_back(reason, verdict)
+        return _Ending(RolloutOutcome.ROLLED_BACK, reason, verdict.decided_by)
+    if move.kind is MoveKind.PROMOTE:
+        transition = ctx.record(
+            deploy.promote(
+                ctx.config,
+                ctx.state,
+                ctx.env,
+                version=ctx.version,
+                evidence=verdict,
+                identity=ctx.identity,
+            )
+        )
+        loop.fault_on = False  # the reconcile below removes sidecars of retired versions
+        ctx.reconcile()
+        ctx.tell(transition.summary, None, 100.0)
+        return _Ending(RolloutOutcome.PROMOTED, reason, [])
+    _step(ctx, loop, move, verdict)
+    return None
+
+
+def _step(ctx: _Context, loop: _Loop, move: strategies.Move, verdict: Verdict) -> None:
+    """Advance to the next step, or switch blue-green to 100 % (a new source: no mirror)."""
+    assert move.step is not None and move.weight is not None
+    transition = ctx.record(
+        deploy.set_step(
+            ctx.config,
+            ctx.env,
+            ctx.version,
+            move.step,
+            move.weight,
+            reason="; ".join(verdict.reasons),
+            evidence=verdict,
+            identity=ctx.identity,
+        )
+    )
+    loop.position = replace(loop.position, step=move.step, weight=move.weight)
+    status = ctx.reconcile()
+    if move.kind is MoveKind.SWITCH:
+        loop.source = _source(ctx, status, loop.position, loop.driver)
+    loop.window_start = time.monotonic()
+    ctx.tell(transition.summary, move.step, move.weight)
+
+
+def _time_out(ctx: _Context, loop: _Loop) -> _Ending:
+    """Roll back: the time limit passed without a decision."""
+    p, last = loop.position, loop.last
+    last_reasons = "; ".join(last.reasons) if last else "no verdict yet"
+    reason = (
+        f"timed out after {ctx.max_duration_s:g} s at step {p.step + 1} "
+        f"({p.weight:g} %) without a decision: {last_reasons}"
+    )
+    ctx.roll_back(reason, last)
+    return _Ending(RolloutOutcome.ROLLED_BACK, reason, ["timeout"], timed_out=True)
+
+
+def _report(
+    ctx: _Context, loop: _Loop, ending: _Ending, traffic: TrafficTotals | None
+) -> RolloutResult:
+    """The result: the ending, every check, the traffic totals and the last verdict."""
+    last = loop.last
+    return ctx.result(
+        ending.outcome,
+        ending.reason,
+        decided_by=ending.decided_by,
+        checks=loop.checks,
+        timed_out=ending.timed_out,
+        traffic=traffic,
+        failed_requests=traffic.failed if traffic else None,
+        final_verdict=last.model_dump(mode="json") if last else None,
+        final_verdict_markdown=last.to_markdown() if last else None,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _tell_position(ctx: _Context, p: Position) -> None:
+    """Report where the rollout stands before the first look."""
+    if p.standby:
+        stable = ctx.load().stable
+        blue = stable.version if stable else ""
+        ctx.tell(f"v{ctx.version} at 100 %, v{blue} on standby", p.step, p.weight)
+    else:
+        ctx.tell(
+            f"v{ctx.version} at {p.weight:g} % (step {p.step + 1}/{p.steps})", p.step, p.weight
+        )
+
+
+def _source(
+    ctx: _Context, status: reconcile.EnvStatus, p: Position, driver: TrafficDriver | None
+) -> LogSource:
+    """The logs to read at ``p``: with the mirror's copies while the canary is mirrored."""
+    if p.mirrored and status.mirror_log is None:
+        raise reconcile.EnvError(
+            f"{ctx.env}: v{ctx.version} should get mirrored traffic: no mirror"
+        )
+    mirror = Path(status.mirror_log) if p.mirrored and status.mirror_log else None
+    stable = ctx.load().stable
+    return LogSource(
+        status,
+        str(stable.version) if stable else "",
+        str(ctx.version),
+        mirror_log=mirror,
+        clients=driver.drain if driver is not None else None,
+    )
+
+
+def _traffic_driver(
+    ctx: _Context, status: reconcile.EnvStatus, traffic: synthetic.TrafficOptions
+) -> TrafficDriver:
+    """Clients replaying the holdout rows, not started yet; outcomes under the env folder."""
+    rows, labels = synthetic.holdout_rows(ctx.config)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    outcomes_file = (
+        reconcile.env_dir(ctx.state.root, ctx.env)
+        / "traffic"
+        / f"{stamp}-rollout-v{ctx.version}-{traffic.scenario}.jsonl"
+    )
+    return TrafficDriver(status, rows, labels, traffic, outcomes_file, ctx.max_duration_s)
+
+
+def _start_traffic(ctx: _Context, loop: _Loop, traffic: synthetic.TrafficOptions) -> None:
+    """Inject the scenario's fault into the canary, then start the clients."""
+    fault = fault_for(traffic)
+    if fault is not None:
+        reconcile.set_fault(ctx.env, ctx.state.root, str(ctx.version), fault, policy=ctx.policy)
+        loop.fault_on = True
+    assert loop.driver is not None
+    loop.driver.start()
+
+
+def _reference(config: ConfigSet, canary_config: CanaryConfig) -> pd.DataFrame | None:
+    """The training features live inputs are checked against (None: input drift disabled)."""
+    if canary_config.input_drift.mode is GateMode.DISABLED:
+        return None
+    from pipelines.train import prepare
+
+    reference = prepare(config)[2].X_train
+    # Evidently takes seconds to import: not at the first check that needs it.
+    threading.Thread(target=_warm_up_evidently, name="import-evidently", daemon=True).start()
+    return reference
+
+
+def _warm_up_evidently() -> None:
+    import pipelines.datachecks  # noqa: F401
+
+
+def _canary_down(ctx: _Context) -> str | None:
+    """Why the canary server cannot answer, or None if it is ready."""
+    version = str(ctx.version)
+    for attempt in range(2):
+        status = reconcile.status(ctx.env, ctx.state.root)
+        found = next((r for r in status.releases if r.version == version), None)
+        if found is None:
+            return f"canary v{version} is not running in {ctx.env}"
+        if not found.alive:
+            return f"canary v{version} server (pid {found.pid}) is gone"
+        if found.ready:
+            return None
+        if attempt == 0:
+            time.sleep(NOT_READY_GRACE_S)
+    return f"canary v{version} server does not answer /readyz"
