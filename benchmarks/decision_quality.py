@@ -34,7 +34,7 @@ from pipelines.canary.simulation import (  # noqa: E402
     run_rollout,
     wilson_upper,
 )
-from pipelines.canary_config import CanaryConfig, load_canary_config  # noqa: E402
+from pipelines.config.canary import CanaryConfig, load_canary_config  # noqa: E402
 
 EXPECTED_SIGNAL = {
     Fault.ERRORS: ("error_rate",),

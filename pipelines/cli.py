@@ -22,7 +22,12 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pipelines.config import ConfigError, ConfigSet, format_validation_error, load_config_set
+from pipelines.config.training import (
+    ConfigError,
+    ConfigSet,
+    format_validation_error,
+    load_config_set,
+)
 from pipelines.data import DataError
 from pipelines.state import StateDir, write_atomic, write_json
 
@@ -190,7 +195,7 @@ def package(
 ) -> None:
     """Import one registered version into the BentoML store and build its Bento."""
     from pipelines import package as step
-    from pipelines.serve_config import load_serve_config
+    from pipelines.config.serve import load_serve_config
 
     with bad_input_exits():
         config, state = load(configs)
@@ -367,7 +372,7 @@ def deploy_command(
 ) -> None:
     """Start a rollout of version N: commit it to deploy/<env>.yaml at the first canary step."""
     from pipelines import deploy as step
-    from pipelines.canary_config import load_canary_config
+    from pipelines.config.canary import load_canary_config
     from pipelines.gitops import GitIdentity
     from pipelines.package import PackageResult
 
@@ -716,7 +721,7 @@ def rollout_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipelines import rollout as step
-    from pipelines.canary_config import load_canary_config
+    from pipelines.config.canary import load_canary_config
     from pipelines.gitops import GitIdentity
     from pipelines.localenv import reconcile
     from pipelines.localenv.traffic import Scenario, TrafficOptions

@@ -26,8 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import gitops
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError, ConfigSet
+from pipelines.config.canary import Strategy
+from pipelines.config.training import ConfigError, ConfigSet
 from pipelines.deploy_state import (
     EnvState,
     Release,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import Bound, ComparisonRule, GateMode
+from pipelines.config.training import Bound, ComparisonRule, GateMode
 from pipelines.metrics import METRICS, Predictions, improvement
 
 

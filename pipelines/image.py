@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import ConfigError, Strict, load_file
+from pipelines.config.training import ConfigError, Strict, load_file
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)

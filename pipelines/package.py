@@ -23,8 +23,8 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import tracking
-from pipelines.config import ConfigError, ConfigSet
-from pipelines.serve_config import ServeConfig
+from pipelines.config.serve import ServeConfig
+from pipelines.config.training import ConfigError, ConfigSet
 from pipelines.serving.artifact import tree_sha256
 from pipelines.serving.manifest import (
     MANIFEST_FILE,
@@ -45,9 +45,10 @@ SERVICE_CLASS = "ModelServer"
 # The modules the service imports; everything else of pipelines/ stays out of the Bento.
 SERVING_MODULES = (
     "pipelines/__init__.py",
-    "pipelines/config.py",
+    "pipelines/config/__init__.py",
+    "pipelines/config/serve.py",
+    "pipelines/config/training.py",
     "pipelines/metrics.py",
-    "pipelines/serve_config.py",
     "pipelines/serving/__init__.py",
     "pipelines/serving/artifact.py",
     "pipelines/serving/batching.py",

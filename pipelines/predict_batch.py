@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines import tracking
-from pipelines.config import ConfigError, ConfigSet
+from pipelines.config.training import ConfigError, ConfigSet
 from pipelines.data import DataError
 from pipelines.inference import predict
 from pipelines.metrics import Task

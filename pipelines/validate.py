@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import gates as g
 from pipelines import tracking
-from pipelines.config import ConfigSet, GateMode
+from pipelines.config.training import ConfigSet, GateMode
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
 from pipelines.metrics import Predictions, compute

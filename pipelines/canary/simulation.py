@@ -18,7 +18,7 @@ from scipy.special import expit
 from pipelines.canary.judge import Action, judge_summaries
 from pipelines.canary.observations import Labelled, VersionWindow, WindowObservation
 from pipelines.canary.summary import StepSummary, summarize_step
-from pipelines.canary_config import CanaryConfig
+from pipelines.config.canary import CanaryConfig
 from pipelines.metrics import Predictions
 
 

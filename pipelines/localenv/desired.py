@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.canary_config import Strategy
+from pipelines.config.canary import Strategy
 from pipelines.deploy_state import HTTP_HEADER_NAME, EnvState
 
 # Caddy weights are integers: percentages are kept to two decimals (basis points).

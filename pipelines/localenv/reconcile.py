@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.canary_config import Strategy
+from pipelines.config.canary import Strategy
 from pipelines.localenv import procs
 from pipelines.localenv.desired import DesiredEnv, LiveRelease, Role
 from pipelines.localenv.gateway import (

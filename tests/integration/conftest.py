@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import rollout, tracking
-from pipelines.canary_config import CanaryConfig, load_canary_config
+from pipelines.config.canary import CanaryConfig, load_canary_config
 from pipelines.deploy_state import EnvState, load_state, render_state, state_path
 from pipelines.localenv import reconcile
 from pipelines.localenv.traffic import Scenario, TrafficOptions

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipelines.canary_config import Strategy
+from pipelines.config.canary import Strategy
 from pipelines.deploy_state import EnvState, Release, Rollout, StableRelease, save_state
 from tests.conftest import Project
 

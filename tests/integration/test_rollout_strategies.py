@@ -18,7 +18,7 @@ import pytest
 
 from pipelines import rollout
 from pipelines.canary import Action, SignalStatus
-from pipelines.canary_config import CanaryConfig
+from pipelines.config.canary import CanaryConfig
 from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
 from pipelines.localenv.servers import kill_server

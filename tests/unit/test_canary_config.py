@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.canary_config import CanaryConfig, Strategy, load_canary_config
-from pipelines.config import ConfigError, GateMode, ValidateConfig, load_file
+from pipelines.config.canary import CanaryConfig, Strategy, load_canary_config
+from pipelines.config.training import ConfigError, GateMode, ValidateConfig, load_file
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from pipelines.canary.sequential import (
     share_under_ratio,
 )
 from pipelines.canary.simulation import Fault, Traffic, run_rollout, wilson_upper
-from pipelines.canary_config import CanaryConfig
+from pipelines.config.canary import CanaryConfig
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import ConfigError, load_config_set
+from pipelines.config.training import ConfigError, load_config_set
 
 pytestmark = pytest.mark.unit
 

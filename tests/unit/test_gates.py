@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines import gates as g
-from pipelines.config import Bound, ComparisonRule, GateMode
+from pipelines.config.training import Bound, ComparisonRule, GateMode
 from pipelines.metrics import Predictions
 
 pytestmark = pytest.mark.unit

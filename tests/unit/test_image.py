@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import image
-from pipelines.config import ConfigError
+from pipelines.config.training import ConfigError
 from pipelines.state import StateDir
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipelines import k8s
-from pipelines.canary_config import Strategy
+from pipelines.config.canary import Strategy
 from pipelines.deploy_state import EnvState, Release, Rollout, StableRelease
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.config import Strict, load_file
+from pipelines.config.training import Strict, load_file
 
 
 class ApiConfig(Strict):

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config import ConfigError, GateMode, Strict, ValidateConfig, load_file
+from pipelines.config.training import ConfigError, GateMode, Strict, ValidateConfig, load_file
 from pipelines.metrics import METRICS
 
 
