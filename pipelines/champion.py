@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import tracking
-from pipelines.config.training import ConfigSet, load_config_set
+from pipelines.config.loader import ConfigSet, load_config_set
 from pipelines.deploy_state import Release, load_state, state_path
 from pipelines.state import StateDir
 

@@ -22,12 +22,8 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pipelines.config.training import (
-    ConfigError,
-    ConfigSet,
-    format_validation_error,
-    load_config_set,
-)
+from pipelines.config.base import ConfigError, format_validation_error
+from pipelines.config.loader import ConfigSet, load_config_set, set_directories
 from pipelines.data import DataError
 from pipelines.state import StateDir, write_atomic, write_json
 
@@ -40,7 +36,11 @@ EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
 
 ConfigsOption = Annotated[
-    Path, typer.Option("--configs", help="Folder with data.yaml, train.yaml, validate.yaml.")
+    Path,
+    typer.Option(
+        "--configs",
+        help="Config set: configs/ or a variant folder (its missing files come from configs/).",
+    ),
 ]
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,9 +69,14 @@ def bad_input_exits() -> Iterator[None]:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def load(configs: Path) -> tuple[ConfigSet, StateDir]:
-    """Load the config set and locate the state folder (no side effects)."""
-    config = load_config_set(configs)
+def load(configs: Path, **overrides: Path | None) -> tuple[ConfigSet, StateDir]:
+    """Load and check every file of the config set; locate the state folder (no side effects).
+
+    Args:
+        configs: ``configs/`` or a variant folder under ``configs/variants/``.
+        **overrides: Per file name (``canary``, ``serve``, ``image``), a file read instead.
+    """
+    config = load_config_set(configs, overrides=overrides)
     return config, StateDir.for_project(config.root)
 
 
@@ -97,10 +102,13 @@ def publish_summary(markdown: str, summary: Path | None) -> None:
 
 @config_app.command("check")
 def config_check(configs: ConfigsOption = Path("configs")) -> None:
-    """Validate every config set: ``configs/`` and each folder of ``configs/variants/``."""
-    sets = [configs, *sorted(p.parent for p in (configs / "variants").glob("*/train.yaml"))]
+    """Validate every config set: ``configs/`` and each folder of ``configs/variants/``.
+
+    Each set is loaded as the commands load it (a variant's missing files and sections come
+    from ``configs/``): every file, then the rules across files.
+    """
     failed = False
-    for directory in sets:
+    for directory in set_directories(configs):
         try:
             config = load_config_set(directory)
         except ConfigError as exc:
@@ -195,11 +203,10 @@ def package(
 ) -> None:
     """Import one registered version into the BentoML store and build its Bento."""
     from pipelines import package as step
-    from pipelines.config.serve import load_serve_config
 
     with bad_input_exits():
-        config, state = load(configs)
-        serve = load_serve_config(serve_config or configs / "serve.yaml")
+        config, state = load(configs, serve=serve_config)
+        serve = config.serve
         # BentoML reads its home once, on first use: set it before anything imports bentoml.
         bentoml_home = Path(os.environ.setdefault("BENTOML_HOME", str(state.root / "bentoml")))
         try:
@@ -237,8 +244,8 @@ def image(
     from pipelines import image as step
 
     with bad_input_exits():
-        config, state = load(configs)
-        options = step.load_image_config(image_config or configs / "image.yaml")
+        config, state = load(configs, image=image_config)
+        options = config.image
         package = read_result(package_result or state.results / "package.json", step.PackageRef)
         try:
             result = step.run(options, package, state, config.root, force=force)
@@ -372,13 +379,12 @@ def deploy_command(
 ) -> None:
     """Start a rollout of version N: commit it to deploy/<env>.yaml at the first canary step."""
     from pipelines import deploy as step
-    from pipelines.config.canary import load_canary_config
     from pipelines.gitops import GitIdentity
     from pipelines.package import PackageResult
 
     with bad_input_exits(), refusals_exit():
-        config, state = load(configs)
-        canary = load_canary_config(canary_config or configs / "canary.yaml")
+        config, state = load(configs, canary=canary_config)
+        canary = config.canary
         package = read_result(package_result or state.results / "package.json", PackageResult)
         image = None
         if image_result is not None:
@@ -462,7 +468,7 @@ def state_show(
     from pipelines.deploy_state import load_state, render_state, state_path
 
     with bad_input_exits(), refusals_exit():
-        config = load_config_set(configs)
+        config, _ = load(configs)
         current = load_state(config.root, env, config.train.registered_model_name)
         entries = gitops.history(config.root, state_path(config.root, env), history)
     typer.echo(render_state(current), nl=False)
@@ -721,15 +727,14 @@ def rollout_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipelines import rollout as step
-    from pipelines.config.canary import load_canary_config
     from pipelines.gitops import GitIdentity
     from pipelines.localenv import reconcile
     from pipelines.localenv.traffic import Scenario, TrafficOptions
     from pipelines.package import PackageResult
 
     with bad_input_exits(), refusals_exit():
-        config, state = load(configs)
-        canary = load_canary_config(canary_config or configs / "canary.yaml", config.validate_)
+        config, state = load(configs, canary=canary_config)
+        canary = config.canary
         package = read_result(package_result or state.results / "package.json", PackageResult)
         wanted = version or int(package.model_version)
         if max_duration is None:

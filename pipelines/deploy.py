@@ -26,8 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import gitops
+from pipelines.config.base import ConfigError
 from pipelines.config.canary import Strategy
-from pipelines.config.training import ConfigError, ConfigSet
+from pipelines.config.loader import ConfigSet
 from pipelines.deploy_state import (
     EnvState,
     Release,

@@ -30,8 +30,8 @@ from pydantic import (
     model_serializer,
 )
 
+from pipelines.config.base import ConfigError, format_validation_error, read_yaml
 from pipelines.config.canary import Strategy
-from pipelines.config.training import ConfigError, format_validation_error, read_yaml
 from pipelines.state import write_atomic
 
 DEPLOY_DIR = Path("deploy")

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.config.training import ConfigError
+from pipelines.config.base import ConfigError
 from pipelines.deploy_state import EnvState, Release, load_state, state_path
 from pipelines.localenv.desired import DesiredEnv, LiveRelease, desired_from_state
 

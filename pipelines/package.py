@@ -23,8 +23,9 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import tracking
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
 from pipelines.config.serve import ServeConfig
-from pipelines.config.training import ConfigError, ConfigSet
 from pipelines.serving.artifact import tree_sha256
 from pipelines.serving.manifest import (
     MANIFEST_FILE,
@@ -46,8 +47,8 @@ SERVICE_CLASS = "ModelServer"
 SERVING_MODULES = (
     "pipelines/__init__.py",
     "pipelines/config/__init__.py",
+    "pipelines/config/base.py",
     "pipelines/config/serve.py",
-    "pipelines/config/training.py",
     "pipelines/metrics.py",
     "pipelines/serving/__init__.py",
     "pipelines/serving/artifact.py",

@@ -28,7 +28,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines import tracking
-from pipelines.config.training import ConfigError, ConfigSet
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
 from pipelines.data import DataError
 from pipelines.inference import predict
 from pipelines.metrics import Task

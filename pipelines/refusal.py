@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import gitops
-from pipelines.config.training import ConfigSet
+from pipelines.config.loader import ConfigSet
 from pipelines.report import decision_markdown
 from pipelines.validate import ValidationDecision
 

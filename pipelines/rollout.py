@@ -60,8 +60,9 @@ from pipelines.canary import (
     judge,
     judge_standby,
 )
+from pipelines.config.base import GateMode
 from pipelines.config.canary import CanaryConfig, Strategy
-from pipelines.config.training import ConfigSet, GateMode
+from pipelines.config.loader import ConfigSet
 from pipelines.deploy_state import EnvState, RolloutStatus, load_state
 from pipelines.gitops import GitIdentity
 from pipelines.localenv import reconcile

@@ -16,7 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.config.training import ConfigSet
+from pipelines.config.loader import ConfigSet
 from pipelines.state import StateDir
 
 log = logging.getLogger(__name__)

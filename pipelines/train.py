@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import tracking
-from pipelines.config.training import ConfigSet
+from pipelines.config.loader import ConfigSet
 from pipelines.data import Dataset, Split, load_dataset, split
 from pipelines.inference import fingerprint, predict
 from pipelines.metrics import Task, compute

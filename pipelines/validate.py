@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import gates as g
 from pipelines import tracking
-from pipelines.config.training import ConfigSet, GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.loader import ConfigSet
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
 from pipelines.metrics import Predictions, compute

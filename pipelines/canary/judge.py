@@ -35,8 +35,8 @@ from pipelines.canary.sequential import (
     share_under_ratio,
 )
 from pipelines.canary.summary import StepSummary, summarize_step
+from pipelines.config.base import GateMode
 from pipelines.config.canary import CanaryConfig, Strategy
-from pipelines.config.training import GateMode
 from pipelines.metrics import METRICS, improvement
 
 

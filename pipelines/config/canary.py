@@ -1,8 +1,8 @@
 """Typed canary configuration: ``configs/canary.yaml`` loaded into pydantic models.
 
-Same conventions as :mod:`pipelines.config`: unknown keys are errors, numbers are bounded, and a
-bad file fails in :func:`load_canary_config` with the file, the field and what was expected,
-before the rollout loop touches the gateway.
+Same conventions as every config: unknown keys are errors, numbers are bounded, and a bad file
+fails in :func:`pipelines.config.loader.load_config_set` with the file, the field and what was
+expected, before the rollout loop touches the gateway.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config.training import ConfigError, GateMode, Strict, ValidateConfig, load_file
+from pipelines.config.base import GateMode, Strict, load_file
 from pipelines.metrics import METRICS
 
 
@@ -256,24 +256,13 @@ class CanaryConfig(Strict):
         return self.statistics.alpha / max(1, len(self.sequential_signals()))
 
 
-def load_canary_config(path: Path, validate: ValidateConfig | None = None) -> CanaryConfig:
-    """Load and validate ``canary.yaml``.
+def load_canary_config(path: Path) -> CanaryConfig:
+    """Load and validate one ``canary.yaml`` on its own (a profile, a benchmark's file).
 
-    Args:
-        path: The YAML file.
-        validate: The offline gates; when given, every quality metric of the canary must be one
-            that gated the model offline, so online and offline judge with the same metrics.
+    The rules against the other files (quality metrics must be offline gates) are checked by
+    :func:`pipelines.config.loader.load_config_set`.
 
     Raises:
         ConfigError: The file is missing or invalid (the message names the file and field).
     """
-    config = load_file(path, CanaryConfig)
-    if validate is not None:
-        offline = set(validate.gates.champion.metrics) | set(validate.gates.holdout.thresholds)
-        for metric in config.quality.metrics:
-            if metric not in offline:
-                raise ConfigError(
-                    f"{path}: field 'quality.metrics.{metric}': not a metric of the offline "
-                    f"gates in validate.yaml; expected one of {sorted(offline)}"
-                )
-    return config
+    return load_file(path, CanaryConfig)

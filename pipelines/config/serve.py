@@ -1,7 +1,8 @@
 """Typed serving configuration: ``configs/serve.yaml`` loaded into pydantic models.
 
-Kept apart from :mod:`pipelines.config` so the serving image needs none of the training
-configuration. Like every config model it forbids unknown keys and bounds its numbers.
+Kept apart from the training schemas so the serving image needs none of them (the Bento
+carries ``pipelines/config/base.py`` and this file only). Like every config model it forbids
+unknown keys and bounds its numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.config.training import Strict, load_file
+from pipelines.config.base import Strict, load_file
 
 
 class ApiConfig(Strict):

@@ -1,37 +1,14 @@
-"""Typed configuration: one YAML per concern in ``configs/``, loaded into pydantic models.
-
-Every model forbids unknown keys and bounds its numbers, so a typo or an out-of-range value
-fails here, naming the file and the field, before any step touches MLflow or the disk.
-"""
+"""Schemas of the training side: ``data.yaml``, ``train.yaml`` and ``validate.yaml``."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from pipelines.metrics import METRICS, Task
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(Exception):
-    """A configuration file is missing, unparsable or invalid.
-
-    The message names the file and, where there is one, the field and what was expected.
-    """
-
-
-class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from pipelines.config.base import GateMode, Strict
 
 # --------------------------------------------------------------------------- data.yaml
 
@@ -121,14 +98,6 @@ class TrainConfig(Strict):
 
 
 # --------------------------------------------------------------------------- validate.yaml
-
-
-class GateMode(StrEnum):
-    """How a gate takes part in the decision."""
-
-    ENABLED = "enabled"  # runs, and a failure blocks the candidate
-    DRY_RUN = "dry_run"  # runs and reports, but never blocks
-    DISABLED = "disabled"  # does not run
 
 
 class Bound(Strict):
@@ -234,149 +203,3 @@ class ValidateConfig(Strict):
     """``configs/validate.yaml``."""
 
     gates: Gates
-
-
-# --------------------------------------------------------------------------- the set
-
-
-class ConfigSet(Strict):
-    """All configs of one project, validated together (cross-file rules live here)."""
-
-    root: Path = Field(description="The project root; relative paths resolve against it.")
-    directory: Path
-    data: DataConfig
-    train: TrainConfig
-    validate_: ValidateConfig = Field(alias="validate")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    def training_hash(self) -> str:
-        """Hash of everything that determines the trained model (data and train configs)."""
-        payload = {
-            "data": self.data.model_dump(mode="json", by_alias=True),
-            "train": self.train.model_dump(mode="json", exclude={"tracking_uri"}),
-        }
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    def resolve(self, path: Path) -> Path:
-        """Resolve a config path against the project root."""
-        return path if path.is_absolute() else (self.root / path)
-
-
-CONFIG_FILES: dict[str, type[Strict]] = {
-    "data": DataConfig,
-    "train": TrainConfig,
-    "validate": ValidateConfig,
-}
-
-
-def _format_location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in {"SklearnSource", "FileSource"}]
-    parts = [p[:-1] if p.endswith("_") else p for p in parts]
-    return ".".join(parts) or "(top level)"
-
-
-def format_validation_error(path: Path, error: ValidationError) -> str:
-    """Render a pydantic error as ``file: field: problem`` lines a person can act on."""
-    lines = []
-    for item in error.errors():
-        where = _format_location(item["loc"])
-        message = item["msg"]
-        if item["type"] not in {"missing", "extra_forbidden"} and "input" in item:
-            message += f" (got {item['input']!r})"
-        lines.append(f"{path}: field '{where}': {message}")
-    return "\n".join(lines)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping, with errors that name the file and the position."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return raw
-
-
-def load_file(path: Path, model: type[M]) -> M:
-    """Load and validate one config file."""
-    raw = read_yaml(path)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from None
-
-
-def find_project_root(start: Path) -> Path:
-    """The nearest ancestor of ``start`` holding ``pyproject.toml`` or ``.git``, else its parent."""
-    for candidate in (start, *start.parents):
-        if (candidate / "pyproject.toml").is_file() or (candidate / ".git").exists():
-            return candidate
-    return start.parent
-
-
-def load_config_set(directory: Path, root: Path | None = None) -> ConfigSet:
-    """Load ``data.yaml``, ``train.yaml`` and ``validate.yaml`` and check them together.
-
-    Args:
-        directory: The folder that holds the YAML files.
-        root: The project root; defaults to :func:`find_project_root` of ``directory``.
-
-    Raises:
-        ConfigError: Any file is missing or invalid, or the files contradict each other.
-    """
-    directory = directory.resolve()
-    root = (root or find_project_root(directory)).resolve()
-    loaded = {
-        name: load_file(directory / f"{name}.yaml", model) for name, model in CONFIG_FILES.items()
-    }
-    config = ConfigSet(root=root, directory=directory, **loaded)
-    _check_cross_file(config)
-    return config
-
-
-def _check_cross_file(config: ConfigSet) -> None:
-    """Rules that span files: the model exists, its params are valid, metrics fit its task."""
-    # Imported here: model_code imports config for ConfigError.
-    from pipelines.model_code import load_model_code
-
-    train_file = config.directory / "train.yaml"
-    validate_file = config.directory / "validate.yaml"
-    code = load_model_code(config.resolve(config.train.models_dir), config.train.model, train_file)
-    try:
-        code.params_model.model_validate(config.train.params)
-    except ValidationError as exc:
-        detail = format_validation_error(train_file, exc).replace("field '", "field 'params.")
-        raise ConfigError(detail) from None
-
-    gates = config.validate_.gates
-    for gate_name, names in (
-        ("holdout.thresholds", gates.holdout.thresholds),
-        ("champion.metrics", gates.champion.metrics),
-    ):
-        for metric in names:
-            spec = METRICS.get(metric)
-            if spec is None:
-                raise ConfigError(
-                    f"{validate_file}: field 'gates.{gate_name}.{metric}': unknown metric; "
-                    f"expected one of {sorted(METRICS)}"
-                )
-            if code.task not in spec.tasks:
-                raise ConfigError(
-                    f"{validate_file}: field 'gates.{gate_name}.{metric}': metric '{metric}' does "
-                    f"not apply to a {code.task} model (model '{config.train.model}')"
-                )
-    if code.task == Task.CLASSIFICATION and config.data.schema_.target.type == FeatureType.FLOAT:
-        raise ConfigError(
-            f"{config.directory / 'data.yaml'}: field 'schema.target.type': a classification "
-            "model needs an int, bool or string target, got float"
-        )

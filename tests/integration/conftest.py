@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import rollout, tracking
-from pipelines.config.canary import CanaryConfig, load_canary_config
+from pipelines.config.canary import CanaryConfig
+from pipelines.config.loader import load_config_set
 from pipelines.deploy_state import EnvState, load_state, render_state, state_path
 from pipelines.localenv import reconcile
 from pipelines.localenv.traffic import Scenario, TrafficOptions
@@ -68,7 +69,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
         packages[number] = PackageResult.model_validate_json(
             (project.state.results / "package.json").read_text()
         )
-    canary = load_canary_config(PROFILE, project.config().validate_)
+    canary = load_config_set(project.configs, overrides={"canary": PROFILE}).canary
     return Versions(project, home, packages, canary)
 
 

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from pipelines import deploy, gitops, tracking, train
 from pipelines.canary.judge import Action as VerdictAction
 from pipelines.canary.judge import Verdict
+from pipelines.config.base import ConfigError
 from pipelines.config.canary import Strategy
-from pipelines.config.training import ConfigError
 from pipelines.deploy_state import load_state, state_path
 from pipelines.gitops import GitIdentity, GitOpsError
 from pipelines.package import PackageResult
@@ -41,7 +41,7 @@ PACKAGE_SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     from pipelines import package
-    from pipelines.config.training import load_config_set
+    from pipelines.config.loader import load_config_set
     from pipelines.config.serve import load_serve_config
     from pipelines.state import StateDir, write_json
 

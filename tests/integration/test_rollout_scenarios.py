@@ -29,7 +29,7 @@ import pytest
 
 from pipelines import rollout
 from pipelines.canary import Action, SignalResult, SignalStatus, Verdict
-from pipelines.config.training import GateMode
+from pipelines.config.base import GateMode
 from pipelines.localenv import reconcile, traffic
 from pipelines.localenv.traffic import RequestOutcome, Scenario, TrafficOptions, TrafficResult
 from tests.integration.conftest import (

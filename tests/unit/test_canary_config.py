@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.config.base import ConfigError, GateMode
 from pipelines.config.canary import CanaryConfig, Strategy, load_canary_config
-from pipelines.config.training import ConfigError, GateMode, ValidateConfig, load_file
+from pipelines.config.loader import load_config_set
 
 pytestmark = pytest.mark.unit
 
@@ -26,11 +27,11 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 def test_shipped_config_loads_and_matches_offline_metrics() -> None:
     """The repository's canary.yaml is valid and only uses metrics that gate offline."""
-    validate = load_file(REPO_ROOT / "configs" / "validate.yaml", ValidateConfig)
-    config = load_canary_config(CANARY, validate)
+    config_set = load_config_set(REPO_ROOT / "configs")
+    config = config_set.canary
     assert config.strategy is Strategy.CANARY
     assert [s.weight for s in config.steps] == sorted(s.weight for s in config.steps)
-    assert set(config.quality.metrics) <= set(validate.gates.champion.metrics)
+    assert set(config.quality.metrics) <= set(config_set.validate_.gates.champion.metrics)
 
 
 def test_minimal_config_has_defaults() -> None:
@@ -98,14 +99,6 @@ def test_bad_config_names_the_file_and_field(tmp_path: Path, change: dict, field
         load_canary_config(path)
     assert str(path) in str(error.value)
     assert field in str(error.value)
-
-
-def test_quality_metric_not_gated_offline_is_rejected(tmp_path: Path) -> None:
-    """With validate.yaml given, a canary metric the offline gates do not use is an error."""
-    validate = load_file(REPO_ROOT / "configs" / "validate.yaml", ValidateConfig)
-    path = _write(tmp_path, {**MINIMAL, "quality": {"metrics": {"brier": {"max_regression": 0}}}})
-    with pytest.raises(ConfigError, match=r"quality\.metrics\.brier"):
-        load_canary_config(path, validate)
 
 
 def test_missing_and_unparsable_files_fail_cleanly(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from pipelines.canary import (
     summarize_step,
 )
 from pipelines.canary.simulation import Fault, Traffic, simulate_window
+from pipelines.config.base import GateMode
 from pipelines.config.canary import CanaryConfig
-from pipelines.config.training import GateMode
 from pipelines.metrics import Predictions
 
 pytestmark = pytest.mark.unit

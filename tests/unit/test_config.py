@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config.training import ConfigError, load_config_set
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import load_config_set
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from pipelines.config.base import ConfigError
 from pipelines.config.canary import Strategy
-from pipelines.config.training import ConfigError
 from pipelines.deploy_state import (
     EnvState,
     Release,

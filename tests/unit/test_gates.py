@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipelines import gates as g
-from pipelines.config.training import Bound, ComparisonRule, GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.training import Bound, ComparisonRule
 from pipelines.metrics import Predictions
 
 pytestmark = pytest.mark.unit

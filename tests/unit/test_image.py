@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import image
-from pipelines.config.training import ConfigError
+from pipelines.config.base import ConfigError
+from pipelines.config.image import ImageConfig, load_image_config
 from pipelines.state import StateDir
 
 pytestmark = pytest.mark.unit
@@ -143,7 +144,7 @@ def test_the_shipped_containers_conf_has_the_settings_podman_needs() -> None:
 
 def test_the_repository_config_loads() -> None:
     """It loads configs/image.yaml into the typed options."""
-    config = image.load_image_config(REPO_ROOT / "configs" / "image.yaml")
+    config = load_image_config(REPO_ROOT / "configs" / "image.yaml")
     assert config.image.base_image.ref == "localhost/python-base:3.11"
 
 
@@ -152,7 +153,7 @@ def test_unknown_keys_in_image_yaml_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "image.yaml"
     path.write_text("image:\n  base_image:\n    reff: x\n")
     with pytest.raises(ConfigError, match=r"image.yaml: field 'image.base_image.reff'"):
-        image.load_image_config(path)
+        load_image_config(path)
 
 
 def test_the_bento_store_follows_the_package_result(tmp_path: Path) -> None:
@@ -175,4 +176,4 @@ def test_a_bento_missing_from_the_store_is_bad_input(tmp_path: Path) -> None:
     """It refuses to build when the named Bento is not in the store, before any tool runs."""
     ref = image.PackageRef(bento_tag="svc:v1", bento_path=tmp_path / "h" / "bentos" / "svc" / "v1")
     with pytest.raises(ConfigError, match="svc:v1 is not in the store"):
-        image.run(image.ImageConfig(), ref, StateDir(tmp_path), tmp_path)
+        image.run(ImageConfig(), ref, StateDir(tmp_path), tmp_path)

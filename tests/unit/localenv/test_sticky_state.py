@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config.training import ConfigError
+from pipelines.config.base import ConfigError
 from pipelines.deploy_state import EnvState, load_state, render_state, save_state, state_path
 from pipelines.localenv.desired import desired_from_state
 
