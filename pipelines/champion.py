@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from pipelines import tracking
 from pipelines.config.loader import ConfigSet, load_config_set
 from pipelines.deploy_state import Release, load_state, state_path
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from rich.logging import RichHandler
 from pipelines.config.base import ConfigError, format_validation_error
 from pipelines.config.loader import ConfigSet, load_config_set, set_directories
 from pipelines.data import DataError
-from pipelines.state import StateDir, write_atomic, write_json
+from pipelines.workdir import StateDir, write_atomic, write_json
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Check the YAML files in configs/.", no_args_is_help=True)

@@ -42,7 +42,7 @@ from pipelines.deploy_state import (
 )
 from pipelines.gitops import GitIdentity
 from pipelines.package import PackageResult
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

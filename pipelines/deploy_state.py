@@ -32,7 +32,7 @@ from pydantic import (
 
 from pipelines.config.base import ConfigError, format_validation_error, read_yaml
 from pipelines.config.canary import Strategy
-from pipelines.state import write_atomic
+from pipelines.workdir import write_atomic
 
 DEPLOY_DIR = Path("deploy")
 ENV_NAME = r"^[a-z][a-z0-9-]{0,31}$"

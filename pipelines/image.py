@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config.base import ConfigError
 from pipelines.config.image import BaseImageSpec, ImageConfig
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pipelines.serving.manifest import (
     signature_features,
     sklearn_flavor,
 )
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pipelines.config.loader import ConfigSet
 from pipelines.data import DataError
 from pipelines.inference import predict
 from pipelines.metrics import Task
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

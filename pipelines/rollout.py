@@ -71,7 +71,7 @@ from pipelines.localenv.desired import desired_from_state
 from pipelines.localenv.gateway import GatewayPolicy
 from pipelines.metrics import Predictions
 from pipelines.package import PackageResult
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

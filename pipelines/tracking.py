@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.loader import ConfigSet
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pipelines.data import Dataset, Split, load_dataset, split
 from pipelines.inference import fingerprint, predict
 from pipelines.metrics import Task, compute
 from pipelines.model_code import ModelCode, load_model_code
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
 from pipelines.metrics import Predictions, compute
 from pipelines.report import decision_markdown
-from pipelines.state import StateDir
 from pipelines.train import TrainResult, fit, prepare
+from pipelines.workdir import StateDir
 
 log = logging.getLogger(__name__)
 

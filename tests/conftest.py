@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config.loader import ConfigSet, load_config_set
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

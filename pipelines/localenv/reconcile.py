@@ -47,7 +47,7 @@ from pipelines.localenv.servers import (
     start_server,
     stop_server,
 )
-from pipelines.state import write_json
+from pipelines.workdir import write_json
 
 log = logging.getLogger(__name__)
 

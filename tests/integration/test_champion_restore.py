@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking, train
 from pipelines.champion import RestoreAction, RestoreError, restore
 from pipelines.deploy_state import EnvState, StableRelease, save_state, utc_now
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

@@ -43,7 +43,7 @@ PACKAGE_SCRIPT = textwrap.dedent(
     from pipelines import package
     from pipelines.config.loader import load_config_set
     from pipelines.config.serve import load_serve_config
-    from pipelines.state import StateDir, write_json
+    from pipelines.workdir import StateDir, write_json
 
     root, home = Path(sys.argv[1]), Path(sys.argv[2])
     config = load_config_set(root / "configs")

@@ -9,7 +9,7 @@ import pytest
 from pipelines import image
 from pipelines.config.base import ConfigError
 from pipelines.config.image import ImageConfig, load_image_config
-from pipelines.state import StateDir
+from pipelines.workdir import StateDir
 
 pytestmark = pytest.mark.unit
 
