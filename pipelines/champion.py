@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from pipelines import tracking
 from pipelines.config.loader import ConfigSet, load_config_set
 from pipelines.deploy_state import Release, load_state, state_path
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _worktree_config(config: ConfigSet, commit: str, into: Path) -> ConfigSet:
     return load_config_set(into / config.directory.relative_to(root), root=into)
 
 
-def restore(config: ConfigSet, state: StateDir, environments: list[str]) -> RestoreResult:
+def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> RestoreResult:
     """Make alias ``champion`` point at the stable release of the first environment that has one.
 
     Args:

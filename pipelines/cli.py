@@ -25,7 +25,7 @@ from rich.logging import RichHandler
 from pipelines.config.base import ConfigError, format_validation_error
 from pipelines.config.loader import ConfigSet, load_config_set, set_directories
 from pipelines.data import DataError
-from pipelines.workdir import StateDir, write_atomic, write_json
+from pipelines.workdir import Workdir, write_atomic, write_json
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Check the YAML files in configs/.", no_args_is_help=True)
@@ -69,15 +69,15 @@ def bad_input_exits() -> Iterator[None]:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def load(configs: Path, **overrides: Path | None) -> tuple[ConfigSet, StateDir]:
-    """Load and check every file of the config set; locate the state folder (no side effects).
+def load(configs: Path, **overrides: Path | None) -> tuple[ConfigSet, Workdir]:
+    """Load and check every file of the config set; locate the .mlops/ folder (no side effects).
 
     Args:
         configs: ``configs/`` or a variant folder under ``configs/variants/``.
         **overrides: Per file name (``canary``, ``serve``, ``image``), a file read instead.
     """
     config = load_config_set(configs, overrides=overrides)
-    return config, StateDir.for_project(config.root)
+    return config, Workdir.for_project(config.root)
 
 
 def read_result(path: Path, model: type[M]) -> M:
@@ -135,9 +135,9 @@ def train(
     from pipelines import train as step
 
     with bad_input_exits():
-        config, state = load(configs)
-        result = step.run(config, state)
-    path = write_json(output or state.results / "train.json", result)
+        config, workdir = load(configs)
+        result = step.run(config, workdir)
+    path = write_json(output or workdir.results / "train.json", result)
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.metrics["holdout"].items())
     publish_summary(
         f"## Trained `{result.model_name}` v{result.model_version}\n\n"
@@ -173,12 +173,12 @@ def validate(
     from pipelines.train import TrainResult
 
     with bad_input_exits():
-        config, state = load(configs)
-        candidate = read_result(train_result or state.results / "train.json", TrainResult)
-        decision = step.run(config, state, candidate, state.reports)
-    path = write_json(output or state.results / "validate.json", decision)
+        config, workdir = load(configs)
+        candidate = read_result(train_result or workdir.results / "train.json", TrainResult)
+        decision = step.run(config, workdir, candidate, workdir.reports)
+    path = write_json(output or workdir.results / "validate.json", decision)
     markdown = decision_markdown(decision)
-    publish_summary(markdown, summary or state.reports / "validate.md")
+    publish_summary(markdown, summary or workdir.reports / "validate.md")
     typer.echo(markdown)
     console.print(f"decision: {path}", highlight=False)
     if not decision.passed:
@@ -205,15 +205,15 @@ def package(
     from pipelines import package as step
 
     with bad_input_exits():
-        config, state = load(configs, serve=serve_config)
+        config, workdir = load(configs, serve=serve_config)
         serve = config.serve
         # BentoML reads its home once, on first use: set it before anything imports bentoml.
-        bentoml_home = Path(os.environ.setdefault("BENTOML_HOME", str(state.root / "bentoml")))
+        bentoml_home = Path(os.environ.setdefault("BENTOML_HOME", str(workdir.root / "bentoml")))
         try:
-            result = step.run(config, state, serve, bentoml_home, version=version, alias=alias)
+            result = step.run(config, workdir, serve, bentoml_home, version=version, alias=alias)
         except step.PackageError as exc:
             raise ConfigError(str(exc)) from None
-    path = write_json(output or state.results / "package.json", result)
+    path = write_json(output or workdir.results / "package.json", result)
     publish_summary(
         f"## Packaged `{result.model_name}` v{result.model_version}\n\n"
         f"Bento `{result.bento_tag}` · artifact sha256 `{result.artifact_sha256}`\n",
@@ -244,15 +244,15 @@ def image(
     from pipelines import image as step
 
     with bad_input_exits():
-        config, state = load(configs, image=image_config)
+        config, workdir = load(configs, image=image_config)
         options = config.image
-        package = read_result(package_result or state.results / "package.json", step.PackageRef)
+        package = read_result(package_result or workdir.results / "package.json", step.PackageRef)
         try:
-            result = step.run(options, package, state, config.root, force=force)
+            result = step.run(options, package, workdir, config.root, force=force)
         except step.ImageError as exc:
             console.print(f"[bold red]image build failed:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_REFUSED) from None
-    path = write_json(output or state.results / "image.json", result)
+    path = write_json(output or workdir.results / "image.json", result)
     console.print(
         f"[green]{'reused' if result.reused else 'built'}[/] {result.image_ref} "
         f"({result.backend}, {result.image_id[:12]}, FROM {result.base_image})\nresult: {path}",
@@ -283,11 +283,17 @@ def predict_batch(
     from pipelines import predict_batch as step
 
     with bad_input_exits():
-        config, state = load(configs)
+        config, workdir = load(configs)
         result = step.run(
-            config, state, input_file, output_file, version=version, env=env, chunk_size=chunk_size
+            config,
+            workdir,
+            input_file,
+            output_file,
+            version=version,
+            env=env,
+            chunk_size=chunk_size,
         )
-    path = write_json(result_file or state.results / "predict_batch.json", result)
+    path = write_json(result_file or workdir.results / "predict_batch.json", result)
     console.print(
         f"[green]scored[/] {result.rows} rows with {result.model_uri} ({result.resolved_from}) "
         f"→ {result.output}\nresult: {path}",
@@ -330,15 +336,15 @@ app.add_typer(state_app, name="state")
 EnvOption = Annotated[str, typer.Option("--env", help="Environment: deploy/<env>.yaml.")]
 
 
-def finish_transition(transition: BaseModel, state: StateDir, output: Path | None) -> None:
+def finish_transition(transition: BaseModel, workdir: Workdir, output: Path | None) -> None:
     """Write a transition's JSON and markdown, print what happened."""
     from pipelines.deploy import Transition
 
     assert isinstance(transition, Transition)
     env = transition.environment
-    path = write_json(output or state.results / f"deploy-{env}.json", transition)
+    path = write_json(output or workdir.results / f"deploy-{env}.json", transition)
     markdown = transition.to_markdown()
-    publish_summary(markdown, state.reports / f"deploy-{env}.md")
+    publish_summary(markdown, workdir.reports / f"deploy-{env}.md")
     typer.echo(markdown)
     console.print(f"result: {path}", highlight=False)
     for warning in transition.warnings:
@@ -383,9 +389,9 @@ def deploy_command(
     from pipelines.package import PackageResult
 
     with bad_input_exits(), refusals_exit():
-        config, state = load(configs, canary=canary_config)
+        config, workdir = load(configs, canary=canary_config)
         canary = config.canary
-        package = read_result(package_result or state.results / "package.json", PackageResult)
+        package = read_result(package_result or workdir.results / "package.json", PackageResult)
         image = None
         if image_result is not None:
             built = read_result(image_result, step.ImageRef)
@@ -397,7 +403,7 @@ def deploy_command(
             image = built.image_ref
         transition = step.start(
             config,
-            state,
+            workdir,
             env,
             version,
             package,
@@ -407,7 +413,7 @@ def deploy_command(
             reason=reason,
             identity=GitIdentity.from_env(),
         )
-    finish_transition(transition, state, output)
+    finish_transition(transition, workdir, output)
 
 
 @app.command("promote")
@@ -427,11 +433,11 @@ def promote_command(
     from pipelines.gitops import GitIdentity
 
     with bad_input_exits(), refusals_exit():
-        config, state = load(configs)
+        config, workdir = load(configs)
         transition = step.promote(
-            config, state, env, version=version, reason=reason, identity=GitIdentity.from_env()
+            config, workdir, env, version=version, reason=reason, identity=GitIdentity.from_env()
         )
-    finish_transition(transition, state, output)
+    finish_transition(transition, workdir, output)
 
 
 @app.command("rollback")
@@ -450,11 +456,11 @@ def rollback_command(
     from pipelines.gitops import GitIdentity
 
     with bad_input_exits(), refusals_exit():
-        config, state = load(configs)
+        config, workdir = load(configs)
         transition = step.rollback(
-            config, state, env, reason=reason, identity=GitIdentity.from_env()
+            config, workdir, env, reason=reason, identity=GitIdentity.from_env()
         )
-    finish_transition(transition, state, output)
+    finish_transition(transition, workdir, output)
 
 
 @state_app.command("show")
@@ -498,9 +504,9 @@ def print_env_status(status: BaseModel) -> None:
     if status.gateway_url is None:
         console.print(f"environment '{status.environment}': not running", highlight=False)
         return
-    state = "[green]up[/]" if status.gateway_alive else "[red]down[/]"
+    health = "[green]up[/]" if status.gateway_alive else "[red]down[/]"
     console.print(
-        f"gateway {status.gateway_url} {state} (caddy pid {status.gateway_pid}, admin "
+        f"gateway {status.gateway_url} {health} (caddy pid {status.gateway_pid}, admin "
         f"{status.gateway_admin_url}); strategy {status.strategy}"
         + (f", sticky by {status.sticky_header}" if status.sticky_header else ""),
         highlight=False,
@@ -528,13 +534,13 @@ def env_up(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> Non
     from pipelines.localenv.desired import desired_from_state
 
     with bad_input_exits():
-        config, state = load(configs)
+        config, workdir = load(configs)
         desired = desired_from_state(
             load_state(config.root, env, config.train.registered_model_name)
         )
-        bentoml_home = Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")
+        bentoml_home = Path(os.environ.get("BENTOML_HOME") or workdir.root / "bentoml")
         try:
-            status = reconcile.up(desired, state.root, bentoml_home, project_root=config.root)
+            status = reconcile.up(desired, workdir.root, bentoml_home, project_root=config.root)
         except reconcile.EnvError as exc:
             console.print(f"[bold red]env up failed:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_REFUSED) from None
@@ -549,8 +555,8 @@ def env_status(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) ->
     from pipelines.localenv import reconcile
 
     with bad_input_exits():
-        _, state = load(configs)
-        status = reconcile.status(env, state.root)
+        _, workdir = load(configs)
+        status = reconcile.status(env, workdir.root)
     print_env_status(status)
     if status.gateway_url is not None and not status.healthy:
         raise typer.Exit(EXIT_REFUSED)
@@ -562,8 +568,8 @@ def env_down(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> N
     from pipelines.localenv import reconcile
 
     with bad_input_exits():
-        _, state = load(configs)
-        status = reconcile.down(env, state.root)
+        _, workdir = load(configs)
+        status = reconcile.down(env, workdir.root)
     print_env_status(status)
 
 
@@ -599,9 +605,9 @@ def traffic_command(
     from pipelines.localenv import reconcile, traffic
 
     with bad_input_exits():
-        config, state = load(configs)
+        config, workdir = load(configs)
         if sticky_header is None:
-            sticky_header = reconcile.status(env, state.root).sticky_header
+            sticky_header = reconcile.status(env, workdir.root).sticky_header
         try:
             options = traffic.TrafficOptions(
                 scenario=traffic.Scenario(scenario),
@@ -617,11 +623,11 @@ def traffic_command(
         except (ValueError, ValidationError) as exc:
             raise ConfigError(f"traffic options: {exc}") from None
         try:
-            result = traffic.run(config, state.root, env, options)
+            result = traffic.run(config, workdir.root, env, options)
         except reconcile.EnvError as exc:
             console.print(f"[bold red]traffic failed:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_REFUSED) from None
-    path = write_json(output or state.results / f"traffic-{env}.json", result)
+    path = write_json(output or workdir.results / f"traffic-{env}.json", result)
     console.print(
         f"sent {result.sent} ({result.achieved_rate}/s): {result.ok} ok, {result.failed} failed, "
         f"{result.rejected} rejected; by version {result.by_version}; latency {result.latency_ms}"
@@ -645,9 +651,9 @@ def champion_restore(
     from pipelines.champion import RestoreError, restore
 
     with bad_input_exits():
-        config, state = load(configs)
+        config, workdir = load(configs)
         try:
-            result = restore(config, state, env or ["production", "staging"])
+            result = restore(config, workdir, env or ["production", "staging"])
         except RestoreError as exc:
             console.print(f"[bold red]refused:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_REFUSED) from None
@@ -668,8 +674,8 @@ def record_refusal_command(
     from pipelines.validate import ValidationDecision
 
     with bad_input_exits():
-        config, state = load(configs)
-        verdict = read_result(decision or state.results / "validate.json", ValidationDecision)
+        config, workdir = load(configs)
+        verdict = read_result(decision or workdir.results / "validate.json", ValidationDecision)
         if verdict.passed:
             raise ConfigError(f"v{verdict.candidate.version} passed validation: nothing to refuse")
         try:
@@ -733,9 +739,9 @@ def rollout_command(
     from pipelines.package import PackageResult
 
     with bad_input_exits(), refusals_exit():
-        config, state = load(configs, canary=canary_config)
+        config, workdir = load(configs, canary=canary_config)
         canary = config.canary
-        package = read_result(package_result or state.results / "package.json", PackageResult)
+        package = read_result(package_result or workdir.results / "package.json", PackageResult)
         wanted = version or int(package.model_version)
         if max_duration is None:
             max_duration = max(900.0, 2 * sum(s.min_duration_s for s in canary.steps) + 300)
@@ -772,7 +778,7 @@ def rollout_command(
                 result = step.run(
                     config,
                     canary,
-                    state,
+                    workdir,
                     env,
                     package=package,
                     version=wanted,
@@ -785,9 +791,9 @@ def rollout_command(
             except reconcile.EnvError as exc:
                 console.print(f"[bold red]rollout failed:[/] {exc}", highlight=False)
                 raise typer.Exit(EXIT_REFUSED) from None
-    path = write_json(output or state.results / f"rollout-{env}.json", result)
+    path = write_json(output or workdir.results / f"rollout-{env}.json", result)
     markdown = result.to_markdown()
-    publish_summary(markdown, state.reports / f"rollout-{env}.md")
+    publish_summary(markdown, workdir.reports / f"rollout-{env}.md")
     typer.echo(markdown)
     console.print(f"result: {path}", highlight=False)
     if result.outcome is not step.Outcome.PROMOTED:

@@ -42,7 +42,7 @@ from pipelines.deploy_state import (
 )
 from pipelines.gitops import GitIdentity
 from pipelines.package import PackageResult
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _aliases() -> tuple[str, str, str]:
     return CHAMPION, CHALLENGER, PREVIOUS
 
 
-def _client(config: ConfigSet, state: StateDir) -> Any:
+def _client(config: ConfigSet, state: Workdir) -> Any:
     # Imported here: MLflow takes seconds to import, and a rollback commits before it needs it.
     from mlflow.tracking import MlflowClient
 
@@ -241,7 +241,7 @@ def _apply_registry(client: Any, name: str, changes: list[RegistryChange]) -> No
 
 def release_from_registry(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     package: PackageResult,
     version: int,
     image: str | None = None,
@@ -430,7 +430,7 @@ def _commit(
 
 def start(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     env: str,
     version: int,
     package: PackageResult,
@@ -645,7 +645,7 @@ def set_step(
 
 def promote(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     env: str,
     *,
     version: int | None = None,
@@ -731,7 +731,7 @@ def promote(
 
 def rollback(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     env: str,
     *,
     reason: str,

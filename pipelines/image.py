@@ -27,8 +27,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config.base import ConfigError
-from pipelines.config.image import BaseImageSpec, ImageConfig
-from pipelines.workdir import StateDir
+from pipelines.config.image import BaseImageSpec, ImageBuildConfig
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,11 @@ class PackageRef(BaseModel):
         default=None, description="<BENTOML_HOME>/bentos/<name>/<version>, if the result has it."
     )
 
-    def bentoml_home(self, state: StateDir) -> Path:
-        """The store holding the Bento: from ``bento_path``, else ``BENTOML_HOME``, else state."""
+    def bentoml_home(self, workdir: Workdir) -> Path:
+        """The Bento store: ``bento_path``'s, else ``BENTOML_HOME``, else the workdir's."""
         if self.bento_path is not None:
             return self.bento_path.resolve().parents[2]
-        return Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml").resolve()
+        return Path(os.environ.get("BENTOML_HOME") or workdir.root / "bentoml").resolve()
 
 
 class ImageResult(BaseModel):
@@ -412,9 +412,9 @@ def bento_path(bentoml_home: Path, bento_tag: str) -> Path:
 
 
 def run(
-    config: ImageConfig,
+    config: ImageBuildConfig,
     package: PackageRef,
-    state: StateDir,
+    workdir: Workdir,
     root: Path,
     *,
     force: bool = False,
@@ -424,8 +424,8 @@ def run(
     Args:
         config: The image options.
         package: Names the Bento (from ``mlops package``'s result).
-        state: The state folder; the Bento store is ``<state>/bentoml`` unless the package
-            result or ``BENTOML_HOME`` names another.
+        workdir: The .mlops/ working folder; the Bento store is ``<workdir>/bentoml`` unless
+            the package result or ``BENTOML_HOME`` names another.
         root: The project root, against which relative certificate paths resolve.
         force: Build even when an image with the same inputs exists.
 
@@ -435,7 +435,7 @@ def run(
     """
     started = time.monotonic()
     spec = config.image
-    home = package.bentoml_home(state)
+    home = package.bentoml_home(workdir)
     if not (bento_path(home, package.bento_tag) / "bento.yaml").is_file():
         raise ConfigError(f"Bento {package.bento_tag} is not in the store {home}")
     certificates = certificate_files(spec.extra_ca_certificates, root)

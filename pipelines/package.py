@@ -36,7 +36,7 @@ from pipelines.serving.manifest import (
     signature_features,
     sklearn_flavor,
 )
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _check_bentoml_home(expected: Path) -> None:
 
 def run(
     config: ConfigSet,
-    state: StateDir,
+    workdir: Workdir,
     serve: ServeConfig,
     bentoml_home: Path,
     *,
@@ -221,7 +221,7 @@ def run(
 
     Args:
         config: The project's configs (registered model name, tracking store).
-        state: Where the build context goes (``<state>/bentoml/build``).
+        workdir: Where the build context goes (``<workdir>/bentoml/build``).
         serve: The serving configuration baked into the Bento.
         bentoml_home: The BentoML home the caller configured (checked, not set, here).
         version: An explicit registered version number.
@@ -236,7 +236,7 @@ def run(
     import mlflow.artifacts
     from bentoml.exceptions import NotFound
 
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     name = config.train.registered_model_name
     number, resolved_from = resolve_version(name, version, alias)
 
@@ -277,7 +277,7 @@ def run(
             {"mlflow_model_name": name, "mlflow_model_version": number},
         )
 
-    context = state.root / "bentoml" / "build" / f"{bentoml_name(name)}-v{number}"
+    context = workdir.root / "bentoml" / "build" / f"{bentoml_name(name)}-v{number}"
     context_hash = _write_build_context(context, manifest)
     bento_tag = f"{bentoml_name(name)}-server:v{number}-{context_hash[:16]}"
     try:

@@ -33,7 +33,7 @@ from pipelines.config.loader import ConfigSet
 from pipelines.data import DataError
 from pipelines.inference import predict
 from pipelines.metrics import Task
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def _type_name(spec: Any) -> str:
 
 def run(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     input_path: Path,
     output_path: Path,
     *,

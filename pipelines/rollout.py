@@ -71,7 +71,7 @@ from pipelines.localenv.desired import desired_from_state
 from pipelines.localenv.gateway import GatewayPolicy
 from pipelines.metrics import Predictions
 from pipelines.package import PackageResult
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -581,7 +581,7 @@ def _warm_up_evidently() -> None:
 @dataclass
 class _Context:
     config: ConfigSet
-    state: StateDir
+    state: Workdir
     env: str
     bentoml_home: Path
     policy: GatewayPolicy | None
@@ -678,7 +678,7 @@ def _check_record(
 def run(
     config: ConfigSet,
     canary_config: CanaryConfig,
-    state: StateDir,
+    state: Workdir,
     env: str,
     *,
     package: PackageResult,

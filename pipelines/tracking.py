@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.loader import ConfigSet
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ PREVIOUS = "previous"
 _MANAGED = "MLOPS_MANAGED_TRACKING_URI"
 
 
-def tracking_uri(config: ConfigSet, state: StateDir) -> str:
+def tracking_uri(config: ConfigSet, state: Workdir) -> str:
     """``MLFLOW_TRACKING_URI`` set by the user, else the config's, else the embedded store."""
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     if from_env and from_env == os.environ.get(_MANAGED):
@@ -42,7 +42,7 @@ def tracking_uri(config: ConfigSet, state: StateDir) -> str:
     return f"sqlite:///{state.mlflow / 'mlflow.db'}"
 
 
-def configure(config: ConfigSet, state: StateDir) -> str:
+def configure(config: ConfigSet, state: Workdir) -> str:
     """Point MLflow's tracking and registry at the configured store; return its URI."""
     uri = tracking_uri(config, state)
     if uri.startswith("sqlite:///"):
@@ -53,7 +53,7 @@ def configure(config: ConfigSet, state: StateDir) -> str:
     return uri
 
 
-def ensure_experiment(name: str, state: StateDir, uri: str) -> str:
+def ensure_experiment(name: str, state: Workdir, uri: str) -> str:
     """The id of experiment ``name``, created on first use.
 
     With the embedded store its artifacts go under the state folder, not the working directory.

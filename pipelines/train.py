@@ -22,7 +22,7 @@ from pipelines.data import Dataset, Split, load_dataset, split
 from pipelines.inference import fingerprint, predict
 from pipelines.metrics import Task, compute
 from pipelines.model_code import ModelCode, load_model_code
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _dataset_source(dataset: Dataset) -> str | CodeDatasetSource:
     return str(Path(dataset.source).resolve())
 
 
-def run(config: ConfigSet, state: StateDir) -> TrainResult:
+def run(config: ConfigSet, workdir: Workdir) -> TrainResult:
     """Train, evaluate on the holdout, log to MLflow and register a new model version.
 
     Raises:
@@ -104,8 +104,8 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
     git = tracking.git_info(config.root)
     config_hash = config.training_hash()
 
-    uri = tracking.configure(config, state)
-    experiment_id = tracking.ensure_experiment(config.train.experiment, state, uri)
+    uri = tracking.configure(config, workdir)
+    experiment_id = tracking.ensure_experiment(config.train.experiment, workdir, uri)
     tags = {
         "git_commit": git.commit,
         "git_dirty": str(git.dirty).lower(),

@@ -30,12 +30,12 @@ from pipelines.inference import predict
 from pipelines.metrics import Predictions, compute
 from pipelines.report import decision_markdown
 from pipelines.train import TrainResult, fit, prepare
-from pipelines.workdir import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
 
-class ModelRef(BaseModel):
+class RegisteredVersion(BaseModel):
     """A registered model version."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,8 +51,8 @@ class ValidationDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     passed: bool
-    candidate: ModelRef
-    champion: ModelRef | None
+    candidate: RegisteredVersion
+    champion: RegisteredVersion | None
     gates: list[g.GateResult]
     metrics: dict[str, float] = Field(description="Candidate metrics on the holdout.")
     baseline_metrics: dict[str, float] | None = Field(
@@ -98,20 +98,20 @@ def _load(uri: str) -> Any:
 
 
 def run(
-    config: ConfigSet, state: StateDir, candidate: TrainResult, report_dir: Path
+    config: ConfigSet, workdir: Workdir, candidate: TrainResult, report_dir: Path
 ) -> ValidationDecision:
     """Evaluate every gate on ``candidate`` and record the decision in the registry.
 
     Args:
         config: The project's configs (the gates come from ``validate.yaml``).
-        state: The state folder (locates the embedded MLflow store).
+        workdir: The .mlops/ working folder (locates the embedded MLflow store).
         candidate: The result of ``mlops train`` naming the registered version.
         report_dir: Where the Evidently HTML report is written.
     """
     gates_cfg = config.validate_.gates
     code, dataset, parts = prepare(config)
     task = code.task
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     client = MlflowClient()
     name, version = candidate.model_name, candidate.model_version
     recorded_tags = client.get_model_version(name, version).tags
@@ -121,13 +121,13 @@ def run(
     cand_metrics = compute(task, parts.y_holdout, cand_pred)
 
     champ_version = tracking.version_by_alias(name, tracking.CHAMPION)
-    champion_ref: ModelRef | None = None
+    champion_ref: RegisteredVersion | None = None
     champ_pred: Predictions | None = None
     champ_metrics: dict[str, float] | None = None
     champ_columns: dict[str, str] | None = None
     if champ_version is not None:
         champ_uri = f"models:/{name}/{champ_version}"
-        champion_ref = ModelRef(
+        champion_ref = RegisteredVersion(
             name=name,
             version=champ_version,
             run_id=client.get_model_version(name, champ_version).run_id,
@@ -185,7 +185,7 @@ def run(
     blocking = [f"{r.name}: {reason}" for r in results if r.blocking for reason in r.reasons]
     decision = ValidationDecision(
         passed=not blocking,
-        candidate=ModelRef(name=name, version=version, run_id=candidate.run_id),
+        candidate=RegisteredVersion(name=name, version=version, run_id=candidate.run_id),
         champion=champion_ref,
         gates=results,
         metrics=cand_metrics,
@@ -199,14 +199,14 @@ def run(
         if gates_cfg.data_checks.mode is not GateMode.DISABLED
         else None,
     )
-    return _record(decision, candidate, state, config)
+    return _record(decision, candidate, workdir, config)
 
 
 def _champion(
     y: np.ndarray,
     cand: Predictions,
     champ: Predictions | None,
-    ref: ModelRef | None,
+    ref: RegisteredVersion | None,
     config: ConfigSet,
 ) -> g.GateResult:
     cfg = config.validate_.gates.champion
@@ -258,14 +258,14 @@ def _data_checks(
 
 
 def _record(
-    decision: ValidationDecision, candidate: TrainResult, state: StateDir, config: ConfigSet
+    decision: ValidationDecision, candidate: TrainResult, workdir: Workdir, config: ConfigSet
 ) -> ValidationDecision:
     """Log the decision to MLflow and move the registry: alias on pass, tags on failure."""
     client = MlflowClient()
     name, version = candidate.model_name, candidate.model_version
     status = "passed" if decision.passed else "failed"
     experiment_id = tracking.ensure_experiment(
-        config.train.experiment, state, tracking.tracking_uri(config, state)
+        config.train.experiment, workdir, tracking.tracking_uri(config, workdir)
     )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate-v{version}"):
         mlflow.set_tags(

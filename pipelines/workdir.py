@@ -13,13 +13,13 @@ from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
-class StateDir:
-    """Paths of the generated state: MLflow store, step results, human reports."""
+class Workdir:
+    """The `.mlops/` working folder: MLflow store, step results, reports (not the deploy state)."""
 
     root: Path
 
     @classmethod
-    def for_project(cls, project_root: Path) -> StateDir:
+    def for_project(cls, project_root: Path) -> Workdir:
         """``MLOPS_STATE_DIR`` if set, else ``<project root>/.mlops``."""
         override = os.environ.get("MLOPS_STATE_DIR")
         return cls(Path(override).resolve() if override else project_root / ".mlops")

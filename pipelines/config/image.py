@@ -40,16 +40,16 @@ class ImageSpec(Strict):
     build_timeout_s: int = Field(default=1800, ge=60, le=7200)
 
 
-class ImageConfig(Strict):
+class ImageBuildConfig(Strict):
     """``configs/image.yaml``."""
 
     image: ImageSpec = ImageSpec()
 
 
-def load_image_config(path: Path) -> ImageConfig:
+def load_image_config(path: Path) -> ImageBuildConfig:
     """Load and validate ``image.yaml``.
 
     Raises:
         ConfigError: The file is missing or invalid.
     """
-    return load_file(path, ImageConfig)
+    return load_file(path, ImageBuildConfig)

@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from pipelines.config.base import ConfigError, Strict, format_validation_error, read_yaml
 from pipelines.config.canary import CanaryConfig
-from pipelines.config.image import ImageConfig
+from pipelines.config.image import ImageBuildConfig
 from pipelines.config.serve import ServeConfig
 from pipelines.config.training import DataConfig, FeatureType, TrainConfig, ValidateConfig
 from pipelines.metrics import METRICS, Task
@@ -36,7 +36,7 @@ CONFIG_FILES: dict[str, type[Strict]] = {
     "validate": ValidateConfig,
     "serve": ServeConfig,
     "canary": CanaryConfig,
-    "image": ImageConfig,
+    "image": ImageBuildConfig,
 }
 
 
@@ -53,7 +53,7 @@ class ConfigSet(Strict):
     validate_: ValidateConfig = Field(alias="validate")
     serve: ServeConfig
     canary: CanaryConfig
-    image: ImageConfig
+    image: ImageBuildConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

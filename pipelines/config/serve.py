@@ -64,8 +64,8 @@ class LabelsConfig(Strict):
     max_labels_per_request: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
-class ImageConfig(Strict):
-    """The container image of the Bento (``bentoml containerize``)."""
+class BentoImageConfig(Strict):
+    """The Bento's own image (its bentofile); image.yaml says how the OCI image is built."""
 
     python_version: Literal["3.11"] = "3.11"
     distro: Literal["debian", "custom"] = "debian"
@@ -82,7 +82,7 @@ class ServeConfig(Strict):
     batching: BatchingConfig = BatchingConfig()
     prediction_log: PredictionLogConfig = PredictionLogConfig()
     labels: LabelsConfig = LabelsConfig()
-    image: ImageConfig = ImageConfig()
+    image: BentoImageConfig = BentoImageConfig()
     access_log: bool = Field(
         default=False, description="BentoML's per-request access log (costly at high RPS)."
     )

@@ -43,11 +43,11 @@ PACKAGE_SCRIPT = textwrap.dedent(
     from pipelines import package
     from pipelines.config.loader import load_config_set
     from pipelines.config.serve import load_serve_config
-    from pipelines.workdir import StateDir, write_json
+    from pipelines.workdir import Workdir, write_json
 
     root, home = Path(sys.argv[1]), Path(sys.argv[2])
     config = load_config_set(root / "configs")
-    state = StateDir(root / ".mlops")
+    state = Workdir(root / ".mlops")
     serve = load_serve_config(root / "configs" / "serve.yaml")
     for version in sys.argv[3:]:
         result = package.run(config, state, serve, home, version=version)

@@ -8,8 +8,8 @@ import pytest
 
 from pipelines import image
 from pipelines.config.base import ConfigError
-from pipelines.config.image import ImageConfig, load_image_config
-from pipelines.workdir import StateDir
+from pipelines.config.image import ImageBuildConfig, load_image_config
+from pipelines.workdir import Workdir
 
 pytestmark = pytest.mark.unit
 
@@ -160,7 +160,7 @@ def test_the_bento_store_follows_the_package_result(tmp_path: Path) -> None:
     """It finds the Bento store from the package result's bento_path, else the state folder."""
     path = tmp_path / "home" / "bentos" / "svc" / "v1"
     ref = image.PackageRef(bento_tag="svc:v1", bento_path=path, other_field="ignored")
-    assert ref.bentoml_home(StateDir(tmp_path / "state")) == (tmp_path / "home").resolve()
+    assert ref.bentoml_home(Workdir(tmp_path / "state")) == (tmp_path / "home").resolve()
 
 
 def test_the_bento_store_defaults_to_the_state_folder(
@@ -169,11 +169,11 @@ def test_the_bento_store_defaults_to_the_state_folder(
     """It uses <state>/bentoml when neither the result nor BENTOML_HOME names a store."""
     monkeypatch.delenv("BENTOML_HOME", raising=False)
     ref = image.PackageRef(bento_tag="svc:v1")
-    assert ref.bentoml_home(StateDir(tmp_path)) == (tmp_path / "bentoml").resolve()
+    assert ref.bentoml_home(Workdir(tmp_path)) == (tmp_path / "bentoml").resolve()
 
 
 def test_a_bento_missing_from_the_store_is_bad_input(tmp_path: Path) -> None:
     """It refuses to build when the named Bento is not in the store, before any tool runs."""
     ref = image.PackageRef(bento_tag="svc:v1", bento_path=tmp_path / "h" / "bentos" / "svc" / "v1")
     with pytest.raises(ConfigError, match="svc:v1 is not in the store"):
-        image.run(ImageConfig(), ref, StateDir(tmp_path), tmp_path)
+        image.run(ImageBuildConfig(), ref, Workdir(tmp_path), tmp_path)
