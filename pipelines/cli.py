@@ -602,7 +602,8 @@ def traffic_command(
     ] = None,
 ) -> None:
     """Replay holdout rows through the environment's gateway; send their labels later."""
-    from pipelines.localenv import reconcile, traffic
+    from harness import traffic
+    from pipelines.localenv import reconcile
 
     with bad_input_exits():
         config, workdir = load(configs)
@@ -732,10 +733,10 @@ def rollout_command(
     """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from harness.traffic import Scenario, TrafficOptions
     from pipelines import rollout as step
     from pipelines.gitops import GitIdentity
     from pipelines.localenv import reconcile
-    from pipelines.localenv.traffic import Scenario, TrafficOptions
     from pipelines.package import PackageResult
 
     with bad_input_exits(), refusals_exit():

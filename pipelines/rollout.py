@@ -48,6 +48,7 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness import traffic as synthetic
 from pipelines import deploy
 from pipelines.canary import (
     Action,
@@ -66,7 +67,6 @@ from pipelines.config.loader import ConfigSet
 from pipelines.deploy_state import EnvState, RolloutStatus, load_state
 from pipelines.gitops import GitIdentity
 from pipelines.localenv import reconcile
-from pipelines.localenv import traffic as synthetic
 from pipelines.localenv.desired import desired_from_state
 from pipelines.localenv.gateway import GatewayPolicy
 from pipelines.metrics import Predictions

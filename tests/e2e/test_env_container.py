@@ -19,8 +19,9 @@ import httpx
 import orjson
 import pytest
 
+from harness import traffic
 from pipelines.deploy_state import EnvState, StableRelease
-from pipelines.localenv import reconcile, traffic
+from pipelines.localenv import reconcile
 from pipelines.localenv.desired import DesiredEnv, desired_from_state
 from pipelines.localenv.gateway import VERSION_HEADER
 from pipelines.localenv.servers import ENV_LABEL, RUNTIME_VARIABLE, Runtime, kill_server

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.traffic import Scenario, TrafficOptions
 from pipelines import rollout, tracking
 from pipelines.config.canary import CanaryConfig
 from pipelines.config.loader import load_config_set
 from pipelines.deploy_state import EnvState, load_state, render_state, state_path
 from pipelines.localenv import reconcile
-from pipelines.localenv.traffic import Scenario, TrafficOptions
 from pipelines.package import PackageResult
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.localenv.conftest import _mlops

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.traffic import Scenario
 from pipelines import rollout
 from pipelines.deploy_state import load_state
 from pipelines.localenv import reconcile
 from pipelines.localenv.servers import kill_server
-from pipelines.localenv.traffic import Scenario
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

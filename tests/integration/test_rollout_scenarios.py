@@ -27,11 +27,12 @@ from typing import Any
 
 import pytest
 
+from harness import traffic
+from harness.traffic import RequestOutcome, Scenario, TrafficOptions, TrafficResult
 from pipelines import rollout
 from pipelines.canary import Action, SignalResult, SignalStatus, Verdict
 from pipelines.config.base import GateMode
-from pipelines.localenv import reconcile, traffic
-from pipelines.localenv.traffic import RequestOutcome, Scenario, TrafficOptions, TrafficResult
+from pipelines.localenv import reconcile
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

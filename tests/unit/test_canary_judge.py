@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.simulation import Fault, Traffic, simulate_window
 from pipelines.canary import (
     Action,
     AgreementCounts,
@@ -23,7 +24,6 @@ from pipelines.canary import (
     judge_summaries,
     summarize_step,
 )
-from pipelines.canary.simulation import Fault, Traffic, simulate_window
 from pipelines.config.base import GateMode
 from pipelines.config.canary import CanaryConfig
 from pipelines.metrics import Predictions

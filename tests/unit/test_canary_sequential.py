@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from harness.simulation import Fault, Traffic, run_rollout, wilson_upper
 from pipelines.canary.judge import Action
 from pipelines.canary.sequential import (
     binomial_mixture_log_e,
@@ -14,7 +15,6 @@ from pipelines.canary.sequential import (
     p_value,
     share_under_ratio,
 )
-from pipelines.canary.simulation import Fault, Traffic, run_rollout, wilson_upper
 from pipelines.config.canary import CanaryConfig
 
 pytestmark = pytest.mark.unit

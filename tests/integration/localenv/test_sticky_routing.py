@@ -28,7 +28,7 @@ Route = dict[str, tuple[str, int]]  # user -> (version, bucket)
 @pytest.fixture(scope="module")
 def row(env: TwoVersions) -> dict:
     """One holdout row to score."""
-    from pipelines.localenv import traffic
+    from harness import traffic
 
     return traffic.holdout_rows(env.project.config())[0][0]
 
