@@ -247,11 +247,14 @@ def _ensure_sticky_ports(record: EnvRecord, desired: DesiredEnv, port: int) -> N
     record.sticky_ports = reserve_ports(STICKY_BUCKETS, record.sticky_ports, exclude=exclude)
 
 
-def _start_sidecar(argv: list[str], folder: Path, name: str, port: int) -> procs.ProcessRecord:
+def _start_sidecar(
+    module: str, argv: list[str], folder: Path, name: str, port: int
+) -> procs.ProcessRecord:
+    """Start ``python -m <module>`` (the mirror, or the harness's fault injector) on ``port``."""
     import sys
 
     process = procs.start(
-        [sys.executable, "-m", "pipelines.localenv.sidecar", *argv, "--port", str(port)],
+        [sys.executable, "-m", module, *argv, "--port", str(port)],
         log_file=folder / f"{name}.log",
         cwd=folder,
     )
@@ -301,6 +304,7 @@ def _ensure_mirror(
     port = procs.free_port()
     log_file = folder / "shadow" / f"v{candidate.version}.jsonl"
     process = _start_sidecar(
+        "pipelines.localenv.sidecar",
         [
             "mirror",
             "--primary",
@@ -590,7 +594,6 @@ def set_fault(
         if fault is not None:
             port = procs.free_port()
             argv = [
-                "fault",
                 "--upstream",
                 server.url,
                 "--delay-ms",
@@ -600,7 +603,7 @@ def set_fault(
                 "--tag",
                 f"{environment}-v{version}",
             ]
-            process = _start_sidecar(argv, folder, f"fault-v{version}", port)
+            process = _start_sidecar("harness.faults", argv, folder, f"fault-v{version}", port)
             record.faults[version] = SidecarRecord(
                 port=port, process=process, target=server.url, fault=fault
             )

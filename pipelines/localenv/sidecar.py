@@ -1,18 +1,14 @@
-"""Two small HTTP sidecars the gateway cannot be: a fault injector and a request mirror.
+"""The request mirror: a small HTTP sidecar the gateway cannot be.
 
-* ``fault``: sits in front of one version's server. ``POST /predict`` is delayed by
-  ``--delay-ms`` and answered ``503`` for a ``--error-rate`` fraction; everything else
-  (health checks, labels) passes untouched, so the gateway keeps the version in rotation
-  and the canary analysis sees the fault. Used by ``mlops traffic`` scenarios
-  ``slow_canary`` and ``failing_canary``; ``bentos/`` is not changed for them.
-* ``mirror``: Caddy has no request mirroring, so in shadow (and blue-green at weight 0) the
-  gateway proxies to this sidecar, which forwards every request to the primary split and
-  returns its answer, and copies each ``POST /predict`` to the candidate in the background.
-  The candidate's answer is never returned: it is compared with the primary's and one JSON
-  line per pair is appended to ``--log``. Copies are bounded (``--max-pending``; beyond it
-  they are dropped and counted), so a slow candidate never slows clients.
+Caddy has no request mirroring, so in shadow (and blue-green at weight 0) the gateway proxies
+to this sidecar, which forwards every request to the primary split and returns its answer, and
+copies each ``POST /predict`` to the candidate in the background. The candidate's answer is
+never returned: it is compared with the primary's and one JSON line per pair is appended to
+``--log``. Copies are bounded (``--max-pending``; beyond it they are dropped and counted), so a
+slow candidate never slows clients. The fault injector that ``mlops traffic`` puts in front of
+a version lives in :mod:`harness.faults` and reuses :class:`Proxy`.
 
-Run as ``python -m pipelines.localenv.sidecar {fault,mirror} ...``; loopback only.
+Run as ``python -m pipelines.localenv.sidecar mirror ...``; loopback only.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import argparse
 import asyncio
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,11 +43,12 @@ HOP_HEADERS = frozenset(
 )
 
 
-def _forward_headers(headers: Any) -> dict[str, str]:
+def forward_headers(headers: Any) -> dict[str, str]:
+    """The headers of a request or answer without the hop-by-hop ones."""
     return {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
 
 
-class _Proxy:
+class Proxy:
     """Forward a request to ``upstream`` and relay the answer."""
 
     def __init__(self, upstream: str) -> None:
@@ -60,54 +56,11 @@ class _Proxy:
         self.client = httpx.AsyncClient(base_url=upstream, timeout=60.0, limits=limits)
 
     async def forward(self, method: str, path: str, query: bytes, headers: Any, body: bytes):
+        """Send one request upstream; return its answer."""
         url = path + ("?" + query.decode() if query else "")
         return await self.client.request(
-            method, url, content=body, headers=_forward_headers(headers)
+            method, url, content=body, headers=forward_headers(headers)
         )
-
-
-def fault_app(upstream: str, delay_ms: float, error_rate: float, paths: Sequence[str]):
-    """The fault injector as an ASGI app."""
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    proxy = _Proxy(upstream)
-    faulty = frozenset(paths)
-    rng = random.Random()
-
-    async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await proxy.client.aclose()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        request = Request(scope, receive)
-        body = await request.body()
-        if request.method == "POST" and request.url.path in faulty:
-            if delay_ms > 0:
-                await asyncio.sleep(delay_ms / 1000.0)
-            if rng.random() < error_rate:
-                response = Response(
-                    orjson.dumps({"error": "injected fault"}),
-                    status_code=503,
-                    media_type="application/json",
-                    headers={"x-injected-fault": "1"},
-                )
-                await response(scope, receive, send)
-                return
-        try:
-            answer = await proxy.forward(
-                request.method, request.url.path, scope["query_string"], request.headers, body
-            )
-        except httpx.HTTPError:
-            await Response(b"upstream unreachable", status_code=502)(scope, receive, send)
-            return
-        await Response(
-            answer.content, status_code=answer.status_code, headers=_forward_headers(answer.headers)
-        )(scope, receive, send)
-
-    return app
 
 
 def _predictions(content: bytes) -> tuple[Any, str | None, str | None]:
@@ -125,8 +78,8 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
     from starlette.requests import Request
     from starlette.responses import Response
 
-    front = _Proxy(primary)
-    candidate = _Proxy(shadow)
+    front = Proxy(primary)
+    candidate = Proxy(shadow)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     pending: set[asyncio.Task[None]] = set()
@@ -197,23 +150,16 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
             else:
                 counters["dropped"] += 1
         await Response(
-            answer.content, status_code=answer.status_code, headers=_forward_headers(answer.headers)
+            answer.content, status_code=answer.status_code, headers=forward_headers(answer.headers)
         )(scope, receive, send)
 
     return app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run one sidecar until SIGTERM."""
+    """Run the mirror until SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.localenv.sidecar")
     sub = parser.add_subparsers(dest="kind", required=True)
-    fault = sub.add_parser("fault")
-    fault.add_argument("--port", type=int, required=True)
-    fault.add_argument("--upstream", required=True)
-    fault.add_argument("--delay-ms", type=float, default=0.0)
-    fault.add_argument("--error-rate", type=float, default=0.0)
-    fault.add_argument("--path", action="append", default=None)
-    fault.add_argument("--tag", default="", help="Makes the command line unique.")
     mirror = sub.add_parser("mirror")
     mirror.add_argument("--port", type=int, required=True)
     mirror.add_argument("--primary", required=True)
@@ -226,10 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
-    if args.kind == "fault":
-        app = fault_app(args.upstream, args.delay_ms, args.error_rate, args.path or ["/predict"])
-    else:
-        app = mirror_app(args.primary, args.shadow, args.log, args.max_pending)
+    app = mirror_app(args.primary, args.shadow, args.log, args.max_pending)
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="on"
     )

@@ -12,7 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from pipelines.localenv import procs, reconcile, traffic
+from harness import traffic
+from pipelines.localenv import procs, reconcile
 from pipelines.localenv.gateway import VERSION_HEADER
 from pipelines.localenv.servers import kill_server
 from tests.integration.localenv.conftest import ENV, TwoVersions
