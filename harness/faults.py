@@ -4,7 +4,7 @@
 fraction; everything else (health checks, labels) passes untouched, so the gateway keeps the
 version in rotation and the canary analysis sees the fault. ``mlops traffic`` scenarios
 ``slow_canary`` and ``failing_canary`` start it through
-:func:`pipelines.localenv.reconcile.set_fault`; ``bentos/`` is not changed for them.
+:func:`pipelines.environments.local.reconcile.set_fault`; ``bentos/`` is not changed for them.
 
 Run as ``python -m harness.faults --port P --upstream URL ...``; loopback only.
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import httpx
 import orjson
 
-from pipelines.localenv.sidecar import Proxy, forward_headers
+from pipelines.environments.local.sidecar import Proxy, forward_headers
 
 
 def fault_app(upstream: str, delay_ms: float, error_rate: float, paths: Sequence[str]):

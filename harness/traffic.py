@@ -46,7 +46,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.localenv.gateway import UPSTREAM_HEADER, VERSION_HEADER
+from pipelines.environments.local.gateway import UPSTREAM_HEADER, VERSION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -539,10 +539,10 @@ def run(
         stop_event: Set from another thread to stop sending early.
 
     Raises:
-        pipelines.localenv.reconcile.EnvError: The environment is not up, or the scenario
+        pipelines.environments.local.reconcile.EnvError: The environment is not up, or the scenario
             needs a canary and there is none.
     """
-    from pipelines.localenv import reconcile
+    from pipelines.environments.local import reconcile
 
     status = reconcile.status(environment, state_root)
     if not status.gateway_alive or status.gateway_url is None:

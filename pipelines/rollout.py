@@ -65,10 +65,10 @@ from pipelines.config.base import GateMode
 from pipelines.config.canary import CanaryConfig, Strategy
 from pipelines.config.loader import ConfigSet
 from pipelines.deploy_state import EnvState, RolloutStatus, load_state
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import desired_from_state
+from pipelines.environments.local.gateway import GatewayPolicy
 from pipelines.gitops import GitIdentity
-from pipelines.localenv import reconcile
-from pipelines.localenv.desired import desired_from_state
-from pipelines.localenv.gateway import GatewayPolicy
 from pipelines.metrics import Predictions
 from pipelines.package import PackageResult
 from pipelines.workdir import Workdir
@@ -717,7 +717,7 @@ def run(
         pipelines.deploy.RefusedError: Another version's rollout is in progress.
         pipelines.config.ConfigError: A package result for another version, unknown version.
         pipelines.gitops.GitOpsError: The state file has uncommitted changes.
-        pipelines.localenv.reconcile.EnvError: The stable release could not be served.
+        pipelines.environments.local.reconcile.EnvError: The stable release could not be served.
     """
     started = time.monotonic()
     home = bentoml_home or Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")

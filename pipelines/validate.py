@@ -28,7 +28,7 @@ from pipelines.config.loader import ConfigSet
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
 from pipelines.metrics import Predictions, compute
-from pipelines.report import decision_markdown
+from pipelines.reporting.decisions import decision_markdown
 from pipelines.train import TrainResult, fit, prepare
 from pipelines.workdir import Workdir
 

@@ -21,10 +21,10 @@ import pytest
 
 from harness import traffic
 from pipelines.deploy_state import EnvState, StableRelease
-from pipelines.localenv import reconcile
-from pipelines.localenv.desired import DesiredEnv, desired_from_state
-from pipelines.localenv.gateway import VERSION_HEADER
-from pipelines.localenv.servers import ENV_LABEL, RUNTIME_VARIABLE, Runtime, kill_server
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import DesiredEnv, desired_from_state
+from pipelines.environments.local.gateway import VERSION_HEADER
+from pipelines.environments.local.servers import ENV_LABEL, RUNTIME_VARIABLE, Runtime, kill_server
 from pipelines.train import TrainResult
 from tests.conftest import Project
 from tests.e2e.test_image import mlops, podman, require_tools

@@ -19,7 +19,7 @@ from pipelines import rollout, tracking
 from pipelines.config.canary import CanaryConfig
 from pipelines.config.loader import load_config_set
 from pipelines.deploy_state import EnvState, load_state, render_state, state_path
-from pipelines.localenv import reconcile
+from pipelines.environments.local import reconcile
 from pipelines.package import PackageResult
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.localenv.conftest import _mlops

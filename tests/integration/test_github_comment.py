@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from pipelines.github import MARKER, CommentAction, upsert_comment
+from pipelines.reporting.github import MARKER, CommentAction, upsert_comment
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 from harness.traffic import Scenario
 from pipelines import rollout
 from pipelines.deploy_state import load_state
-from pipelines.localenv import reconcile
-from pipelines.localenv.servers import kill_server
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.servers import kill_server
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

@@ -32,7 +32,7 @@ from harness.traffic import RequestOutcome, Scenario, TrafficOptions, TrafficRes
 from pipelines import rollout
 from pipelines.canary import Action, SignalResult, SignalStatus, Verdict
 from pipelines.config.base import GateMode
-from pipelines.localenv import reconcile
+from pipelines.environments.local import reconcile
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

@@ -21,8 +21,8 @@ from pipelines import rollout
 from pipelines.canary import Action, SignalStatus
 from pipelines.config.canary import CanaryConfig
 from pipelines.deploy_state import load_state
-from pipelines.localenv import reconcile
-from pipelines.localenv.servers import kill_server
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.servers import kill_server
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,

@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pipelines import k8s
 from pipelines.config.canary import Strategy
 from pipelines.deploy_state import EnvState, Release, Rollout, StableRelease
+from pipelines.environments import k8s
 
 pytestmark = pytest.mark.unit
 

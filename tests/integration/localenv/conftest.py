@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.localenv import reconcile
-from pipelines.localenv.desired import DesiredEnv, LiveRelease, Role
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import DesiredEnv, LiveRelease, Role
 from tests.conftest import Project, make_project
 
 MLOPS = str(Path(sys.executable).with_name("mlops"))

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from harness import traffic
-from pipelines.localenv import procs, reconcile
-from pipelines.localenv.gateway import VERSION_HEADER
-from pipelines.localenv.servers import kill_server
+from pipelines.environments.local import procs, reconcile
+from pipelines.environments.local.gateway import VERSION_HEADER
+from pipelines.environments.local.servers import kill_server
 from tests.integration.localenv.conftest import ENV, TwoVersions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

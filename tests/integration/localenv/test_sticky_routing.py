@@ -13,9 +13,14 @@ from collections import Counter
 import httpx
 import pytest
 
-from pipelines.localenv import procs, reconcile
-from pipelines.localenv.gateway import BUCKET_HEADER, STICKY_BUCKETS, VERSION_HEADER, reserve_ports
-from pipelines.localenv.servers import kill_server
+from pipelines.environments.local import procs, reconcile
+from pipelines.environments.local.gateway import (
+    BUCKET_HEADER,
+    STICKY_BUCKETS,
+    VERSION_HEADER,
+    reserve_ports,
+)
+from pipelines.environments.local.servers import kill_server
 from tests.integration.localenv.conftest import ENV, TwoVersions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.localenv.gateway import (
+from pipelines.environments.local.gateway import (
     PROXY_ID,
     STICKY_BUCKETS,
     STICKY_SERVER,

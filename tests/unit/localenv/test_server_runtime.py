@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.localenv import reconcile
-from pipelines.localenv.desired import DesiredEnv, LiveRelease, Role
-from pipelines.localenv.servers import (
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import DesiredEnv, LiveRelease, Role
+from pipelines.environments.local.servers import (
     RUNTIME_VARIABLE,
     Podman,
     Runtime,

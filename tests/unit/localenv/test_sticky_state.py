@@ -9,7 +9,7 @@ import yaml
 
 from pipelines.config.base import ConfigError
 from pipelines.deploy_state import EnvState, load_state, render_state, save_state, state_path
-from pipelines.localenv.desired import desired_from_state
+from pipelines.environments.local.desired import desired_from_state
 
 pytestmark = pytest.mark.unit
 

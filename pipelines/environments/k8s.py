@@ -2,7 +2,7 @@
 
 The local reconciler makes the deploy state real with Bento servers behind Caddy; this module
 renders it for a cluster instead. The live releases, their weights and the mirrored candidate
-come from :func:`pipelines.localenv.desired.desired_from_state`, the one derivation both
+come from :func:`pipelines.environments.local.desired.desired_from_state`, the one derivation both
 engines share. For each live release it builds an ``apps/v1`` Deployment and a ``v1``
 Service; one Gateway API ``HTTPRoute`` (``gateway.networking.k8s.io/v1``) splits the traffic
 between them and, for a shadow or a blue-green candidate before its switch, mirrors every
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config.base import ConfigError
 from pipelines.deploy_state import EnvState, Release, load_state, state_path
-from pipelines.localenv.desired import DesiredEnv, LiveRelease, desired_from_state
+from pipelines.environments.local.desired import DesiredEnv, LiveRelease, desired_from_state
 
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 HTTP_PORT = 3000  # BentoML's default port, EXPOSEd by the images `mlops image` builds

@@ -39,9 +39,9 @@ from typing import Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from pipelines.environments.local import procs
+from pipelines.environments.local.desired import LiveRelease
 from pipelines.image import container_env
-from pipelines.localenv import procs
-from pipelines.localenv.desired import LiveRelease
 
 log = logging.getLogger(__name__)
 

@@ -169,7 +169,7 @@ def validate(
 ) -> None:
     """Run the gates on a trained candidate; alias `challenger` on pass, exit 1 on failure."""
     from pipelines import validate as step
-    from pipelines.report import decision_markdown
+    from pipelines.reporting.decisions import decision_markdown
     from pipelines.train import TrainResult
 
     with bad_input_exits():
@@ -307,7 +307,7 @@ def pr_comment(
     pr: Annotated[int, typer.Option(help="Pull-request number")],
 ) -> None:
     """Create or update the ONE validation comment on a pull request (skips without rights)."""
-    from pipelines.github import upsert_comment
+    from pipelines.reporting.github import upsert_comment
 
     if not body.is_file():
         console.print(f"[bold red]error:[/] {body}: file not found", highlight=False)
@@ -496,7 +496,7 @@ LocalEnvOption = Annotated[str, typer.Option("--env", help="Environment: deploy/
 
 def print_env_status(status: BaseModel) -> None:
     """Print what changed and the environment's status; write nothing."""
-    from pipelines.localenv.reconcile import EnvStatus
+    from pipelines.environments.local.reconcile import EnvStatus
 
     assert isinstance(status, EnvStatus)
     for change in status.changes:
@@ -530,8 +530,8 @@ def env_up(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> Non
     Sticky routing follows the sticky_header field of deploy/<env>.yaml, as the weights do.
     """
     from pipelines.deploy_state import load_state
-    from pipelines.localenv import reconcile
-    from pipelines.localenv.desired import desired_from_state
+    from pipelines.environments.local import reconcile
+    from pipelines.environments.local.desired import desired_from_state
 
     with bad_input_exits():
         config, workdir = load(configs)
@@ -552,7 +552,7 @@ def env_up(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> Non
 @env_app.command("status")
 def env_status(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> None:
     """Show the gateway and servers of the environment; exit 1 if anything is not ready."""
-    from pipelines.localenv import reconcile
+    from pipelines.environments.local import reconcile
 
     with bad_input_exits():
         _, workdir = load(configs)
@@ -565,7 +565,7 @@ def env_status(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) ->
 @env_app.command("down")
 def env_down(env: LocalEnvOption, configs: ConfigsOption = Path("configs")) -> None:
     """Stop the gateway, sidecars and every server of the environment."""
-    from pipelines.localenv import reconcile
+    from pipelines.environments.local import reconcile
 
     with bad_input_exits():
         _, workdir = load(configs)
@@ -603,7 +603,7 @@ def traffic_command(
 ) -> None:
     """Replay holdout rows through the environment's gateway; send their labels later."""
     from harness import traffic
-    from pipelines.localenv import reconcile
+    from pipelines.environments.local import reconcile
 
     with bad_input_exits():
         config, workdir = load(configs)
@@ -735,8 +735,8 @@ def rollout_command(
 
     from harness.traffic import Scenario, TrafficOptions
     from pipelines import rollout as step
+    from pipelines.environments.local import reconcile
     from pipelines.gitops import GitIdentity
-    from pipelines.localenv import reconcile
     from pipelines.package import PackageResult
 
     with bad_input_exits(), refusals_exit():
@@ -834,7 +834,7 @@ def k8s_render(
     ] = None,
 ) -> None:
     """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
-    from pipelines import k8s
+    from pipelines.environments import k8s
 
     with bad_input_exits():
         config, _ = load(configs)

@@ -8,7 +8,7 @@ never returned: it is compared with the primary's and one JSON line per pair is 
 slow candidate never slows clients. The fault injector that ``mlops traffic`` puts in front of
 a version lives in :mod:`harness.faults` and reuses :class:`Proxy`.
 
-Run as ``python -m pipelines.localenv.sidecar mirror ...``; loopback only.
+Run as ``python -m pipelines.environments.local.sidecar mirror ...``; loopback only.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the mirror until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.localenv.sidecar")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.environments.local.sidecar")
     sub = parser.add_subparsers(dest="kind", required=True)
     mirror = sub.add_parser("mirror")
     mirror.add_argument("--port", type=int, required=True)

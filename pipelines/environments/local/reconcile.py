@@ -24,9 +24,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config.canary import Strategy
-from pipelines.localenv import procs
-from pipelines.localenv.desired import DesiredEnv, LiveRelease, Role
-from pipelines.localenv.gateway import (
+from pipelines.environments.local import procs
+from pipelines.environments.local.desired import DesiredEnv, LiveRelease, Role
+from pipelines.environments.local.gateway import (
     STICKY_BUCKETS,
     Gateway,
     GatewayError,
@@ -36,7 +36,7 @@ from pipelines.localenv.gateway import (
     Upstream,
     reserve_ports,
 )
-from pipelines.localenv.servers import (
+from pipelines.environments.local.servers import (
     Runtime,
     ServerError,
     ServerRecord,
@@ -304,7 +304,7 @@ def _ensure_mirror(
     port = procs.free_port()
     log_file = folder / "shadow" / f"v{candidate.version}.jsonl"
     process = _start_sidecar(
-        "pipelines.localenv.sidecar",
+        "pipelines.environments.local.sidecar",
         [
             "mirror",
             "--primary",

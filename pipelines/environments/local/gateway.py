@@ -44,7 +44,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.deploy_state import HTTP_HEADER_NAME
-from pipelines.localenv import procs
+from pipelines.environments.local import procs
 
 log = logging.getLogger(__name__)
 
