@@ -22,7 +22,7 @@ from pipelines.deploy_state import EnvState, load_state, render_state, state_pat
 from pipelines.environments.local import reconcile
 from pipelines.package import PackageResult
 from tests.conftest import REPO_ROOT, Project, git, make_project
-from tests.integration.localenv.conftest import _mlops
+from tests.integration.environments.local.conftest import _mlops
 
 PROFILE = REPO_ROOT / "configs" / "variants" / "local-demo" / "canary.yaml"
 CHECK_INTERVAL_S = 5.0

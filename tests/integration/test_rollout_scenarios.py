@@ -44,7 +44,7 @@ from tests.integration.conftest import (
     load,
     run_rollout,
 )
-from tests.integration.localenv.conftest import MLOPS
+from tests.integration.environments.local.conftest import MLOPS
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pipelines.config.loader import load_config_set
 
 pytestmark = pytest.mark.unit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CANARY = REPO_ROOT / "configs" / "canary.yaml"
 
 MINIMAL = {"steps": [{"weight": 10, "min_requests": 100, "min_duration_s": 60}]}

@@ -16,7 +16,7 @@ from harness import traffic
 from pipelines.environments.local import procs, reconcile
 from pipelines.environments.local.gateway import VERSION_HEADER
 from pipelines.environments.local.servers import kill_server
-from tests.integration.localenv.conftest import ENV, TwoVersions
+from tests.integration.environments.local.conftest import ENV, TwoVersions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

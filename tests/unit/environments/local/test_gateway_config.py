@@ -25,7 +25,7 @@ from pipelines.environments.local.gateway import (
 
 pytestmark = pytest.mark.unit
 
-SERVE_YAML = Path(__file__).resolve().parents[3] / "configs" / "serve.yaml"
+SERVE_YAML = Path(__file__).resolve().parents[4] / "configs" / "serve.yaml"
 
 
 def test_request_bodies_are_buffered_for_retries() -> None:

@@ -21,7 +21,7 @@ from pipelines.environments.local.gateway import (
     reserve_ports,
 )
 from pipelines.environments.local.servers import kill_server
-from tests.integration.localenv.conftest import ENV, TwoVersions
+from tests.integration.environments.local.conftest import ENV, TwoVersions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
