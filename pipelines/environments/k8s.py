@@ -158,8 +158,8 @@ class Rendered(BaseModel):
         header = [
             f"# Kubernetes manifests of the '{self.environment}' environment, rendered from "
             f"{self.source}",
-            "# by `mlops k8s render` (pipelines/environments/k8s.py). Generated: change the deploy state, "
-            "not this file.",
+            "# by `mlops k8s render` (pipelines/environments/k8s.py). Generated: change the deploy "
+            "state, not this file.",
         ]
         header += [f"# warning: {warning}" for warning in self.warnings]
         body = yaml.dump_all(

@@ -7,21 +7,12 @@ from typing import TYPE_CHECKING
 
 from pipelines.gates import Outcome
 from pipelines.metrics import METRICS
+from pipelines.reporting.markdown import MISSING, cell, number, table
 
 if TYPE_CHECKING:
     from pipelines.validate import ValidationDecision
 
 _ICON = {Outcome.PASSED: "✅ passed", Outcome.FAILED: "❌ failed", Outcome.SKIPPED: "⏭️ skipped"}
-
-
-def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.4f}"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def decision_markdown(decision: ValidationDecision) -> str:
@@ -35,28 +26,29 @@ def decision_markdown(decision: ValidationDecision) -> str:
         f"Champion: {champ} · commit `{decision.git_commit[:12]}` · config `"
         f"{decision.config_hash[:12]}` · data `{decision.data_hash[:12]}`",
         "",
-        "| Gate | Mode | Result | Details |",
-        "|---|---|---|---|",
     ]
+    gates = []
     for gate in decision.gates:
         result = _ICON[gate.outcome]
         if gate.outcome is Outcome.FAILED and not gate.blocking:
             result += " (not blocking)"
-        details = "<br>".join(_cell(r) for r in gate.reasons)
-        lines.append(f"| {gate.name} | {gate.mode.value} | {result} | {details} |")
-    lines += ["", "| Metric | Candidate | Champion | Gain |", "|---|---|---|---|"]
+        details = "<br>".join(gate.reasons)  # table() escapes each cell
+        gates.append([gate.name, gate.mode.value, result, details])
+    lines += table(["Gate", "Mode", "Result", "Details"], gates)
     baseline = decision.baseline_metrics or {}
+    metrics = []
     for name, value in decision.metrics.items():
         base = baseline.get(name)
-        gain = "—"
+        gain = MISSING
         if base is not None and not (math.isnan(value) or math.isnan(base)):
             delta = value - base if METRICS[name].higher_is_better else base - value
             gain = f"{delta:+.4f}"
-        lines.append(f"| {name} | {_num(value)} | {_num(base)} | {gain} |")
+        metrics.append([name, number(value), number(base), gain])
+    lines += ["", *table(["Metric", "Candidate", "Champion", "Gain"], metrics)]
     lines += gain_chart(decision.metrics, baseline)
     if decision.blocking_reasons:
         lines += ["", "**Blocking reasons**", ""]
-        lines += [f"- {_cell(r)}" for r in decision.blocking_reasons]
+        lines += [f"- {cell(r)}" for r in decision.blocking_reasons]
     if decision.alias_set:
         lines += ["", f"Alias `{decision.alias_set}` → v{cand.version}."]
     return "\n".join(lines) + "\n"
