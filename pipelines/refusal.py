@@ -13,8 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines import gitops
 from pipelines.config.loader import ConfigSet
-from pipelines.reporting.decisions import decision_markdown
-from pipelines.validate import ValidationDecision
+from pipelines.validate import ValidationDecision, decision_markdown
 
 
 class RefusalRecord(BaseModel):

@@ -7,6 +7,7 @@ Either way the typed decision is returned and logged to MLflow as a ``validate``
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from datetime import UTC, datetime
@@ -27,8 +28,9 @@ from pipelines.config.base import GateMode
 from pipelines.config.loader import ConfigSet
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
-from pipelines.metrics import Predictions, compute
-from pipelines.reporting.decisions import decision_markdown
+from pipelines.metrics import METRICS, Predictions, compute
+from pipelines.reporting.charts import gain_chart
+from pipelines.reporting.markdown import MISSING, cell, number, table
 from pipelines.train import TrainResult, fit, prepare
 from pipelines.workdir import Workdir
 
@@ -65,6 +67,52 @@ class ValidationDecision(BaseModel):
     decided_at: datetime
     alias_set: str | None = None
     report_path: str | None = None
+
+
+_ICON = {
+    g.Outcome.PASSED: "✅ passed",
+    g.Outcome.FAILED: "❌ failed",
+    g.Outcome.SKIPPED: "⏭️ skipped",
+}
+
+
+def decision_markdown(decision: ValidationDecision) -> str:
+    """The validation decision: verdict, gates table, metrics against the champion."""
+    cand = decision.candidate
+    verdict = "✅ **PASSED**" if decision.passed else "❌ **FAILED**"
+    champ = f"v{decision.champion.version}" if decision.champion else "none yet"
+    lines = [
+        f"## Validation of `{cand.name}` v{cand.version}: {verdict}",
+        "",
+        f"Champion: {champ} · commit `{decision.git_commit[:12]}` · config `"
+        f"{decision.config_hash[:12]}` · data `{decision.data_hash[:12]}`",
+        "",
+    ]
+    gates = []
+    for gate in decision.gates:
+        result = _ICON[gate.outcome]
+        if gate.outcome is g.Outcome.FAILED and not gate.blocking:
+            result += " (not blocking)"
+        details = "<br>".join(gate.reasons)  # table() escapes each cell
+        gates.append([gate.name, gate.mode.value, result, details])
+    lines += table(["Gate", "Mode", "Result", "Details"], gates)
+    baseline = decision.baseline_metrics or {}
+    metrics = []
+    for name, value in decision.metrics.items():
+        base = baseline.get(name)
+        gain = MISSING
+        if base is not None and not (math.isnan(value) or math.isnan(base)):
+            delta = value - base if METRICS[name].higher_is_better else base - value
+            gain = f"{delta:+.4f}"
+        metrics.append([name, number(value), number(base), gain])
+    lines += ["", *table(["Metric", "Candidate", "Champion", "Gain"], metrics)]
+    lines += gain_chart(decision.metrics, baseline)
+    if decision.blocking_reasons:
+        lines += ["", "**Blocking reasons**", ""]
+        lines += [f"- {cell(r)}" for r in decision.blocking_reasons]
+    if decision.alias_set:
+        lines += ["", f"Alias `{decision.alias_set}` → v{cand.version}."]
+    return "\n".join(lines) + "\n"
 
 
 def signature_columns(model_uri: str) -> dict[str, str]:

@@ -84,8 +84,8 @@ def validate(
 ) -> None:
     """Run the gates on a trained candidate; alias `challenger` on pass, exit 1 on failure."""
     from pipelines import validate as step
-    from pipelines.reporting.decisions import decision_markdown
     from pipelines.train import TrainResult
+    from pipelines.validate import decision_markdown
 
     with step_errors():
         config, workdir = load(configs)

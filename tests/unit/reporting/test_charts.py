@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipelines.reporting.decisions import gain_chart
+from pipelines.reporting.charts import gain_chart
 
 pytestmark = pytest.mark.unit
 
