@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import httpx
 import orjson
 
-from pipelines.environments.local.sidecar import Proxy, forward_headers
+from pipelines.environments.local.sidecar import Proxy, relay, serve
 
 
 def fault_app(upstream: str, delay_ms: float, error_rate: float, paths: Sequence[str]):
@@ -60,9 +60,7 @@ def fault_app(upstream: str, delay_ms: float, error_rate: float, paths: Sequence
         except httpx.HTTPError:
             await Response(b"upstream unreachable", status_code=502)(scope, receive, send)
             return
-        await Response(
-            answer.content, status_code=answer.status_code, headers=forward_headers(answer.headers)
-        )(scope, receive, send)
+        await relay(answer)(scope, receive, send)
 
     return app
 
@@ -79,12 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    import uvicorn
-
     app = fault_app(args.upstream, args.delay_ms, args.error_rate, args.path or ["/predict"])
-    uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="on"
-    )
+    serve(app, args.port)
 
 
 if __name__ == "__main__":

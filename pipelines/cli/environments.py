@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipelines.cli.common import (
     CONFIGS,
+    EXIT_REFUSED,
     ConfigsOption,
     EnvOption,
     OutputOption,
@@ -88,7 +89,6 @@ def env_up(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
 @env_app.command("status")
 def env_status(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
     """Show the gateway and servers of the environment; exit 1 if anything is not ready."""
-    from pipelines.cli.common import EXIT_REFUSED
     from pipelines.environments.local import reconcile
 
     with step_errors():

@@ -63,6 +63,24 @@ class Proxy:
         )
 
 
+def relay(answer: httpx.Response) -> Any:
+    """The upstream's answer as the client's response, without hop-by-hop headers."""
+    from starlette.responses import Response
+
+    return Response(
+        answer.content, status_code=answer.status_code, headers=forward_headers(answer.headers)
+    )
+
+
+def serve(app: Any, port: int) -> None:
+    """Serve one sidecar app on loopback until SIGTERM."""
+    import uvicorn
+
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+    )
+
+
 def _predictions(content: bytes) -> tuple[Any, str | None, str | None]:
     try:
         payload = orjson.loads(content)
@@ -149,9 +167,7 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
                 task.add_done_callback(pending.discard)
             else:
                 counters["dropped"] += 1
-        await Response(
-            answer.content, status_code=answer.status_code, headers=forward_headers(answer.headers)
-        )(scope, receive, send)
+        await relay(answer)(scope, receive, send)
 
     return app
 
@@ -170,12 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    import uvicorn
-
-    app = mirror_app(args.primary, args.shadow, args.log, args.max_pending)
-    uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="on"
-    )
+    serve(mirror_app(args.primary, args.shadow, args.log, args.max_pending), args.port)
 
 
 if __name__ == "__main__":
