@@ -2,10 +2,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export BENTOML_DO_NOT_TRACK := true
-export UV_PYTHON := 3.11
 
-# uv from PATH, else the pip-installed module (installed on first use).
-UV ?= $(or $(shell command -v uv 2>/dev/null),python3 -m uv)
+# The interpreter of .venv: python3 unless PYTHON names another (3.11 to 3.13; checked by
+# scripts/bootstrap.sh, which also finds uv: the one on PATH, else .tools/uv/, a virtual
+# environment of its own made on first use). Nothing is installed into the system Python and
+# uv never downloads an interpreter.
+PYTHON ?= python3
+UV ?=
 VENV := .venv
 MLOPS := $(VENV)/bin/mlops
 CONFIGS ?= configs
@@ -14,13 +17,20 @@ CONFIGS ?= configs
 help: ## List the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.synced: pyproject.toml uv.lock
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.5"
-	$(UV) sync --frozen
+# One stamp per PYTHON, so that another PYTHON syncs .venv again (uv recreates it).
+SYNCED := $(VENV)/.synced-$(subst /,_,$(PYTHON))
+
+$(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
+	@set -e; export PYTHON="$(PYTHON)" UV="$(UV)"; \
+	python="$$(bash scripts/bootstrap.sh --print python)"; \
+	uv="$$(bash scripts/bootstrap.sh --print uv)"; \
+	echo "$$uv sync --frozen --python $$python"; \
+	UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT="$(VENV)" "$$uv" sync --frozen --python "$$python"
+	@rm -f $(VENV)/.synced*
 	@touch $@
 
 .PHONY: venv
-venv: $(VENV)/.synced ## Create .venv from uv.lock (runs by itself when needed)
+venv: $(SYNCED) ## Create .venv from uv.lock (runs by itself when needed)
 
 .PHONY: demo
 demo: venv ## The main job: train → validate → package → canary rollout on local staging (in .mlops/demo)
@@ -97,5 +107,5 @@ bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, det
 	$(VENV)/bin/python benchmarks/decision_quality.py
 
 .PHONY: clean
-clean: ## Remove generated state (.mlops/) and the virtual environment
-	rm -rf .mlops $(VENV)
+clean: ## Remove generated state (.mlops/), the virtual environment and the bootstrapped uv (.tools/)
+	rm -rf .mlops $(VENV) .tools

@@ -54,7 +54,9 @@ _JSON = "application/json"
 
 def _image(manifest: ServingManifest) -> bentoml.images.Image:
     spec = manifest.serve.image
-    options: dict[str, Any] = {"python_version": spec.python_version, "distro": spec.distro}
+    options: dict[str, Any] = {"distro": spec.distro}
+    if spec.python_version:  # set by `mlops package`; BentoML's default is the building Python
+        options["python_version"] = spec.python_version
     if spec.base_image:
         options["base_image"] = spec.base_image
     # Every package is pinned by `mlops package` from the locked environment.

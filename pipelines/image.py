@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config.base import ConfigError
-from pipelines.config.image import BaseImageSpec, ImageBuildConfig
+from pipelines.config.image import DEBIAN_SUITE_OF_PYTHON, BaseImageSpec, ImageBuildConfig
 from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -353,31 +354,80 @@ def export_build_context(bento_tag: str, destination: Path, env: dict[str, str])
     return destination / "env" / "docker" / "Dockerfile"
 
 
+def bento_python_version(bento: Path) -> str:
+    """The Python version the Bento's image is built for (``image.python_version``).
+
+    Raises:
+        ConfigError: ``bento.yaml`` has no readable Python version.
+    """
+    path = bento / "bento.yaml"
+    try:
+        info = yaml.safe_load(path.read_text()) or {}
+        version = str((info.get("image") or {}).get("python_version") or "")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise ConfigError(f"{path}: cannot read image.python_version: {exc}") from None
+    if not re.fullmatch(r"3\.\d+", version):
+        raise ConfigError(f"{path}: field 'image.python_version' is {version!r}, not 3.x")
+    return version
+
+
+def suite_to_make(spec: BaseImageSpec, python_version: str) -> str:
+    """The Debian suite to make the base image from (``spec`` resolved by ``for_python``).
+
+    Raises:
+        ImageError: ``suite`` is still auto: no Debian suite ships the Bento's Python.
+    """
+    if spec.suite != "auto":
+        return spec.suite
+    known = ", ".join(f"{v}: {s}" for v, s in DEBIAN_SUITE_OF_PYTHON.items())
+    raise ImageError(
+        f"base image {spec.ref} is not present and image.base_image.suite is auto, but no "
+        f"Debian suite ships Python {python_version}, the Bento's ({known}); package with "
+        f"one of those, or set image.base_image.ref to an image whose python3 is "
+        f"{python_version}"
+    )
+
+
 def ensure_base_image(
-    engine: Engine, spec: BaseImageSpec, certificates: list[Path]
+    engine: Engine, spec: BaseImageSpec, certificates: list[Path], python_version: str
 ) -> ImageFacts | None:
     """Facts of the configured base image, made by ``make-base-image.sh`` if asked and absent.
 
+    Args:
+        engine: The container tool.
+        spec: The base image, resolved for the Bento (:meth:`BaseImageSpec.for_python`).
+        certificates: Extra CA certificates to trust in a base image made here.
+        python_version: The Bento's Python; a base image labelled with another is refused.
+
     Raises:
-        ImageError: The base image is absent and may not, or could not, be made.
+        ImageError: The base image is absent and may not, or could not, be made, or its
+            python3 is not the Bento's.
     """
     if spec.ref is None:
         return None
     facts = engine.inspect(spec.ref)
     if facts is not None:
+        labelled = facts.labels.get(f"{LABEL_PREFIX}.base.python")
+        if labelled and labelled != python_version:
+            raise ImageError(
+                f"base image {spec.ref} has Python {labelled}, the Bento needs {python_version}:"
+                f" uv in the build would download one; point image.base_image.ref at a base"
+                f" with Python {python_version}"
+            )
         return facts
     if not spec.build_if_missing:
         raise ImageError(
             f"base image {spec.ref} is not present for {engine.backend}; make it with "
             f"scripts/make-base-image.sh --tag {spec.ref} or set base_image.build_if_missing"
         )
+    suite = suite_to_make(spec, python_version)
     command = [
         "bash",
         str(MAKE_BASE_IMAGE),
         "--tag",
         spec.ref,
         "--suite",
-        spec.suite,
+        suite,
         "--engine",
         engine.backend.value,
     ]
@@ -385,7 +435,7 @@ def ensure_base_image(
         command += ["--mirror", spec.mirror]
     for cert in certificates:
         command += ["--extra-ca", str(cert)]
-    log.info("making base image %s (debootstrap %s, about a minute)", spec.ref, spec.suite)
+    log.info("making base image %s (debootstrap %s, about a minute)", spec.ref, suite)
     done = subprocess.run(
         command, env=engine.env, capture_output=True, text=True, timeout=1800, check=False
     )
@@ -438,18 +488,20 @@ def run(
     home = package.bentoml_home(workdir)
     if not (bento_path(home, package.bento_tag) / "bento.yaml").is_file():
         raise ConfigError(f"Bento {package.bento_tag} is not in the store {home}")
+    python_version = bento_python_version(bento_path(home, package.bento_tag))
+    base_spec = spec.base_image.for_python(python_version)
     certificates = certificate_files(spec.extra_ca_certificates, root)
     digests = [hashlib.sha256(c.read_bytes()).hexdigest() for c in certificates]
 
     env = container_env(home)
     engine = Engine(detect_backend(spec.backend, env), env)
-    base = ensure_base_image(engine, spec.base_image, certificates)
+    base = ensure_base_image(engine, base_spec, certificates, python_version)
 
     name, version = package.bento_tag.split(":", 1)
     ref = f"{spec.repository or f'localhost/{name}'}:{version}"
     digest_of_inputs = build_hash(
         package.bento_tag,
-        spec.base_image.ref,
+        base_spec.ref,
         base.image_id if base else None,
         digests,
         spec.build_network,
@@ -463,7 +515,7 @@ def run(
     if reused:
         log.info("reusing %s: same Bento, base image and certificates", ref)
         base_ref = (existing.labels if existing else {}).get(
-            "org.opencontainers.image.base.name", spec.base_image.ref or ""
+            "org.opencontainers.image.base.name", base_spec.ref or ""
         )
     else:
         with tempfile.TemporaryDirectory(prefix="mlops-image-") as tmp:
@@ -476,7 +528,7 @@ def run(
                 for cert, digest in zip(certificates, digests, strict=True):
                     names.append(f"extra-{cert.stem}-{digest[:8]}.crt")
                     shutil.copyfile(cert, context / CA_FOLDER / names[-1])
-            rewritten = rewrite_containerfile(original, spec.base_image.ref, names)
+            rewritten = rewrite_containerfile(original, base_spec.ref, names)
             containerfile.write_text(rewritten)
             base_ref = _first_base(rewritten)
             labels = {

@@ -15,6 +15,7 @@ import importlib.metadata
 import logging
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -187,6 +188,19 @@ def _write_build_context(target: Path, manifest: ServingManifest) -> str:
     return digest
 
 
+def with_python_version(serve: ServeConfig) -> ServeConfig:
+    """``serve`` with the image's Python pinned: the configured one, else this interpreter's.
+
+    The Bento's packages are pinned from this environment, so its image runs the same Python
+    (and an air-gapped base image must have it, ``configs/image.yaml``).
+    """
+    if serve.image.python_version is not None:
+        return serve
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    image = serve.image.model_copy(update={"python_version": running})
+    return serve.model_copy(update={"image": image})
+
+
 def _task(tags: dict[str, str], name: str, number: str) -> str:
     task = tags.get("task")
     if task not in {"classification", "regression"}:
@@ -267,7 +281,7 @@ def run(
             model_file=model_file,
             serialization_format=serialization,
             features=features,
-            serve=serve,
+            serve=with_python_version(serve),
             python_packages=pinned_requirements(),
         )
         created_model = _import_model(

@@ -16,6 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.config.base import ConfigError
 from pipelines.config.loader import ConfigSet
 from pipelines.workdir import Workdir
 
@@ -26,30 +27,95 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 
 
-# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; this marker tells our own export
-# apart from the user's, so a second project in the same process does not inherit the first's.
-_MANAGED = "MLOPS_MANAGED_TRACKING_URI"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
+REACHABILITY_TIMEOUT_S = 5.0
+
+# URIs of servers that answered once in this process: one look per server, not per command step.
+_reachable: set[str] = set()
+
+
+class TrackingServerError(ConfigError):
+    """The configured tracking server does not answer (a bad-input error: exit 2)."""
 
 
 def tracking_uri(config: ConfigSet, state: Workdir) -> str:
-    """``MLFLOW_TRACKING_URI`` set by the user, else the config's, else the embedded store."""
-    from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    if from_env and from_env == os.environ.get(_MANAGED):
-        from_env = None
-    explicit = from_env or config.train.tracking_uri
+    """``MLFLOW_TRACKING_URI`` set by the user, else the config's, else the embedded store.
+
+    The environment holds only the user's choice: :func:`configure` never leaves its own URI
+    there, so the answer is the same however many times a process asks, for any project.
+    """
+    explicit = os.environ.get(TRACKING_ENV) or config.train.tracking_uri
     if explicit:
         return explicit
     return f"sqlite:///{state.mlflow / 'mlflow.db'}"
 
 
+def _source(config: ConfigSet) -> str:
+    if os.environ.get(TRACKING_ENV):
+        return TRACKING_ENV
+    return f"{config.source('train')}: tracking_uri"
+
+
+def check_reachable(uri: str, source: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
+    """Ask an http(s) tracking server for ``/health``; other URIs are not checked.
+
+    Any HTTP answer counts (a proxy's 401 or 404 still proves the host is there); only a
+    refused connection, a timeout or a TLS failure does not.
+
+    Args:
+        uri: The tracking URI.
+        source: Where the URI came from, for the message (the variable or the file and field).
+        timeout_s: Seconds to wait for a connection and an answer.
+
+    Raises:
+        TrackingServerError: The server did not answer.
+    """
+    if not uri.startswith(("http://", "https://")) or uri in _reachable:
+        return
+    import requests
+
+    # The TLS settings MLflow's own client reads, so the check trusts what the client trusts.
+    verify: bool | str = True
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        verify = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s, verify=verify, cert=cert)
+    except requests.RequestException as exc:
+        raise TrackingServerError(
+            f"{source}: the MLflow tracking server {uri} is unreachable "
+            f"({type(exc).__name__}, {timeout_s:g} s timeout); start it or fix the URI. "
+            f"Unset {TRACKING_ENV} and tracking_uri to use the embedded store instead"
+        ) from None
+    _reachable.add(uri)
+
+
 def configure(config: ConfigSet, state: Workdir) -> str:
-    """Point MLflow's tracking and registry at the configured store; return its URI."""
+    """Point MLflow's tracking and registry at the configured store; return its URI.
+
+    MLflow exports the URI it is given to the environment (for subprocesses); that export is
+    undone here, so the environment keeps holding only what the user set.
+
+    Raises:
+        TrackingServerError: An http(s) tracking server does not answer (nothing is written).
+    """
     uri = tracking_uri(config, state)
+    check_reachable(uri, _source(config))
     if uri.startswith("sqlite:///"):
         state.mlflow.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    os.environ[_MANAGED] = uri
+    user = {name: os.environ.get(name) for name in (TRACKING_ENV, REGISTRY_ENV)}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for name, value in user.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return uri
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the container image build and its e2e test need:
 # podman, buildah and runc (rootful, no Docker engine), debootstrap for the air-gapped base
-# image, uidmap/fuse-overlayfs/slirp4netns for podman's storage and networking, wrk for load.
+# image, uidmap/fuse-overlayfs/slirp4netns for podman's storage and networking, wrk for load,
+# postgresql for the tracking-server tests (a throwaway cluster behind a real `mlflow server`).
 #
 # Idempotent: packages already installed are not fetched again, and `apt-get update` runs only
 # when something is missing. Needs root (or sudo). Safe to call from .ci/run on every run.
@@ -16,6 +17,7 @@ PACKAGES=(
   fuse-overlayfs
   slirp4netns
   wrk
+  postgresql
   ca-certificates
   debian-archive-keyring
 )

@@ -67,7 +67,9 @@ class LabelsConfig(Strict):
 class BentoImageConfig(Strict):
     """The Bento's own image (its bentofile); image.yaml says how the OCI image is built."""
 
-    python_version: Literal["3.11"] = "3.11"
+    python_version: Literal["3.11", "3.12", "3.13"] | None = Field(
+        default=None, description="None: the Python that runs `mlops package` (the lock's range)."
+    )
     distro: Literal["debian", "custom"] = "debian"
     base_image: str | None = Field(
         default=None, description="Required with distro 'custom' (e.g. a local base image)."

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import image
 from pipelines.config.base import ConfigError
-from pipelines.config.image import ImageBuildConfig, load_image_config
+from pipelines.config.image import BaseImageSpec, ImageBuildConfig, load_image_config
 from pipelines.workdir import Workdir
 
 pytestmark = pytest.mark.unit
@@ -145,7 +145,7 @@ def test_the_shipped_containers_conf_has_the_settings_podman_needs() -> None:
 def test_the_repository_config_loads() -> None:
     """It loads configs/image.yaml into the typed options."""
     config = load_image_config(REPO_ROOT / "configs" / "image.yaml")
-    assert config.image.base_image.ref == "localhost/python-base:3.11"
+    assert config.image.base_image.ref == "localhost/python-base:{python_version}"
 
 
 def test_unknown_keys_in_image_yaml_name_the_field(tmp_path: Path) -> None:
@@ -177,3 +177,54 @@ def test_a_bento_missing_from_the_store_is_bad_input(tmp_path: Path) -> None:
     ref = image.PackageRef(bento_tag="svc:v1", bento_path=tmp_path / "h" / "bentos" / "svc" / "v1")
     with pytest.raises(ConfigError, match="svc:v1 is not in the store"):
         image.run(ImageBuildConfig(), ref, Workdir(tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize(("python_version", "suite"), [("3.11", "bookworm"), ("3.13", "trixie")])
+def test_the_base_image_follows_the_bentos_python(python_version: str, suite: str) -> None:
+    """It puts the Bento's Python in the base ref and picks the Debian suite that ships it."""
+    spec = BaseImageSpec(
+        ref="localhost/python-base:{python_version}", build_if_missing=True
+    ).for_python(python_version)
+    assert spec.ref == f"localhost/python-base:{python_version}"
+    assert spec.suite == suite
+
+
+def test_an_explicit_suite_and_ref_are_kept() -> None:
+    """It keeps a configured suite and a ref without a placeholder as they are."""
+    spec = BaseImageSpec(
+        ref="registry.local/py:3.12", build_if_missing=True, suite="noble"
+    ).for_python("3.12")
+    assert (spec.ref, spec.suite) == ("registry.local/py:3.12", "noble")
+
+
+def test_no_debian_suite_for_python_312_leaves_suite_auto() -> None:
+    """It leaves suite auto for Python 3.12, which no Debian suite ships."""
+    spec = BaseImageSpec(ref="localhost/python-base:{python_version}", build_if_missing=True)
+    assert spec.for_python("3.12").suite == "auto"
+
+
+def test_making_a_base_for_python_312_is_a_clear_error() -> None:
+    """It refuses to make a base with suite auto for 3.12, naming the field; a suite is kept."""
+    spec = BaseImageSpec(
+        ref="localhost/python-base:{python_version}", build_if_missing=True
+    ).for_python("3.12")
+    with pytest.raises(image.ImageError, match=r"image.base_image.suite is auto.* 3\.12"):
+        image.suite_to_make(spec, "3.12")
+    assert image.suite_to_make(spec.model_copy(update={"suite": "noble"}), "3.12") == "noble"
+
+
+def test_an_unknown_placeholder_in_the_ref_is_refused(tmp_path: Path) -> None:
+    """It refuses a ref with a placeholder other than {python_version}, naming the field."""
+    path = tmp_path / "image.yaml"
+    path.write_text("image:\n  base_image:\n    ref: localhost/base:{python}\n")
+    with pytest.raises(ConfigError, match=r"image.yaml: field 'image.base_image.ref'"):
+        load_image_config(path)
+
+
+def test_the_bentos_python_is_read_from_bento_yaml(tmp_path: Path) -> None:
+    """It reads image.python_version from bento.yaml and refuses a file without it."""
+    (tmp_path / "bento.yaml").write_text("image:\n  python_version: '3.13'\n")
+    assert image.bento_python_version(tmp_path) == "3.13"
+    (tmp_path / "bento.yaml").write_text("image:\n  base_image: x\n")
+    with pytest.raises(ConfigError, match=r"bento.yaml: field 'image.python_version'"):
+        image.bento_python_version(tmp_path)

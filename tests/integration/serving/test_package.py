@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import package
+from pipelines import image, package
 from pipelines.serving.manifest import MANIFEST_FILE, ServingManifest
 from tests.integration.serving.conftest import Packaged
 
@@ -26,6 +26,20 @@ def test_package_pins_version_hash_and_schema(packaged: Packaged) -> None:
     assert manifest.model_version == result.model_version
     assert "mean_radius" in manifest.feature_names and manifest.task == "classification"
     assert any(p.startswith("scikit-learn==") for p in manifest.python_packages)
+
+
+def test_the_bentos_python_is_the_packaging_interpreters(packaged: Packaged) -> None:
+    """The Bento's image runs the Python that packaged it (serve.yaml leaves it unset)."""
+    import sys
+
+    import yaml
+
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    manifest = ServingManifest.read(Path(packaged.result.bento_path) / "src" / MANIFEST_FILE)
+    assert manifest.serve.image.python_version == running
+    info = yaml.safe_load((Path(packaged.result.bento_path) / "bento.yaml").read_text())
+    assert info["image"]["python_version"] == running
+    assert image.bento_python_version(Path(packaged.result.bento_path)) == running
 
 
 def test_rerun_is_idempotent(packaged: Packaged) -> None:
