@@ -25,8 +25,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines.canary.judge import Action  # noqa: E402
-from pipelines.canary.simulation import (  # noqa: E402
+from harness.simulation import (  # noqa: E402
     Fault,
     FlaggerRule,
     RolloutOutcome,
@@ -34,7 +33,8 @@ from pipelines.canary.simulation import (  # noqa: E402
     run_rollout,
     wilson_upper,
 )
-from pipelines.canary_config import CanaryConfig, load_canary_config  # noqa: E402
+from pipelines.canary.judge import Action  # noqa: E402
+from pipelines.config.canary import CanaryConfig, load_canary_config  # noqa: E402
 
 EXPECTED_SIGNAL = {
     Fault.ERRORS: ("error_rate",),

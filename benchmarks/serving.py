@@ -244,7 +244,7 @@ def main() -> None:
     tracking = f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
 
     sys.path.insert(0, str(ROOT))
-    from pipelines.config import load_config_set
+    from pipelines.config.loader import load_config_set
     from pipelines.data import load_dataset
 
     config = load_config_set(ROOT / "configs")

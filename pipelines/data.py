@@ -11,7 +11,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 from sklearn.model_selection import train_test_split
 
-from pipelines.config import (
+from pipelines.config.training import (
     DataConfig,
     DeclaredFeature,
     FeatureType,

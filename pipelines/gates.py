@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import Bound, ComparisonRule, GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.training import Bound, ComparisonRule
 from pipelines.metrics import METRICS, MetricValue, Predictions, Undefined, improvement
 
 

@@ -23,13 +23,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import ConfigError, Strict, load_file
-from pipelines.state import StateDir
+from pipelines.config.base import ConfigError
+from pipelines.config.image import DEBIAN_SUITE_OF_PYTHON, BaseImageSpec, ImageBuildConfig
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -55,78 +55,6 @@ class Backend(StrEnum):
     BUILDAH = "buildah"
 
 
-# --------------------------------------------------------------------------- config
-
-
-PYTHON_PLACEHOLDER = "{python_version}"
-# The Debian suite whose python3 is each Python the project supports (Debian has no 3.12).
-DEBIAN_SUITE_OF_PYTHON = {"3.11": "bookworm", "3.13": "trixie"}
-
-
-class BaseImageSpec(Strict):
-    """The ``FROM`` of the image."""
-
-    ref: str | None = Field(
-        default=None,
-        min_length=1,
-        pattern=r"^[^{}]*(\{python_version\}[^{}]*)*$",
-        description="None keeps the Bento's own base image; {python_version} is the Bento's.",
-    )
-    build_if_missing: bool = Field(
-        default=False, description="Run scripts/make-base-image.sh when ref is not present."
-    )
-    suite: str = Field(
-        default="auto",
-        pattern=r"^[a-z][a-z0-9-]*$",
-        description="auto: the Debian suite whose python3 is the Bento's Python.",
-    )
-    mirror: str | None = Field(default=None, pattern=r"^(https?|file)://\S+$")
-
-    def for_python(self, python_version: str) -> BaseImageSpec:
-        """This spec with ``{python_version}`` and ``suite: auto`` resolved for the Bento.
-
-        ``suite`` stays ``auto`` when no Debian suite ships that Python; making the base image
-        is then refused (:func:`ensure_base_image`), using an existing one is not.
-        """
-        ref = self.ref.replace(PYTHON_PLACEHOLDER, python_version) if self.ref else None
-        suite = self.suite
-        if suite == "auto":
-            suite = DEBIAN_SUITE_OF_PYTHON.get(python_version, "auto")
-        return self.model_copy(update={"ref": ref, "suite": suite})
-
-
-class ImageSpec(Strict):
-    """The ``image:`` section of ``configs/image.yaml``."""
-
-    repository: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9]$",
-        description="Image name without tag; None means localhost/<bento name>.",
-    )
-    backend: Literal["auto", "docker", "podman", "buildah"] = "auto"
-    base_image: BaseImageSpec = BaseImageSpec()
-    extra_ca_certificates: list[Path] = Field(
-        default_factory=list, description="PEM files or folders of them; relative to the root."
-    )
-    build_network: Literal["default", "host"] = "default"
-    build_timeout_s: int = Field(default=1800, ge=60, le=7200)
-
-
-class ImageConfig(Strict):
-    """``configs/image.yaml``."""
-
-    image: ImageSpec = ImageSpec()
-
-
-def load_image_config(path: Path) -> ImageConfig:
-    """Load and validate ``image.yaml``.
-
-    Raises:
-        ConfigError: The file is missing or invalid.
-    """
-    return load_file(path, ImageConfig)
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -140,11 +68,11 @@ class PackageRef(BaseModel):
         default=None, description="<BENTOML_HOME>/bentos/<name>/<version>, if the result has it."
     )
 
-    def bentoml_home(self, state: StateDir) -> Path:
-        """The store holding the Bento: from ``bento_path``, else ``BENTOML_HOME``, else state."""
+    def bentoml_home(self, workdir: Workdir) -> Path:
+        """The Bento store: ``bento_path``'s, else ``BENTOML_HOME``, else the workdir's."""
         if self.bento_path is not None:
             return self.bento_path.resolve().parents[2]
-        return Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml").resolve()
+        return Path(os.environ.get("BENTOML_HOME") or workdir.root / "bentoml").resolve()
 
 
 class ImageResult(BaseModel):
@@ -534,9 +462,9 @@ def bento_path(bentoml_home: Path, bento_tag: str) -> Path:
 
 
 def run(
-    config: ImageConfig,
+    config: ImageBuildConfig,
     package: PackageRef,
-    state: StateDir,
+    workdir: Workdir,
     root: Path,
     *,
     force: bool = False,
@@ -546,8 +474,8 @@ def run(
     Args:
         config: The image options.
         package: Names the Bento (from ``mlops package``'s result).
-        state: The state folder; the Bento store is ``<state>/bentoml`` unless the package
-            result or ``BENTOML_HOME`` names another.
+        workdir: The .mlops/ working folder; the Bento store is ``<workdir>/bentoml`` unless
+            the package result or ``BENTOML_HOME`` names another.
         root: The project root, against which relative certificate paths resolve.
         force: Build even when an image with the same inputs exists.
 
@@ -557,7 +485,7 @@ def run(
     """
     started = time.monotonic()
     spec = config.image
-    home = package.bentoml_home(state)
+    home = package.bentoml_home(workdir)
     if not (bento_path(home, package.bento_tag) / "bento.yaml").is_file():
         raise ConfigError(f"Bento {package.bento_tag} is not in the store {home}")
     python_version = bento_python_version(bento_path(home, package.bento_tag))

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
 from pipelines.metrics import Task
 
 

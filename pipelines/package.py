@@ -24,8 +24,9 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import registry, tracking
-from pipelines.config import ConfigError, ConfigSet
-from pipelines.serve_config import ServeConfig
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
+from pipelines.config.serve import ServeConfig
 from pipelines.serving.artifact import tree_sha256
 from pipelines.serving.manifest import (
     MANIFEST_FILE,
@@ -36,7 +37,7 @@ from pipelines.serving.manifest import (
     signature_features,
     sklearn_flavor,
 )
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,10 @@ SERVICE_CLASS = "ModelServer"
 # The modules the service imports; everything else of pipelines/ stays out of the Bento.
 SERVING_MODULES = (
     "pipelines/__init__.py",
-    "pipelines/config.py",
+    "pipelines/config/__init__.py",
+    "pipelines/config/base.py",
+    "pipelines/config/serve.py",
     "pipelines/metrics.py",
-    "pipelines/serve_config.py",
     "pipelines/serving/__init__.py",
     "pipelines/serving/artifact.py",
     "pipelines/serving/batching.py",
@@ -222,7 +224,7 @@ def _check_bentoml_home(expected: Path) -> None:
 
 def run(
     config: ConfigSet,
-    state: StateDir,
+    workdir: Workdir,
     serve: ServeConfig,
     bentoml_home: Path,
     *,
@@ -233,7 +235,7 @@ def run(
 
     Args:
         config: The project's configs (registered model name, tracking store).
-        state: Where the build context goes (``<state>/bentoml/build``).
+        workdir: Where the build context goes (``<workdir>/bentoml/build``).
         serve: The serving configuration baked into the Bento.
         bentoml_home: The BentoML home the caller configured (checked, not set, here).
         version: An explicit registered version number.
@@ -248,7 +250,7 @@ def run(
     import mlflow.artifacts
     from bentoml.exceptions import NotFound
 
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     name = config.train.registered_model_name
     number, resolved_from = resolve_version(name, version, alias)
 
@@ -289,7 +291,7 @@ def run(
             {"mlflow_model_name": name, "mlflow_model_version": number},
         )
 
-    context = state.root / "bentoml" / "build" / f"{bentoml_name(name)}-v{number}"
+    context = workdir.root / "bentoml" / "build" / f"{bentoml_name(name)}-v{number}"
     context_hash = _write_build_context(context, manifest)
     bento_tag = f"{bentoml_name(name)}-server:v{number}-{context_hash[:16]}"
     try:

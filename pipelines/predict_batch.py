@@ -28,11 +28,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines import tracking
-from pipelines.config import ConfigError, ConfigSet
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
 from pipelines.data import DataError
 from pipelines.inference import predict
 from pipelines.metrics import Task
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ def _type_name(spec: Any) -> str:
 
 def run(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     input_path: Path,
     output_path: Path,
     *,

@@ -14,8 +14,9 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError, ConfigSet
-from pipelines.state import StateDir
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class TrackingServerError(ConfigError):
     """The configured tracking server does not answer (a bad-input error: exit 2)."""
 
 
-def tracking_uri(config: ConfigSet, state: StateDir) -> str:
+def tracking_uri(config: ConfigSet, state: Workdir) -> str:
     """``MLFLOW_TRACKING_URI`` set by the user, else the config's, else the embedded store.
 
     The environment holds only the user's choice: :func:`configure` never leaves its own URI
@@ -46,7 +47,7 @@ def tracking_uri(config: ConfigSet, state: StateDir) -> str:
 def _source(config: ConfigSet) -> str:
     if os.environ.get(TRACKING_ENV):
         return TRACKING_ENV
-    return f"{config.directory / 'train.yaml'}: tracking_uri"
+    return f"{config.source('train')}: tracking_uri"
 
 
 def check_reachable(uri: str, source: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
@@ -85,7 +86,7 @@ def check_reachable(uri: str, source: str, timeout_s: float = REACHABILITY_TIMEO
     _reachable.add(uri)
 
 
-def configure(config: ConfigSet, state: StateDir) -> str:
+def configure(config: ConfigSet, state: Workdir) -> str:
     """Point MLflow's tracking and registry at the configured store; return its URI.
 
     MLflow exports the URI it is given to the environment (for subprocesses); that export is
@@ -111,7 +112,7 @@ def configure(config: ConfigSet, state: StateDir) -> str:
     return uri
 
 
-def ensure_experiment(name: str, state: StateDir, uri: str) -> str:
+def ensure_experiment(name: str, state: Workdir, uri: str) -> str:
     """The id of experiment ``name``, created on first use.
 
     With the embedded store its artifacts go under the state folder, not the working directory.

@@ -20,12 +20,14 @@ from mlflow.types import ColSpec, Schema
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import tracking
-from pipelines.config import ConfigError, ConfigSet, FeatureType
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
+from pipelines.config.training import FeatureType
 from pipelines.data import Dataset, Split, learned_categories, load_dataset, split
 from pipelines.inference import fingerprint, predict
 from pipelines.metrics import MetricValue, Task, compute, defined_only
 from pipelines.model_code import ModelCode, load_model_code
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def _dataset_source(dataset: Dataset) -> str | CodeDatasetSource:
     return str(Path(dataset.source).resolve())
 
 
-def run(config: ConfigSet, state: StateDir) -> TrainResult:
+def run(config: ConfigSet, workdir: Workdir) -> TrainResult:
     """Train, evaluate on the holdout, log to MLflow and register a new model version.
 
     Raises:
@@ -167,8 +169,8 @@ def run(config: ConfigSet, state: StateDir) -> TrainResult:
     git = tracking.git_info(config.root)
     config_hash = config.training_hash()
 
-    uri = tracking.configure(config, state)
-    experiment_id = tracking.ensure_experiment(config.train.experiment, state, uri)
+    uri = tracking.configure(config, workdir)
+    experiment_id = tracking.ensure_experiment(config.train.experiment, workdir, uri)
     tags = {
         "git_commit": git.commit,
         "git_dirty": str(git.dirty).lower(),

@@ -23,18 +23,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import gates as g
 from pipelines import registry, tracking
-from pipelines.config import ConfigSet, GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.loader import ConfigSet
 from pipelines.datachecks import run_data_checks
 from pipelines.inference import predict
-from pipelines.metrics import MetricValue, Predictions, compute, defined_only
-from pipelines.report import decision_markdown
-from pipelines.state import StateDir
+from pipelines.metrics import METRICS, MetricValue, Predictions, compute, defined_only, is_defined
+from pipelines.reporting.charts import gain_chart
+from pipelines.reporting.markdown import MISSING, cell, number, table
 from pipelines.train import TrainResult, fit, prepare
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
 
-class ModelRef(BaseModel):
+class RegisteredVersion(BaseModel):
     """A registered model version."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,8 +52,8 @@ class ValidationDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     passed: bool
-    candidate: ModelRef
-    champion: ModelRef | None
+    candidate: RegisteredVersion
+    champion: RegisteredVersion | None
     gates: list[g.GateResult]
     metrics: dict[str, MetricValue] = Field(
         description="Candidate metrics on the holdout; undefined ones carry the reason."
@@ -66,6 +68,52 @@ class ValidationDecision(BaseModel):
     decided_at: datetime
     alias_set: str | None = None
     report_path: str | None = None
+
+
+_ICON = {
+    g.Outcome.PASSED: "✅ passed",
+    g.Outcome.FAILED: "❌ failed",
+    g.Outcome.SKIPPED: "⏭️ skipped",
+}
+
+
+def decision_markdown(decision: ValidationDecision) -> str:
+    """The validation decision: verdict, gates table, metrics against the champion."""
+    cand = decision.candidate
+    verdict = "✅ **PASSED**" if decision.passed else "❌ **FAILED**"
+    champ = f"v{decision.champion.version}" if decision.champion else "none yet"
+    lines = [
+        f"## Validation of `{cand.name}` v{cand.version}: {verdict}",
+        "",
+        f"Champion: {champ} · commit `{decision.git_commit[:12]}` · config `"
+        f"{decision.config_hash[:12]}` · data `{decision.data_hash[:12]}`",
+        "",
+    ]
+    gates = []
+    for gate in decision.gates:
+        result = _ICON[gate.outcome]
+        if gate.outcome is g.Outcome.FAILED and not gate.blocking:
+            result += " (not blocking)"
+        details = "<br>".join(gate.reasons)  # table() escapes each cell
+        gates.append([gate.name, gate.mode.value, result, details])
+    lines += table(["Gate", "Mode", "Result", "Details"], gates)
+    baseline = decision.baseline_metrics or {}
+    metrics = []
+    for name, value in decision.metrics.items():
+        base = baseline.get(name)
+        gain = MISSING
+        if is_defined(value) and is_defined(base):
+            delta = value - base if METRICS[name].higher_is_better else base - value
+            gain = f"{delta:+.4f}"
+        metrics.append([name, number(value), number(base), gain])
+    lines += ["", *table(["Metric", "Candidate", "Champion", "Gain"], metrics)]
+    lines += gain_chart(decision.metrics, baseline)
+    if decision.blocking_reasons:
+        lines += ["", "**Blocking reasons**", ""]
+        lines += [f"- {cell(r)}" for r in decision.blocking_reasons]
+    if decision.alias_set:
+        lines += ["", f"Alias `{decision.alias_set}` → v{cand.version}."]
+    return "\n".join(lines) + "\n"
 
 
 def signature_columns(model_uri: str) -> dict[str, str]:
@@ -99,20 +147,20 @@ def _load(uri: str) -> Any:
 
 
 def run(
-    config: ConfigSet, state: StateDir, candidate: TrainResult, report_dir: Path
+    config: ConfigSet, workdir: Workdir, candidate: TrainResult, report_dir: Path
 ) -> ValidationDecision:
     """Evaluate every gate on ``candidate`` and record the decision in the registry.
 
     Args:
         config: The project's configs (the gates come from ``validate.yaml``).
-        state: The state folder (locates the embedded MLflow store).
+        workdir: The .mlops/ working folder (locates the embedded MLflow store).
         candidate: The result of ``mlops train`` naming the registered version.
         report_dir: Where the Evidently HTML report is written.
     """
     gates_cfg = config.validate_.gates
     code, dataset, parts = prepare(config)
     task = code.task
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     client = MlflowClient()
     name, version = candidate.model_name, candidate.model_version
     recorded_tags = registry.version_tags(name, version)
@@ -122,13 +170,13 @@ def run(
     cand_metrics = compute(task, parts.y_holdout, cand_pred)
 
     champ_version = registry.version_by_alias(name, registry.CHAMPION)
-    champion_ref: ModelRef | None = None
+    champion_ref: RegisteredVersion | None = None
     champ_pred: Predictions | None = None
     champ_metrics: dict[str, MetricValue] | None = None
     champ_columns: dict[str, str] | None = None
     if champ_version is not None:
         champ_uri = f"models:/{name}/{champ_version}"
-        champion_ref = ModelRef(
+        champion_ref = RegisteredVersion(
             name=name,
             version=champ_version,
             run_id=client.get_model_version(name, champ_version).run_id,
@@ -186,7 +234,7 @@ def run(
     blocking = [f"{r.name}: {reason}" for r in results if r.blocking for reason in r.reasons]
     decision = ValidationDecision(
         passed=not blocking,
-        candidate=ModelRef(name=name, version=version, run_id=candidate.run_id),
+        candidate=RegisteredVersion(name=name, version=version, run_id=candidate.run_id),
         champion=champion_ref,
         gates=results,
         metrics=cand_metrics,
@@ -200,14 +248,14 @@ def run(
         if gates_cfg.data_checks.mode is not GateMode.DISABLED
         else None,
     )
-    return _record(decision, candidate, state, config)
+    return _record(decision, candidate, workdir, config)
 
 
 def _champion(
     y: np.ndarray,
     cand: Predictions,
     champ: Predictions | None,
-    ref: ModelRef | None,
+    ref: RegisteredVersion | None,
     config: ConfigSet,
 ) -> g.GateResult:
     cfg = config.validate_.gates.champion
@@ -259,14 +307,14 @@ def _data_checks(
 
 
 def _record(
-    decision: ValidationDecision, candidate: TrainResult, state: StateDir, config: ConfigSet
+    decision: ValidationDecision, candidate: TrainResult, workdir: Workdir, config: ConfigSet
 ) -> ValidationDecision:
     """Log the decision to MLflow and move the registry: alias on pass, tags on failure."""
     client = MlflowClient()
     name, version = candidate.model_name, candidate.model_version
     status = "passed" if decision.passed else "failed"
     experiment_id = tracking.ensure_experiment(
-        config.train.experiment, state, tracking.tracking_uri(config, state)
+        config.train.experiment, workdir, tracking.tracking_uri(config, workdir)
     )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"validate-v{version}"):
         mlflow.set_tags(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigSet, load_config_set
-from pipelines.state import StateDir
+from pipelines.config.loader import ConfigSet, load_config_set
+from pipelines.workdir import Workdir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,9 @@ class Project:
         return self.root / "configs"
 
     @property
-    def state(self) -> StateDir:
+    def state(self) -> Workdir:
         """The project's own state folder (its MLflow store lives here)."""
-        return StateDir(self.root / ".mlops")
+        return Workdir(self.root / ".mlops")
 
     def config(self) -> ConfigSet:
         """Load the project's configs as the CLI would."""

@@ -35,8 +35,8 @@ from pipelines.canary.sequential import (
     share_under_ratio,
 )
 from pipelines.canary.summary import StepSummary, summarize_step
-from pipelines.canary_config import CanaryConfig, Strategy
-from pipelines.config import GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.canary import CanaryConfig, Strategy
 from pipelines.metrics import METRICS, improvement
 
 # Input drift never rolls back by itself: live inputs that drift hold the rollout for a person.

@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.canary.observations import Labelled, VersionWindow, WindowObservation, merge_versions
-from pipelines.canary_config import CanaryConfig, PredictionDriftSignal
+from pipelines.config.canary import CanaryConfig, PredictionDriftSignal
 from pipelines.metrics import METRICS, Predictions
 
 # --------------------------------------------------------------------------- metric variances

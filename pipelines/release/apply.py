@@ -27,8 +27,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import registry
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError, ConfigSet
+from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
+from pipelines.config.loader import ConfigSet
 from pipelines.package import PackageResult
 from pipelines.registry import CHALLENGER, RegistryChange
 from pipelines.release import commit as gitcommit
@@ -44,7 +45,7 @@ from pipelines.release.state import (
     utc_now,
 )
 from pipelines.release.transitions import Plan, RefusedError, TransitionKind, Unchanged
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def _payload_reason(payload: EvidencePayload) -> str | None:
 # --------------------------------------------------------------------------- registry
 
 
-def _configure(config: ConfigSet, state: StateDir) -> None:
+def _configure(config: ConfigSet, state: Workdir) -> None:
     # Imported here: MLflow takes seconds to import, and a rollback commits before it needs it.
     from pipelines import tracking
 
@@ -174,7 +175,7 @@ def _configure(config: ConfigSet, state: StateDir) -> None:
 
 def release_from_registry(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     package: PackageResult,
     version: int,
     image: str | None = None,
@@ -365,7 +366,7 @@ def _commit(
 
 def _apply(
     config: ConfigSet,
-    state: StateDir | None,
+    state: Workdir | None,
     current: EnvState,
     plan: Plan,
     at: datetime,
@@ -397,7 +398,7 @@ def _apply(
 
 
 def _after_commit(
-    config: ConfigSet, state: StateDir, plan: Plan, transition: Transition
+    config: ConfigSet, state: Workdir, plan: Plan, transition: Transition
 ) -> Transition:
     """Best effort: a failure becomes a warning, the committed transition stands."""
     applied: list[RegistryChange] = []
@@ -430,7 +431,7 @@ def _after_commit(
 
 def start(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     env: str,
     version: int,
     package: PackageResult,
@@ -542,7 +543,7 @@ def set_step(
 
 def promote(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     env: str,
     *,
     version: int | None = None,
@@ -593,7 +594,7 @@ def promote(
 
 def rollback(
     config: ConfigSet,
-    state: StateDir,
+    state: Workdir,
     env: str,
     *,
     reason: str,

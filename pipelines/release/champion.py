@@ -20,9 +20,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from pipelines import registry, tracking
-from pipelines.config import ConfigSet, load_config_set
+from pipelines.config.loader import ConfigSet, load_config_set
 from pipelines.release.state import Release, load_state, state_path
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _worktree_config(config: ConfigSet, commit: str, into: Path) -> ConfigSet:
     return load_config_set(into / config.directory.relative_to(root), root=into)
 
 
-def restore(config: ConfigSet, state: StateDir, environments: list[str]) -> RestoreResult:
+def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> RestoreResult:
     """Make alias ``champion`` point at the stable release of the first environment that has one.
 
     Args:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipelines.state import write_atomic
+from pipelines.workdir import write_atomic
 
 EVIDENCE_DIR = Path("deploy") / "evidence"
 _FIELD = "\x1f"

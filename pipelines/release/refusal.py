@@ -11,10 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.config import ConfigSet
+from pipelines.config.loader import ConfigSet
 from pipelines.release import commit as gitcommit
-from pipelines.report import decision_markdown
-from pipelines.validate import ValidationDecision
+from pipelines.validate import ValidationDecision, decision_markdown
 
 
 class RefusalRecord(BaseModel):

@@ -30,9 +30,9 @@ from pydantic import (
     model_serializer,
 )
 
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError, format_validation_error, read_yaml
-from pipelines.state import write_atomic
+from pipelines.config.base import ConfigError, format_validation_error, read_yaml
+from pipelines.config.canary import Strategy
+from pipelines.workdir import write_atomic
 
 DEPLOY_DIR = Path("deploy")
 ENV_NAME = r"^[a-z][a-z0-9-]{0,31}$"

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
 from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, RegistryChange
 from pipelines.release.state import EnvState, Release, Rollout, RolloutStatus, StableRelease
 

@@ -34,13 +34,14 @@ from typing import Any
 
 import pandas as pd
 
+from harness import traffic as synthetic
 from pipelines.canary import Verdict
-from pipelines.canary_config import CanaryConfig
-from pipelines.config import ConfigSet, GateMode
-from pipelines.localenv import reconcile
-from pipelines.localenv import traffic as synthetic
-from pipelines.localenv.desired import desired_from_state
-from pipelines.localenv.gateway import GatewayPolicy
+from pipelines.config.base import GateMode
+from pipelines.config.canary import CanaryConfig
+from pipelines.config.loader import ConfigSet
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import desired_from_state
+from pipelines.environments.local.gateway import GatewayPolicy
 from pipelines.package import PackageResult
 from pipelines.release import apply as deploy
 from pipelines.release.commit import GitIdentity
@@ -59,7 +60,7 @@ from pipelines.rollout.result import (
 from pipelines.rollout.sources import LogSource, ObservationSource
 from pipelines.rollout.strategies import MoveKind, Position
 from pipelines.rollout.traffic import TrafficDriver, fault_for
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class _Context:
 
     config: ConfigSet
     canary_config: CanaryConfig
-    state: StateDir
+    state: Workdir
     env: str
     version: int
     bentoml_home: Path
@@ -198,7 +199,7 @@ class _Ending:
 def run(
     config: ConfigSet,
     canary_config: CanaryConfig,
-    state: StateDir,
+    state: Workdir,
     env: str,
     *,
     package: PackageResult,

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness import traffic as synthetic
 from pipelines.canary import Action, SignalStatus, Verdict, WindowObservation
-from pipelines.localenv import traffic as synthetic
 from pipelines.release.apply import Transition, TransitionKind
 
 

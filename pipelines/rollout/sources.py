@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from harness import traffic as synthetic
 from pipelines.canary import (
     AgreementCounts,
     Labelled,
@@ -29,8 +30,7 @@ from pipelines.canary import (
     WindowObservation,
     logged_predictions,
 )
-from pipelines.localenv import reconcile
-from pipelines.localenv import traffic as synthetic
+from pipelines.environments.local import reconcile
 
 # Input rows kept per version and window for Evidently's input drift (a sample is enough).
 MAX_INPUT_ROWS = 5_000

@@ -16,7 +16,7 @@ from enum import StrEnum
 import pandas as pd
 
 from pipelines.canary import Action, Verdict, WindowObservation, judge, judge_standby
-from pipelines.canary_config import CanaryConfig, Strategy
+from pipelines.config.canary import CanaryConfig, Strategy
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pipelines.localenv import reconcile
-from pipelines.localenv import traffic as synthetic
+from harness import traffic as synthetic
+from pipelines.environments.local import reconcile
 
 log = logging.getLogger(__name__)
 

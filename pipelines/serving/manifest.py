@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.serve_config import ServeConfig
+from pipelines.config.serve import ServeConfig
 
 MANIFEST_FILE = "serving_manifest.json"
 MLFLOW_MODEL_DIR = "mlflow_model"

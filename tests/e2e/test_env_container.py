@@ -19,10 +19,11 @@ import httpx
 import orjson
 import pytest
 
-from pipelines.localenv import reconcile, traffic
-from pipelines.localenv.desired import DesiredEnv, desired_from_state
-from pipelines.localenv.gateway import VERSION_HEADER
-from pipelines.localenv.servers import ENV_LABEL, RUNTIME_VARIABLE, Runtime, kill_server
+from harness import traffic
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import DesiredEnv, desired_from_state
+from pipelines.environments.local.gateway import VERSION_HEADER
+from pipelines.environments.local.servers import ENV_LABEL, RUNTIME_VARIABLE, Runtime, kill_server
 from pipelines.release.state import EnvState, StableRelease
 from pipelines.train import TrainResult
 from tests.conftest import Project

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, git
-from tests.integration.test_github_comment import FakeGitHub
+from tests.integration.reporting.test_github_comment import FakeGitHub
 
 pytestmark = pytest.mark.e2e
 

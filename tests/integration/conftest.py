@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.traffic import Scenario, TrafficOptions
 from pipelines import rollout, tracking
-from pipelines.canary_config import CanaryConfig, load_canary_config
-from pipelines.localenv import reconcile
-from pipelines.localenv.traffic import Scenario, TrafficOptions
+from pipelines.config.canary import CanaryConfig
+from pipelines.config.loader import load_config_set
+from pipelines.environments.local import reconcile
 from pipelines.package import PackageResult
 from pipelines.release.state import EnvState, load_state, render_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
-from tests.integration.localenv.conftest import _mlops
+from tests.integration.environments.local.conftest import _mlops
 
 PROFILE = REPO_ROOT / "configs" / "variants" / "local-demo" / "canary.yaml"
 CHECK_INTERVAL_S = 5.0
@@ -68,7 +69,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
         packages[number] = PackageResult.model_validate_json(
             (project.state.results / "package.json").read_text()
         )
-    canary = load_canary_config(PROFILE, project.config().validate_)
+    canary = load_config_set(project.configs, overrides={"canary": PROFILE}).canary
     return Versions(project, home, packages, canary)
 
 

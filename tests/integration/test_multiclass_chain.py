@@ -26,14 +26,14 @@ import pytest
 import yaml
 
 from pipelines import rollout
-from pipelines.canary_config import load_canary_config
-from pipelines.localenv import reconcile
+from pipelines.config.canary import load_canary_config
+from pipelines.environments.local import reconcile
 from pipelines.package import PackageResult
 from pipelines.release.state import EnvState, render_state, state_path
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.conftest import PROFILE, Versions, load, run_rollout
-from tests.integration.localenv.conftest import _mlops
+from tests.integration.environments.local.conftest import _mlops
 from tests.integration.serving.conftest import start_server, stop_server, wait_ready
 
 pytestmark = pytest.mark.integration

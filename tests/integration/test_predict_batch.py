@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from pipelines import predict_batch, tracking
 from pipelines.cli import app
-from pipelines.config import ConfigError, ConfigSet
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
 from pipelines.data import load_dataset
 from pipelines.inference import predict
 from pipelines.metrics import Task

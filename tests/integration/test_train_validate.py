@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines import registry, tracking, train, validate
-from pipelines.config import load_config_set
+from pipelines.config.loader import load_config_set
 from pipelines.data import DataError
 from tests.conftest import Project, git
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import DataConfig
+from pipelines.config.training import DataConfig
 from pipelines.data import DataError, check_schema, content_hash, load_dataset, split
 from pipelines.metrics import Task
 

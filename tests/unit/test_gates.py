@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipelines import gates as g
-from pipelines.config import Bound, ComparisonRule, GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.training import Bound, ComparisonRule
 from pipelines.metrics import Predictions, Undefined
 
 pytestmark = pytest.mark.unit

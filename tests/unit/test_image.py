@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import image
-from pipelines.config import ConfigError
-from pipelines.state import StateDir
+from pipelines.config.base import ConfigError
+from pipelines.config.image import BaseImageSpec, ImageBuildConfig, load_image_config
+from pipelines.workdir import Workdir
 
 pytestmark = pytest.mark.unit
 
@@ -143,7 +144,7 @@ def test_the_shipped_containers_conf_has_the_settings_podman_needs() -> None:
 
 def test_the_repository_config_loads() -> None:
     """It loads configs/image.yaml into the typed options."""
-    config = image.load_image_config(REPO_ROOT / "configs" / "image.yaml")
+    config = load_image_config(REPO_ROOT / "configs" / "image.yaml")
     assert config.image.base_image.ref == "localhost/python-base:{python_version}"
 
 
@@ -152,14 +153,14 @@ def test_unknown_keys_in_image_yaml_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "image.yaml"
     path.write_text("image:\n  base_image:\n    reff: x\n")
     with pytest.raises(ConfigError, match=r"image.yaml: field 'image.base_image.reff'"):
-        image.load_image_config(path)
+        load_image_config(path)
 
 
 def test_the_bento_store_follows_the_package_result(tmp_path: Path) -> None:
     """It finds the Bento store from the package result's bento_path, else the state folder."""
     path = tmp_path / "home" / "bentos" / "svc" / "v1"
     ref = image.PackageRef(bento_tag="svc:v1", bento_path=path, other_field="ignored")
-    assert ref.bentoml_home(StateDir(tmp_path / "state")) == (tmp_path / "home").resolve()
+    assert ref.bentoml_home(Workdir(tmp_path / "state")) == (tmp_path / "home").resolve()
 
 
 def test_the_bento_store_defaults_to_the_state_folder(
@@ -168,20 +169,20 @@ def test_the_bento_store_defaults_to_the_state_folder(
     """It uses <state>/bentoml when neither the result nor BENTOML_HOME names a store."""
     monkeypatch.delenv("BENTOML_HOME", raising=False)
     ref = image.PackageRef(bento_tag="svc:v1")
-    assert ref.bentoml_home(StateDir(tmp_path)) == (tmp_path / "bentoml").resolve()
+    assert ref.bentoml_home(Workdir(tmp_path)) == (tmp_path / "bentoml").resolve()
 
 
 def test_a_bento_missing_from_the_store_is_bad_input(tmp_path: Path) -> None:
     """It refuses to build when the named Bento is not in the store, before any tool runs."""
     ref = image.PackageRef(bento_tag="svc:v1", bento_path=tmp_path / "h" / "bentos" / "svc" / "v1")
     with pytest.raises(ConfigError, match="svc:v1 is not in the store"):
-        image.run(image.ImageConfig(), ref, StateDir(tmp_path), tmp_path)
+        image.run(ImageBuildConfig(), ref, Workdir(tmp_path), tmp_path)
 
 
 @pytest.mark.parametrize(("python_version", "suite"), [("3.11", "bookworm"), ("3.13", "trixie")])
 def test_the_base_image_follows_the_bentos_python(python_version: str, suite: str) -> None:
     """It puts the Bento's Python in the base ref and picks the Debian suite that ships it."""
-    spec = image.BaseImageSpec(
+    spec = BaseImageSpec(
         ref="localhost/python-base:{python_version}", build_if_missing=True
     ).for_python(python_version)
     assert spec.ref == f"localhost/python-base:{python_version}"
@@ -190,7 +191,7 @@ def test_the_base_image_follows_the_bentos_python(python_version: str, suite: st
 
 def test_an_explicit_suite_and_ref_are_kept() -> None:
     """It keeps a configured suite and a ref without a placeholder as they are."""
-    spec = image.BaseImageSpec(
+    spec = BaseImageSpec(
         ref="registry.local/py:3.12", build_if_missing=True, suite="noble"
     ).for_python("3.12")
     assert (spec.ref, spec.suite) == ("registry.local/py:3.12", "noble")
@@ -198,13 +199,13 @@ def test_an_explicit_suite_and_ref_are_kept() -> None:
 
 def test_no_debian_suite_for_python_312_leaves_suite_auto() -> None:
     """It leaves suite auto for Python 3.12, which no Debian suite ships."""
-    spec = image.BaseImageSpec(ref="localhost/python-base:{python_version}", build_if_missing=True)
+    spec = BaseImageSpec(ref="localhost/python-base:{python_version}", build_if_missing=True)
     assert spec.for_python("3.12").suite == "auto"
 
 
 def test_making_a_base_for_python_312_is_a_clear_error() -> None:
     """It refuses to make a base with suite auto for 3.12, naming the field; a suite is kept."""
-    spec = image.BaseImageSpec(
+    spec = BaseImageSpec(
         ref="localhost/python-base:{python_version}", build_if_missing=True
     ).for_python("3.12")
     with pytest.raises(image.ImageError, match=r"image.base_image.suite is auto.* 3\.12"):
@@ -217,7 +218,7 @@ def test_an_unknown_placeholder_in_the_ref_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "image.yaml"
     path.write_text("image:\n  base_image:\n    ref: localhost/base:{python}\n")
     with pytest.raises(ConfigError, match=r"image.yaml: field 'image.base_image.ref'"):
-        image.load_image_config(path)
+        load_image_config(path)
 
 
 def test_the_bentos_python_is_read_from_bento_yaml(tmp_path: Path) -> None:

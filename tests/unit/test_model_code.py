@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
 from pipelines.metrics import Task
 from pipelines.model_code import available_models, load_model_code
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from pipelines.config.serve import BentoImageConfig, ServeConfig
 from pipelines.package import with_python_version
-from pipelines.serve_config import ImageConfig, ServeConfig
 
 pytestmark = pytest.mark.unit
 
@@ -20,11 +20,11 @@ def test_an_unset_python_version_becomes_the_packaging_interpreters() -> None:
 
 def test_a_configured_python_version_is_kept() -> None:
     """It keeps a python_version set in serve.yaml."""
-    serve = ServeConfig(image=ImageConfig(python_version="3.13"))
+    serve = ServeConfig(image=BentoImageConfig(python_version="3.13"))
     assert with_python_version(serve).image.python_version == "3.13"
 
 
 def test_a_python_outside_the_supported_range_is_refused() -> None:
     """It refuses a python_version the lock file does not cover."""
     with pytest.raises(ValueError, match="python_version"):
-        ImageConfig(python_version="3.10")
+        BentoImageConfig(python_version="3.10")

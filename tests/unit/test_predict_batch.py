@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
 from pipelines.predict_batch import (
     InputColumn,
     RowProblem,

@@ -12,8 +12,9 @@ import mlflow
 import pytest
 
 from pipelines import tracking
-from pipelines.config import ConfigError, ConfigSet, load_config_set
-from pipelines.state import StateDir
+from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet, load_config_set
+from pipelines.workdir import Workdir
 
 pytestmark = pytest.mark.unit
 
@@ -21,12 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 TEAM_SERVER = "http://mlflow.team.example:5000"
 
 
-def project(root: Path) -> tuple[ConfigSet, StateDir]:
+def project(root: Path) -> tuple[ConfigSet, Workdir]:
     """A copy of configs/ and models/ under ``root``, loaded, with its own state folder."""
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(REPO / "models", root / "models")
     (root / "pyproject.toml").write_text("")
-    return load_config_set(root / "configs"), StateDir(root / ".mlops")
+    return load_config_set(root / "configs"), Workdir(root / ".mlops")
 
 
 def with_tracking_uri(config: ConfigSet, uri: str) -> ConfigSet:

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from pipelines import registry, tracking, train
 from pipelines.canary.judge import Action as VerdictAction
 from pipelines.canary.judge import Verdict
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
 from pipelines.package import PackageResult
 from pipelines.release import apply as deploy
 from pipelines.release import commit as gitcommit
@@ -43,13 +43,13 @@ PACKAGE_SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     from pipelines import package
-    from pipelines.config import load_config_set
-    from pipelines.serve_config import load_serve_config
-    from pipelines.state import StateDir, write_json
+    from pipelines.config.loader import load_config_set
+    from pipelines.config.serve import load_serve_config
+    from pipelines.workdir import Workdir, write_json
 
     root, home = Path(sys.argv[1]), Path(sys.argv[2])
     config = load_config_set(root / "configs")
-    state = StateDir(root / ".mlops")
+    state = Workdir(root / ".mlops")
     serve = load_serve_config(root / "configs" / "serve.yaml")
     for version in sys.argv[3:]:
         result = package.run(config, state, serve, home, version=version)

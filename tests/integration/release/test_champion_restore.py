@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import registry, tracking, train
 from pipelines.release.champion import RestoreAction, RestoreError, restore
 from pipelines.release.state import EnvState, StableRelease, save_state, utc_now
-from pipelines.state import StateDir
+from pipelines.workdir import Workdir
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def record_stable(project: Project, result: train.TrainResult, **overrides: obje
 def test_champion_is_rebuilt_from_git_into_an_empty_store(project: Project) -> None:
     """A fresh store gets the recorded champion back: trained at its commit, proved identical."""
     config = project.config()
-    original = train.run(config, StateDir(project.root / ".mlops" / "original"))
+    original = train.run(config, Workdir(project.root / ".mlops" / "original"))
     record_stable(project, original)
     # Later commits change the model; the champion must still come from its own commit.
     (project.configs / "train.yaml").write_text(
@@ -46,7 +46,7 @@ def test_champion_is_rebuilt_from_git_into_an_empty_store(project: Project) -> N
     )
     project.commit("tune C")
 
-    fresh = StateDir(project.root / ".mlops")
+    fresh = Workdir(project.root / ".mlops")
     result = restore(project.config(), fresh, ["production", "staging"])
     assert result.action is RestoreAction.REBUILT
     assert result.git_commit == original.git_commit
@@ -64,9 +64,9 @@ def test_champion_is_rebuilt_from_git_into_an_empty_store(project: Project) -> N
 
 def test_a_rebuild_that_differs_is_refused(project: Project) -> None:
     """If the rebuilt predictions do not match the recorded fingerprint, no alias is set."""
-    original = train.run(project.config(), StateDir(project.root / ".mlops" / "original"))
+    original = train.run(project.config(), Workdir(project.root / ".mlops" / "original"))
     record_stable(project, original.model_copy(update={"predictions_sha256": "0" * 64}))
-    fresh = StateDir(project.root / ".mlops")
+    fresh = Workdir(project.root / ".mlops")
     with pytest.raises(RestoreError, match="holdout predictions differ"):
         restore(project.config(), fresh, ["production"])
     assert registry.version_by_alias(original.model_name, "champion") is None

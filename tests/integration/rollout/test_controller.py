@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.traffic import Scenario
 from pipelines import rollout
-from pipelines.localenv import reconcile
-from pipelines.localenv.servers import kill_server
-from pipelines.localenv.traffic import Scenario
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.servers import kill_server
 from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,

@@ -27,11 +27,12 @@ from typing import Any
 
 import pytest
 
+from harness import traffic
+from harness.traffic import RequestOutcome, Scenario, TrafficOptions, TrafficResult
 from pipelines import rollout
 from pipelines.canary import Action, SignalResult, SignalStatus, Verdict
-from pipelines.config import GateMode
-from pipelines.localenv import reconcile, traffic
-from pipelines.localenv.traffic import RequestOutcome, Scenario, TrafficOptions, TrafficResult
+from pipelines.config.base import GateMode
+from pipelines.environments.local import reconcile
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
@@ -43,7 +44,7 @@ from tests.integration.conftest import (
     load,
     run_rollout,
 )
-from tests.integration.localenv.conftest import MLOPS
+from tests.integration.environments.local.conftest import MLOPS
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.serve_config import ApiConfig, LabelsConfig, PredictionLogConfig, ServeConfig
+from pipelines.config.serve import ApiConfig, LabelsConfig, PredictionLogConfig, ServeConfig
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 MAX_RECORDS = 50

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.localenv import reconcile
+from pipelines.environments.local import reconcile
 from pipelines.release.state import EnvState, load_state, render_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
 from tests.integration.tracking_server.conftest import (

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.simulation import Fault, Traffic, simulate_window
 from pipelines.canary import (
     Action,
     AgreementCounts,
@@ -24,9 +25,8 @@ from pipelines.canary import (
     logged_predictions,
     summarize_step,
 )
-from pipelines.canary.simulation import Fault, Traffic, simulate_window
-from pipelines.canary_config import CanaryConfig
-from pipelines.config import GateMode
+from pipelines.config.base import GateMode
+from pipelines.config.canary import CanaryConfig
 from pipelines.metrics import Predictions
 
 pytestmark = pytest.mark.unit

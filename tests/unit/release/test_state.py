@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
 from pipelines.release.commit import format_message
 from pipelines.release.state import (
     EnvState,

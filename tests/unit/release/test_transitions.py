@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.canary_config import Strategy
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
 from pipelines.registry import RegistryChange
 from pipelines.release import transitions as rules
 from pipelines.release.state import EnvState, Release, Rollout, RolloutStatus, StableRelease

@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipelines.canary_config import CanaryConfig
-from pipelines.localenv.desired import Role
-from pipelines.localenv.reconcile import EnvStatus, ReleaseStatus
-from pipelines.localenv.traffic import RequestOutcome
+from harness.traffic import RequestOutcome
+from pipelines.config.canary import CanaryConfig
+from pipelines.environments.local.desired import Role
+from pipelines.environments.local.reconcile import EnvStatus, ReleaseStatus
 from pipelines.rollout import default_max_duration_s
 from pipelines.rollout.sources import LogSource
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.canary import Action, Verdict
-from pipelines.canary_config import Strategy
+from pipelines.config.canary import Strategy
 from pipelines.rollout.strategies import Move, MoveKind, Position, next_move
 
 pytestmark = pytest.mark.unit

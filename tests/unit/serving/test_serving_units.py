@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines.config import ConfigError
-from pipelines.serve_config import ServeConfig, load_serve_config
+from pipelines.config.base import ConfigError
+from pipelines.config.serve import ServeConfig, load_serve_config
 from pipelines.serving.artifact import tree_sha256, verify
 from pipelines.serving.batching import MicroBatcher
 from pipelines.serving.manifest import ManifestError, ServingManifest, signature_features

@@ -1,0 +1,215 @@
+"""Commands on where releases run: the local environment, its traffic, Kubernetes manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from pipelines.cli.common import (
+    CONFIGS,
+    EXIT_REFUSED,
+    ConfigsOption,
+    EnvOption,
+    OutputOption,
+    app,
+    finish,
+    load,
+    say,
+    step_errors,
+)
+from pipelines.config.base import ConfigError
+from pipelines.workdir import write_atomic
+
+env_app = typer.Typer(
+    help="The local environment: Bento servers behind a Caddy gateway, as deploy/<env>.yaml says.",
+    no_args_is_help=True,
+)
+app.add_typer(env_app, name="env")
+k8s_app = typer.Typer(
+    help="Kubernetes manifests (Deployments, Services, a Gateway API HTTPRoute) rendered from "
+    "deploy/<env>.yaml.",
+    no_args_is_help=True,
+)
+app.add_typer(k8s_app, name="k8s")
+
+
+def print_env_status(status: BaseModel) -> None:
+    """Print what changed and the environment's status; write nothing."""
+    from pipelines.environments.local.reconcile import EnvStatus
+
+    assert isinstance(status, EnvStatus)
+    for change in status.changes:
+        say(f"[green]•[/] {change}")
+    if status.gateway_url is None:
+        say(f"environment '{status.environment}': not running")
+        return
+    health = "[green]up[/]" if status.gateway_alive else "[red]down[/]"
+    say(
+        f"gateway {status.gateway_url} {health} (caddy pid {status.gateway_pid}, admin "
+        f"{status.gateway_admin_url}); strategy {status.strategy}"
+        + (f", sticky by {status.sticky_header}" if status.sticky_header else "")
+    )
+    for item in status.releases:
+        ready = "[green]ready[/]" if item.ready else "[red]not ready[/]"
+        say(
+            f"  v{item.version} {item.role or 'retiring'} {item.weight:g}% {item.url} "
+            f"{item.runtime} pid {item.pid} {ready}"
+            + (f" fault {item.fault}" if item.fault else "")
+        )
+    if status.mirror_log:
+        say(f"  shadow comparisons: {status.mirror_log}")
+
+
+@env_app.command("up")
+def env_up(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
+    """Reconcile: start missing servers, set the split in the gateway, retire old versions.
+
+    Sticky routing follows the sticky_header field of deploy/<env>.yaml, as the weights do.
+    """
+    from pipelines.environments.local import reconcile
+    from pipelines.environments.local.desired import desired_from_state
+    from pipelines.release.state import load_state
+
+    with step_errors({reconcile.EnvError: "env up failed"}):
+        config, workdir = load(configs)
+        desired = desired_from_state(
+            load_state(config.root, env, config.train.registered_model_name)
+        )
+        bentoml_home = Path(os.environ.get("BENTOML_HOME") or workdir.root / "bentoml")
+        status = reconcile.up(desired, workdir.root, bentoml_home, project_root=config.root)
+    print_env_status(status)
+    if not status.changed:
+        say("no change: the environment already matches the state")
+
+
+@env_app.command("status")
+def env_status(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
+    """Show the gateway and servers of the environment; exit 1 if anything is not ready."""
+    from pipelines.environments.local import reconcile
+
+    with step_errors():
+        _, workdir = load(configs)
+        status = reconcile.status(env, workdir.root)
+    print_env_status(status)
+    if status.gateway_url is not None and not status.healthy:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@env_app.command("down")
+def env_down(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
+    """Stop the gateway, sidecars and every server of the environment."""
+    from pipelines.environments.local import reconcile
+
+    with step_errors():
+        _, workdir = load(configs)
+        status = reconcile.down(env, workdir.root)
+    print_env_status(status)
+
+
+@app.command("traffic")
+def traffic_command(
+    env: EnvOption,
+    configs: ConfigsOption = CONFIGS,
+    scenario: Annotated[
+        str, typer.Option(help="clean|drift|corrupt|slow_canary|failing_canary")
+    ] = "clean",
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 8,
+    duration: Annotated[float, typer.Option(help="Seconds.")] = 10.0,
+    max_requests: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
+    label_delay: Annotated[float, typer.Option(help="Seconds before labels are sent.")] = 2.0,
+    drift_features: Annotated[
+        int, typer.Option(help="drift: how many numeric features move.")
+    ] = 20,
+    drift_shift: Annotated[
+        float, typer.Option(help="drift: standard deviations they move by.")
+    ] = 2.0,
+    sticky_header: Annotated[
+        str | None,
+        typer.Option(
+            help="Send a user id in this header [the environment's sticky_header, if any]."
+        ),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Replay holdout rows through the environment's gateway; send their labels later."""
+    from harness import traffic
+    from pipelines.environments.local import reconcile
+
+    with step_errors({reconcile.EnvError: "traffic failed"}):
+        config, workdir = load(configs)
+        if sticky_header is None:
+            sticky_header = reconcile.status(env, workdir.root).sticky_header
+        try:
+            options = traffic.TrafficOptions(
+                scenario=traffic.Scenario(scenario),
+                rate=rate,
+                concurrency=concurrency,
+                duration_s=duration,
+                max_requests=max_requests,
+                label_delay_s=label_delay,
+                drift_features=drift_features,
+                drift_shift=drift_shift,
+                sticky_header=sticky_header,
+            )
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"traffic options: {exc}") from None
+        result = traffic.run(config, workdir.root, env, options)
+    finish(
+        result,
+        output or workdir.results / f"traffic-{env}.json",
+        message=f"sent {result.sent} ({result.achieved_rate}/s): {result.ok} ok, "
+        f"{result.failed} failed, {result.rejected} rejected; by version {result.by_version}; "
+        f"latency {result.latency_ms}; labels {result.labels_sent} sent, "
+        f"{result.labels_failed} failed",
+    )
+
+
+@k8s_app.command("render")
+def k8s_render(
+    env: EnvOption,
+    configs: ConfigsOption = CONFIGS,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the YAML here, atomically (default: stdout)."),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Namespace of every object (default: kubectl's current one).")
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(help="Registry that replaces 'localhost/' in images, e.g. ghcr.io/acme."),
+    ] = None,
+    gateway: Annotated[
+        str, typer.Option(help="Name of the Gateway the HTTPRoute attaches to.")
+    ] = "mlops-gateway",
+    gateway_namespace: Annotated[
+        str | None, typer.Option(help="Namespace of that Gateway (default: the route's).")
+    ] = None,
+) -> None:
+    """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
+    from pipelines.environments import k8s
+
+    with step_errors():
+        config, _ = load(configs)
+        options = k8s.options_from_arguments(
+            namespace=namespace,
+            registry=registry,
+            gateway=gateway,
+            gateway_namespace=gateway_namespace,
+        )
+        rendered = k8s.render_environment(
+            config.root, env, config.train.registered_model_name, options
+        )
+    for warning in rendered.warnings:
+        say(f"[yellow]warning:[/] {warning}")
+    text = rendered.to_yaml()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    write_atomic(out, text)
+    say(f"wrote {len(rendered.documents)} objects to {out}")

@@ -1,0 +1,203 @@
+"""Commands that change what runs: deploy, promote, rollback, the state, refusals, the champion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli.common import (
+    CONFIGS,
+    CanaryConfigOption,
+    ConfigsOption,
+    EnvOption,
+    OutputOption,
+    PackageResultOption,
+    app,
+    finish,
+    load,
+    read_result,
+    say,
+    step_errors,
+)
+from pipelines.config.base import ConfigError
+from pipelines.workdir import Workdir
+
+state_app = typer.Typer(help="The desired state in deploy/<env>.yaml.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+champion_app = typer.Typer(help="The champion model: recover it from git.", no_args_is_help=True)
+app.add_typer(champion_app, name="champion")
+
+
+def refusals() -> dict[type[Exception], str]:
+    """A transition that contradicts the state, or a dirty state file: exit 1, nothing changed."""
+    from pipelines.release.apply import RefusedError
+    from pipelines.release.commit import GitOpsError
+
+    return {RefusedError: "refused", GitOpsError: "refused"}
+
+
+def finish_transition(transition: object, workdir: Workdir, output: Path | None) -> None:
+    """Write a transition's JSON and markdown, print what happened and its warnings."""
+    from pipelines.release.apply import Transition
+
+    assert isinstance(transition, Transition)
+    env = transition.environment
+    finish(
+        transition,
+        output or workdir.results / f"deploy-{env}.json",
+        markdown=transition.to_markdown(),
+        report=workdir.reports / f"deploy-{env}.md",
+        echo=True,
+    )
+    for warning in transition.warnings:
+        say(f"[yellow]warning:[/] {warning}")
+
+
+@app.command("deploy")
+def deploy_command(
+    env: EnvOption,
+    version: Annotated[int, typer.Option("--version", min=1, help="Registered version.")],
+    configs: ConfigsOption = CONFIGS,
+    package_result: PackageResultOption = None,
+    image_result: Annotated[
+        Path | None, typer.Option(help="From `mlops image`, to pin the image (optional).")
+    ] = None,
+    canary_config: CanaryConfigOption = None,
+    reason: Annotated[str | None, typer.Option(help="Why, for the commit message.")] = None,
+    output: OutputOption = None,
+) -> None:
+    """Start a rollout of version N: commit it to deploy/<env>.yaml at the first canary step."""
+    from pipelines.package import PackageResult
+    from pipelines.release import apply as step
+    from pipelines.release.commit import GitIdentity
+
+    with step_errors(refusals()):
+        config, workdir = load(configs, canary=canary_config)
+        package = read_result(package_result or workdir.results / "package.json", PackageResult)
+        image = None
+        if image_result is not None:
+            built = read_result(image_result, step.ImageRef)
+            if built.bento_tag != package.bento_tag:
+                raise ConfigError(
+                    f"{image_result}: image of Bento {built.bento_tag}, expected "
+                    f"{package.bento_tag}"
+                )
+            image = built.image_ref
+        transition = step.start(
+            config,
+            workdir,
+            env,
+            version,
+            package,
+            strategy=config.canary.strategy,
+            weight=config.canary.steps[0].weight,
+            image=image,
+            reason=reason,
+            identity=GitIdentity.from_env(),
+        )
+    finish_transition(transition, workdir, output)
+
+
+@app.command("promote")
+def promote_command(
+    env: EnvOption,
+    reason: Annotated[str, typer.Option(help="Why you promote by hand (commit, evidence).")],
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Refuse unless this version rolls out.")
+    ] = None,
+    configs: ConfigsOption = CONFIGS,
+    output: OutputOption = None,
+) -> None:
+    """Promote the canary by hand: stable at 100 %, champion → it, previous → old stable."""
+    from pipelines.release import apply as step
+    from pipelines.release.commit import GitIdentity
+
+    with step_errors(refusals()):
+        config, workdir = load(configs)
+        transition = step.promote(
+            config, workdir, env, version=version, reason=reason, identity=GitIdentity.from_env()
+        )
+    finish_transition(transition, workdir, output)
+
+
+@app.command("rollback")
+def rollback_command(
+    env: EnvOption,
+    reason: Annotated[str, typer.Option(help="Why (commit, evidence, rejected_reason).")] = (
+        "manual rollback"
+    ),
+    configs: ConfigsOption = CONFIGS,
+    output: OutputOption = None,
+) -> None:
+    """Roll back the canary now (no analysis): stable keeps 100 %, the version is rejected."""
+    from pipelines.release import apply as step
+    from pipelines.release.commit import GitIdentity
+
+    with step_errors(refusals()):
+        config, workdir = load(configs)
+        transition = step.rollback(
+            config, workdir, env, reason=reason, identity=GitIdentity.from_env()
+        )
+    finish_transition(transition, workdir, output)
+
+
+@state_app.command("show")
+def state_show(
+    env: EnvOption,
+    configs: ConfigsOption = CONFIGS,
+    history: Annotated[int, typer.Option(min=0, help="Commits of the env to list.")] = 10,
+) -> None:
+    """Print the desired state of an environment and its recent transitions from git."""
+    from pipelines.release import commit as gitcommit
+    from pipelines.release.state import load_state, render_state, state_path
+
+    with step_errors(refusals()):
+        config, _ = load(configs)
+        current = load_state(config.root, env, config.train.registered_model_name)
+        entries = gitcommit.history(config.root, state_path(config.root, env), history)
+    typer.echo(render_state(current), nl=False)
+    if entries:
+        typer.echo("\n# history (newest first)")
+        for entry in entries:
+            typer.echo(f"# {entry.commit[:12]} {entry.date} {entry.subject}")
+
+
+@app.command("record-refusal")
+def record_refusal_command(
+    env: Annotated[str, typer.Option("--env", help="Environment the candidate was meant for.")],
+    configs: ConfigsOption = CONFIGS,
+    decision: Annotated[
+        Path | None, typer.Option(help="From `mlops validate` [.mlops/results/validate.json]")
+    ] = None,
+) -> None:
+    """Commit a failed validation's evidence to git (the refusal is on record like a rollback)."""
+    from pipelines.release.commit import GitIdentity, GitOpsError
+    from pipelines.release.refusal import record_refusal
+    from pipelines.validate import ValidationDecision
+
+    with step_errors({GitOpsError: "refused"}):
+        config, workdir = load(configs)
+        verdict = read_result(decision or workdir.results / "validate.json", ValidationDecision)
+        if verdict.passed:
+            raise ConfigError(f"v{verdict.candidate.version} passed validation: nothing to refuse")
+        record = record_refusal(config, env, verdict, GitIdentity.from_env())
+    what = f"commit {record.commit[:12]}" if record.commit else "already recorded"
+    say(f"refusal of v{record.version} on record ({what}): {record.evidence[0]}")
+
+
+@champion_app.command("restore")
+def champion_restore(
+    configs: ConfigsOption = CONFIGS,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="Environments to look in, in order.")
+    ] = None,
+) -> None:
+    """Point alias `champion` at the recorded stable release, rebuilding it from git if needed."""
+    from pipelines.release.champion import RestoreError, restore
+
+    with step_errors({RestoreError: "refused"}):
+        config, workdir = load(configs)
+        result = restore(config, workdir, env or ["production", "staging"])
+    say(f"champion {result.action.value}: {result.detail}")

@@ -1,0 +1,122 @@
+"""``mlops rollout``: deploy, step, analyse, decide, commit, with a progress bar for people."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from pipelines.cli.common import (
+    CONFIGS,
+    CanaryConfigOption,
+    ConfigsOption,
+    EnvOption,
+    OutputOption,
+    PackageResultOption,
+    app,
+    console,
+    finish,
+    load,
+    read_result,
+    step_errors,
+)
+from pipelines.cli.release import refusals
+from pipelines.config.base import ConfigError
+
+
+@app.command("rollout")
+def rollout_command(
+    env: EnvOption,
+    version: Annotated[
+        int | None,
+        typer.Option("--version", min=1, help="Registered version [from the package result]."),
+    ] = None,
+    configs: ConfigsOption = CONFIGS,
+    package_result: PackageResultOption = None,
+    canary_config: CanaryConfigOption = None,
+    traffic: Annotated[
+        str,
+        typer.Option(help="Synthetic clients: clean|drift|corrupt|slow_canary|failing_canary|none"),
+    ] = "clean",
+    rate: Annotated[float, typer.Option(help="Synthetic requests per second.")] = 50.0,
+    concurrency: Annotated[int, typer.Option(help="Synthetic requests in flight at most.")] = 8,
+    check_interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between looks of the judge.")
+    ] = 5.0,
+    max_duration: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Roll back ('timed out') after this many seconds "
+            "[twice the profile's step durations + 300, at least 900].",
+        ),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.traffic import Scenario, TrafficOptions
+    from pipelines import rollout as step
+    from pipelines.environments.local import reconcile
+    from pipelines.package import PackageResult
+    from pipelines.release.commit import GitIdentity
+
+    with step_errors({**refusals(), reconcile.EnvError: "rollout failed"}):
+        config, workdir = load(configs, canary=canary_config)
+        canary = config.canary
+        package = read_result(package_result or workdir.results / "package.json", PackageResult)
+        wanted = version or int(package.model_version)
+        if max_duration is None:
+            max_duration = step.default_max_duration_s(canary)
+        options = None
+        if traffic != "none":
+            try:
+                options = TrafficOptions(
+                    scenario=Scenario(traffic),
+                    rate=rate,
+                    concurrency=concurrency,
+                    label_delay_s=0.5,
+                )
+            except (ValueError, ValidationError) as exc:
+                raise ConfigError(f"traffic options: {exc}") from None
+        with Progress(
+            TextColumn("[bold]{task.fields[where]}[/]"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("deploying", total=max_duration, where=f"{env} v{wanted}")
+
+            def show(event: step.RolloutProgress) -> None:
+                where = f"{env} v{wanted}"
+                if event.step_index is not None and event.weight is not None:
+                    where += f" step {event.step_index + 1}/{event.steps} {event.weight:g}%"
+                bar.update(
+                    task, completed=event.elapsed_s, description=event.message[:100], where=where
+                )
+
+            result = step.run(
+                config,
+                canary,
+                workdir,
+                env,
+                package=package,
+                version=wanted,
+                traffic=options,
+                check_interval_s=check_interval,
+                max_duration_s=max_duration,
+                progress=show,
+                identity=GitIdentity.from_env(),
+            )
+    finish(
+        result,
+        output or workdir.results / f"rollout-{env}.json",
+        markdown=result.to_markdown(),
+        report=workdir.reports / f"rollout-{env}.md",
+        echo=True,
+        passed=result.outcome is step.RolloutOutcome.PROMOTED,
+    )

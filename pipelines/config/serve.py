@@ -1,0 +1,103 @@
+"""Typed serving configuration: ``configs/serve.yaml`` loaded into pydantic models.
+
+Kept apart from the training schemas so the serving image needs none of them (the Bento
+carries ``pipelines/config/base.py`` and this file only). Like every config model it forbids
+unknown keys and bounds its numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.config.base import Strict, load_file
+
+
+class ApiConfig(Strict):
+    """Limits of the prediction endpoint."""
+
+    max_records_per_request: int = Field(
+        default=1000, ge=1, le=100_000, description="Larger lists are rejected with a 400."
+    )
+    max_body_bytes: int = Field(
+        default=4_000_000, ge=1024, le=1_000_000_000, description="Larger bodies get a 413."
+    )
+
+
+class BatchingConfig(Strict):
+    """Adaptive micro-batching of concurrent requests into one model call.
+
+    Requests that arrive while the model is busy, or within ``max_latency_ms``, are scored
+    together; under no load a request is scored at once (no fixed window to wait out).
+    """
+
+    enabled: bool = True
+    max_batch_rows: int = Field(default=512, ge=1, le=100_000)
+    max_latency_ms: float = Field(
+        default=0.0, ge=0.0, le=1000.0, description="Extra wait for a batch to fill; 0 = none."
+    )
+
+
+class PredictionLogConfig(Strict):
+    """The structured prediction log (JSON lines), written off the request path."""
+
+    enabled: bool = True
+    path: Path = Field(
+        default=Path(".mlops/serving/predictions.jsonl"),
+        description="Relative to the server's working directory; MLOPS_PREDICTION_LOG wins.",
+    )
+    flush_interval_ms: float = Field(default=50.0, gt=0.0, le=10_000.0)
+    max_pending: int = Field(
+        default=100_000, ge=100, le=10_000_000, description="Records held before dropping."
+    )
+
+
+class LabelsConfig(Strict):
+    """Where delayed ground-truth labels are appended (JSON lines)."""
+
+    path: Path = Field(
+        default=Path(".mlops/serving/labels.jsonl"),
+        description="Relative to the server's working directory; MLOPS_LABELS_LOG wins.",
+    )
+    max_labels_per_request: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+class BentoImageConfig(Strict):
+    """The Bento's own image (its bentofile); image.yaml says how the OCI image is built."""
+
+    python_version: Literal["3.11", "3.12", "3.13"] | None = Field(
+        default=None, description="None: the Python that runs `mlops package` (the lock's range)."
+    )
+    distro: Literal["debian", "custom"] = "debian"
+    base_image: str | None = Field(
+        default=None, description="Required with distro 'custom' (e.g. a local base image)."
+    )
+
+
+class ServeConfig(Strict):
+    """``configs/serve.yaml``."""
+
+    api: ApiConfig = ApiConfig()
+    workers: int = Field(default=1, ge=1, le=64, description="API server processes.")
+    batching: BatchingConfig = BatchingConfig()
+    prediction_log: PredictionLogConfig = PredictionLogConfig()
+    labels: LabelsConfig = LabelsConfig()
+    image: BentoImageConfig = BentoImageConfig()
+    access_log: bool = Field(
+        default=False, description="BentoML's per-request access log (costly at high RPS)."
+    )
+    trace_endpoints: bool = Field(
+        default=False,
+        description="OpenTelemetry spans for /predict and /labels (costly at high RPS).",
+    )
+
+
+def load_serve_config(path: Path) -> ServeConfig:
+    """Load and validate ``serve.yaml``.
+
+    Raises:
+        ConfigError: The file is missing or invalid (the message names the file and field).
+    """
+    return load_file(path, ServeConfig)

@@ -1,0 +1,1 @@
+"""Where releases run: the local environment (Caddy + Bento servers) and Kubernetes manifests."""

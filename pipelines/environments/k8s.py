@@ -1,0 +1,459 @@
+"""Kubernetes manifests from ``deploy/<env>.yaml``: the same desired state, another engine.
+
+The local reconciler makes the deploy state real with Bento servers behind Caddy; this module
+renders it for a cluster instead. The live releases, their weights and the mirrored candidate
+come from :func:`pipelines.environments.local.desired.desired_from_state`, the one derivation both
+engines share. For each live release it builds an ``apps/v1`` Deployment and a ``v1``
+Service; one Gateway API ``HTTPRoute`` (``gateway.networking.k8s.io/v1``) splits the traffic
+between them and, for a shadow or a blue-green candidate before its switch, mirrors every
+request to the candidate with a ``RequestMirror`` filter.
+
+Everything is built as plain dicts and dumped with ``yaml.safe_dump``: no text templates.
+The output is deterministic (object order by version, keys sorted, no timestamps), so the
+same state file always renders the same bytes and a diff of the manifests is a diff of
+the state.
+
+Not rendered: sticky routing (``sticky_header``). The Gateway API standard channel has no
+weighted consistent hashing (session persistence is experimental and is not a weighted split
+of users), so a rendered sticky rule would be a fake; the render says so in a warning.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.config.base import ConfigError
+from pipelines.environments.local.desired import DesiredEnv, LiveRelease, desired_from_state
+from pipelines.release.state import EnvState, Release, load_state, state_path
+
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
+HTTP_PORT = 3000  # BentoML's default port, EXPOSEd by the images `mlops image` builds
+# The user `bentoml containerize` creates in every image (its Dockerfile template's
+# BENTO_UID_GID). The image says `USER bentoml` by name, so the kubelet cannot check
+# `runAsNonRoot` without a numeric uid: it is given here.
+BENTO_UID = 1034
+# Writable places on a read-only root filesystem: BentoML creates folders under its home at
+# start-up and Python needs a /tmp; the service appends its prediction and labels logs.
+TMP_DIR = "/tmp"
+BENTOML_HOME = "/tmp/bentoml"
+DATA_DIR = "/var/lib/mlops"
+LOCAL_IMAGE_PREFIX = "localhost/"
+# RFC 1123 label (namespace, Gateway name); a Service name must also start with a letter.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+NAME_MAX = 63
+STICKY_WARNING = (
+    "sticky_header {header!r} is not rendered: the Gateway API standard channel has no "
+    "weighted consistent hashing, so every request is split on its own by the weights"
+)
+
+
+_DNS_LABEL_TEXT = (
+    "a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a "
+    "letter or digit"
+)
+# What each option expects, in words (a regex in an error message helps nobody).
+_EXPECTED = {
+    "namespace": _DNS_LABEL_TEXT,
+    "gateway": _DNS_LABEL_TEXT,
+    "gateway_namespace": _DNS_LABEL_TEXT,
+    "registry": "a registry host and path, e.g. ghcr.io/acme",
+}
+
+
+class RenderError(ConfigError):
+    """The deploy state cannot be rendered for Kubernetes (e.g. a release has no image).
+
+    A :class:`ConfigError`, so the CLI reports it as bad input (exit 2), naming the file.
+    """
+
+
+class Resources(BaseModel):
+    """Requests and limits of one model server (Kubernetes quantities).
+
+    The defaults fit the example models: a Bento server idles at about 500 MiB and one API
+    worker (``workers: 1`` in ``configs/serve.yaml``) uses one core at most.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_request: str = "250m"
+    memory_request: str = "768Mi"
+    cpu_limit: str = "1"
+    memory_limit: str = "1536Mi"
+
+    def to_manifest(self) -> dict[str, dict[str, str]]:
+        """The container's ``resources`` field."""
+        return {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+        }
+
+
+class RenderOptions(BaseModel):
+    """Where and how the manifests land in the cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, description="Namespace of every object; None: kubectl's."
+    )
+    gateway: str = Field(
+        default="mlops-gateway", pattern=DNS_LABEL, description="The Gateway the route attaches to."
+    )
+    gateway_namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, description="The Gateway's namespace; None: the route's."
+    )
+    registry: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Replaces 'localhost/' in image references, e.g. ghcr.io/acme.",
+    )
+    replicas: int = Field(default=1, ge=1, le=100)
+    resources: Resources = Resources()
+
+
+def options_from_arguments(**arguments: Any) -> RenderOptions:
+    """Render options from command-line arguments (None: the default).
+
+    Raises:
+        RenderError: An argument is invalid; the message names the option as typed.
+    """
+    try:
+        return RenderOptions(**{k: v for k, v in arguments.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            field = str(item["loc"][0])
+            expected = _EXPECTED.get(field, item["msg"])
+            problems.append(
+                f"--{field.replace('_', '-')}: expected {expected} (got {item['input']!r})"
+            )
+        raise RenderError("; ".join(problems)) from None
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """``yaml.safe_dump`` without anchors: a repeated mapping is written out each time."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+class Rendered(BaseModel):
+    """The manifests of one environment and what could not be rendered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    environment: str
+    source: str = Field(description="The deploy state file, relative to the project root.")
+    documents: tuple[dict[str, Any], ...]
+    warnings: tuple[str, ...] = ()
+
+    def to_yaml(self) -> str:
+        """Multi-document YAML: a comment header (with the warnings), then every object."""
+        header = [
+            f"# Kubernetes manifests of the '{self.environment}' environment, rendered from "
+            f"{self.source}",
+            "# by `mlops k8s render` (pipelines/environments/k8s.py). Generated: change the deploy "
+            "state, not this file.",
+        ]
+        header += [f"# warning: {warning}" for warning in self.warnings]
+        body = yaml.dump_all(
+            self.documents,
+            Dumper=_PlainDumper,
+            sort_keys=True,
+            default_flow_style=False,
+            explicit_start=True,
+        )
+        return "\n".join(header) + "\n" + body
+
+
+def k8s_base_name(model: str) -> str:
+    """A registered model name as the stem of Kubernetes object names (``<stem>-v<N>``).
+
+    Lowercase, runs of characters other than letters, digits and '-' become one '-', it
+    starts with a letter (a Service name must) and leaves room for ``-v<version>`` within 63
+    characters.
+    """
+    stem = re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-")
+    if not stem or not stem[0].isalpha():
+        stem = f"model-{stem}".rstrip("-")
+    return stem[: NAME_MAX - len("-v1234567")].rstrip("-")
+
+
+def object_name(model: str, version: str | int) -> str:
+    """The Deployment and Service name of one version: ``<model>-v<N>``."""
+    return f"{k8s_base_name(model)}-v{version}"
+
+
+def image_reference(release: Release, registry: str | None, source: str) -> str:
+    """The image a cluster pulls: the recorded one, ``localhost/`` replaced by ``registry``.
+
+    Raises:
+        RenderError: The release records no image (a cluster cannot run a Bento folder).
+    """
+    if release.image is None:
+        raise RenderError(
+            f"{source}: release v{release.version} ({release.bento_tag}) has no image; "
+            "Kubernetes runs images: build one (`mlops image`) and record it "
+            "(`mlops deploy --image-result ...`) before rendering"
+        )
+    if registry and release.image.startswith(LOCAL_IMAGE_PREFIX):
+        return f"{registry.rstrip('/')}/{release.image.removeprefix(LOCAL_IMAGE_PREFIX)}"
+    return release.image
+
+
+def route_weights(releases: tuple[LiveRelease, ...]) -> dict[str, int]:
+    """HTTPRoute weights of the live releases (integers; only their ratio matters).
+
+    Whole percentages stay as they are (75/25); a split with fractions of a percent uses
+    Caddy's basis points (a weight of 12.5 % is 1250 of 10000), so nothing is rounded away.
+    """
+    whole = all(float(r.weight).is_integer() for r in releases)
+    return {r.version: int(r.weight) if whole else r.caddy_weight for r in releases}
+
+
+def _labels(base: str, environment: str, release: LiveRelease) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": base,
+        "app.kubernetes.io/version": release.version,
+        "app.kubernetes.io/managed-by": "mlops",
+        "mlops/environment": environment,
+        "mlops/role": release.role.value,
+    }
+
+
+def _selector(base: str, release: LiveRelease) -> dict[str, str]:
+    # Name and version only: a Deployment's selector is immutable, and a promotion changes
+    # the role of a running version, which must not replace its pods.
+    return {"app.kubernetes.io/name": base, "app.kubernetes.io/version": release.version}
+
+
+def _annotations(state: EnvState, release: Release) -> dict[str, str]:
+    return {
+        "mlops/artifact-sha256": release.artifact_sha256,
+        "mlops/bento-tag": release.bento_tag,
+        "mlops/git-commit": release.git_commit,
+        "mlops/model-name": state.model,
+        "mlops/model-version": str(release.version),
+    }
+
+
+def _metadata(name: str, options: RenderOptions, **fields: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, **fields}
+    if options.namespace is not None:
+        metadata["namespace"] = options.namespace
+    return metadata
+
+
+def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def deployment(
+    state: EnvState,
+    live: LiveRelease,
+    release: Release,
+    options: RenderOptions,
+    source: str,
+) -> dict[str, Any]:
+    """The ``apps/v1`` Deployment of one live release."""
+    base = k8s_base_name(state.model)
+    labels = _labels(base, state.environment, live)
+    annotations = _annotations(state, release)
+    container = {
+        "name": "server",
+        "image": image_reference(release, options.registry, source),
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+            {"name": "BENTOML_HOME", "value": BENTOML_HOME},
+            {"name": "MLOPS_PREDICTION_LOG", "value": f"{DATA_DIR}/predictions.jsonl"},
+            {"name": "MLOPS_LABELS_LOG", "value": f"{DATA_DIR}/labels.jsonl"},
+        ],
+        # The model loads before /readyz answers: the startup probe allows 5 minutes, then
+        # liveness takes over; readiness takes a pod out of its Service without a restart.
+        "startupProbe": _probe("/livez", period_s=5, failures=60),
+        "livenessProbe": _probe("/livez", period_s=10, failures=3),
+        "readinessProbe": _probe("/readyz", period_s=5, failures=3),
+        "resources": options.resources.to_manifest(),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": BENTO_UID,
+            "runAsGroup": BENTO_UID,
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": TMP_DIR},
+            {"name": "data", "mountPath": DATA_DIR},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(
+            object_name(state.model, live.version),
+            options,
+            labels=labels,
+            annotations=annotations,
+        ),
+        "spec": {
+            "replicas": options.replicas,
+            "selector": {"matchLabels": _selector(base, live)},
+            "template": {
+                "metadata": {"labels": _selector(base, live), "annotations": annotations},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "fsGroup": BENTO_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "data", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(state: EnvState, live: LiveRelease, options: RenderOptions) -> dict[str, Any]:
+    """The ``v1`` Service of one live release (one per version: the route weighs them)."""
+    base = k8s_base_name(state.model)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(
+            object_name(state.model, live.version),
+            options,
+            labels=_labels(base, state.environment, live),
+        ),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(base, live),
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def http_route(state: EnvState, desired: DesiredEnv, options: RenderOptions) -> dict[str, Any]:
+    """The one HTTPRoute of the model: weighted backends, a mirror for the candidate."""
+    weights = route_weights(desired.releases)
+    rule: dict[str, Any] = {
+        # Every live version keeps its backendRef, at weight 0 if it answers no client
+        # (blue on standby, a shadow): the route names everything that must stay running.
+        "backendRefs": [
+            {
+                "name": object_name(state.model, r.version),
+                "port": HTTP_PORT,
+                "weight": weights[r.version],
+            }
+            for r in desired.releases
+        ],
+    }
+    mirrored = desired.mirrored
+    if mirrored is not None:
+        rule["filters"] = [
+            {
+                "type": "RequestMirror",
+                "requestMirror": {
+                    "backendRef": {
+                        "name": object_name(state.model, mirrored.version),
+                        "port": HTTP_PORT,
+                    }
+                },
+            }
+        ]
+    parent: dict[str, str] = {"name": options.gateway}
+    if options.gateway_namespace is not None:
+        parent["namespace"] = options.gateway_namespace
+    base = k8s_base_name(state.model)
+    return {
+        "apiVersion": GATEWAY_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": _metadata(
+            base,
+            options,
+            labels={
+                "app.kubernetes.io/name": base,
+                "app.kubernetes.io/managed-by": "mlops",
+                "mlops/environment": state.environment,
+            },
+            annotations={"mlops/model-name": state.model, "mlops/strategy": desired.strategy.value},
+        ),
+        "spec": {"parentRefs": [parent], "rules": [rule]},
+    }
+
+
+def render(state: EnvState, options: RenderOptions, source: str) -> Rendered:
+    """The manifests of a deploy state.
+
+    Args:
+        state: The validated deploy state.
+        options: Namespace, gateway, registry and sizes.
+        source: The state file as it should appear in messages (e.g. ``deploy/staging.yaml``).
+
+    Raises:
+        RenderError: Nothing serves in the state, or a live release has no image.
+    """
+    try:
+        desired = desired_from_state(state)
+    except ValidationError as exc:
+        # The local reconciler refuses the same states (e.g. a shadow with no stable release).
+        raise RenderError(f"{source}: no consistent traffic split: {exc}") from None
+    if not desired.releases:
+        raise RenderError(
+            f"{source}: no stable release and no rollout: nothing serves, nothing to render"
+        )
+    by_version: dict[str, Release] = {}
+    if state.stable is not None:
+        by_version[str(state.stable.version)] = state.stable
+    if state.rollout is not None:
+        by_version.setdefault(str(state.rollout.canary.version), state.rollout.canary)
+    live = sorted(desired.releases, key=lambda r: int(r.version))
+    documents: list[dict[str, Any]] = []
+    for release in live:
+        documents.append(deployment(state, release, by_version[release.version], options, source))
+        documents.append(service(state, release, options))
+    documents.append(http_route(state, desired, options))
+    warnings: list[str] = []
+    if state.sticky_header is not None:
+        warnings.append(STICKY_WARNING.format(header=state.sticky_header))
+    if options.registry is None:
+        warnings += [
+            f"v{r.version}: image {r.image} is local to the machine that built it; pass "
+            "--registry with the registry it was pushed to, or load it into the nodes"
+            for r in live
+            if r.image is not None and r.image.startswith(LOCAL_IMAGE_PREFIX)
+        ]
+    return Rendered(
+        environment=state.environment,
+        source=source,
+        documents=tuple(documents),
+        warnings=tuple(warnings),
+    )
+
+
+def render_environment(root: Path, env: str, model: str | None, options: RenderOptions) -> Rendered:
+    """Load ``deploy/<env>.yaml`` of the project at ``root`` and render it.
+
+    Raises:
+        ConfigError: The state file is missing or invalid, or cannot be rendered.
+    """
+    state = load_state(root, env, model)
+    source = state_path(root, env).relative_to(root).as_posix()
+    return render(state, options, source)

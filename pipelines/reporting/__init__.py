@@ -1,0 +1,1 @@
+"""What people read: markdown renderings of decisions, and the pull-request comment."""

@@ -1,0 +1,138 @@
+"""`mlops k8s render` through the real CLI, on a deploy state committed to a git project."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from pipelines.config.canary import Strategy
+from pipelines.release.state import EnvState, Release, Rollout, StableRelease, save_state
+from tests.conftest import Project
+
+pytestmark = pytest.mark.integration
+
+MODEL = "breast-cancer-classifier"
+AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def release(version: int, image: str | None) -> dict[str, object]:
+    return {
+        "version": version,
+        "bento_tag": f"{MODEL}-server:v{version}-0123456789ab",
+        "image": image,
+        "artifact_sha256": f"{version:x}" * 64,
+        "git_commit": "a" * 40,
+        "config_hash": "b" * 64,
+    }
+
+
+def commit_state(project: Project, canary_image: str | None) -> None:
+    """Commit deploy/staging.yaml: stable v1, a canary of v2 at 25 %."""
+    save_state(
+        project.root,
+        EnvState(
+            environment="staging",
+            model=MODEL,
+            sticky_header="X-User-Id",
+            stable=StableRelease(
+                **release(1, f"localhost/{MODEL}-server:v1-0123456789ab"), promoted_at=AT
+            ),
+            rollout=Rollout(
+                canary=Release(**release(2, canary_image)),
+                strategy=Strategy.CANARY,
+                step=1,
+                weight=25,
+                started_at=AT,
+                updated_at=AT,
+            ),
+        ),
+    )
+    project.commit("deploy v2 to staging")
+
+
+def mlops(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess in the project."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args, "--configs", str(project.configs)],
+        capture_output=True,
+        text=True,
+        cwd=project.root,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_cli_renders_the_committed_state(project: Project, tmp_path: Path) -> None:
+    """It prints valid manifests of the committed state and writes the same bytes with --out.
+
+    Stderr warns that sticky routing is not rendered; the project is left unchanged.
+    """
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
+    args = ("k8s", "render", "--env", "staging", "--namespace", "models")
+    printed = mlops(project, *args, "--registry", "ghcr.io/acme")
+    assert printed.returncode == 0, printed.stderr
+    assert "sticky_header 'X-User-Id' is not rendered" in printed.stderr
+    documents = list(yaml.safe_load_all(printed.stdout))
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in documents]
+    assert kinds == [
+        ("Deployment", f"{MODEL}-v1"),
+        ("Service", f"{MODEL}-v1"),
+        ("Deployment", f"{MODEL}-v2"),
+        ("Service", f"{MODEL}-v2"),
+        ("HTTPRoute", MODEL),
+    ]
+    (rule,) = documents[-1]["spec"]["rules"]
+    assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == [
+        (f"{MODEL}-v1", 75),
+        (f"{MODEL}-v2", 25),
+    ]
+    assert documents[-1]["spec"]["parentRefs"] == [{"name": "mlops-gateway"}]
+    for document in documents[:-1]:
+        kubernetes_validate.validate(document, "1.33.0", strict=True)
+        assert document["metadata"]["namespace"] == "models"
+    assert documents[2]["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        f"ghcr.io/acme/{MODEL}-server:v2-0123456789ab"
+    )
+
+    out = tmp_path / "manifests" / "staging.yaml"
+    written = mlops(project, *args, "--registry", "ghcr.io/acme", "--out", str(out))
+    assert written.returncode == 0, written.stderr
+    assert written.stdout == ""
+    assert out.read_text() == printed.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["staging.yaml"]  # no temp file left
+    # Nothing in the project changed: rendering reads the state, it is no transition.
+    status = subprocess.run(
+        ["git", "-C", str(project.root), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert status.stdout == ""
+
+
+def test_cli_refuses_a_release_without_image(project: Project, tmp_path: Path) -> None:
+    """A live release with no image exits 2, naming deploy/staging.yaml and v2; nothing is written."""
+    commit_state(project, None)
+    out = tmp_path / "staging.yaml"
+    refused = mlops(project, "k8s", "render", "--env", "staging", "--out", str(out))
+    assert refused.returncode == 2
+    assert "deploy/staging.yaml: release v2" in refused.stderr
+    assert "has no image" in refused.stderr
+    assert refused.stdout == ""
+    assert not out.exists()
+
+
+def test_cli_rejects_an_unknown_environment(project: Project) -> None:
+    """An environment with no state file exits 2 and lists the known ones."""
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
+    missing = mlops(project, "k8s", "render", "--env", "production")
+    assert missing.returncode == 2
+    assert "no deploy state for environment 'production'" in missing.stderr
+    assert "known environments: staging" in missing.stderr
