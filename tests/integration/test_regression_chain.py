@@ -1,0 +1,168 @@
+"""The example regressor through the whole chain, with real parts.
+
+``configs/variants/diabetes-regressor`` and ``models/gbm_regressor`` in a temp git project:
+trained and registered in a real MLflow store, packaged by ``mlops package``, served by a real
+``bentoml serve``, scored by ``predict-batch`` and rolled out through real Caddy with the fast
+local canary profile, its quality judged on labels with the offline gates' error metrics.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import mlflow.sklearn
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import predict_batch, tracking
+from pipelines.canary_config import load_canary_config
+from pipelines.data import load_dataset
+from pipelines.inference import predict
+from pipelines.metrics import Task
+from pipelines.package import PackageResult
+from pipelines.serving.predlog import read_jsonl
+from tests.conftest import REPO_ROOT, make_project
+from tests.integration.conftest import (
+    PROFILE,
+    Versions,
+)
+from tests.integration.localenv.conftest import _mlops
+from tests.integration.serving.conftest import start_server, stop_server, wait_ready
+
+pytestmark = pytest.mark.integration
+
+VARIANT = REPO_ROOT / "configs" / "variants" / "diabetes-regressor"
+# v2 differs by one hyperparameter (a slightly higher learning rate): a fair candidate.
+# v3 stops after two boosting iterations: it predicts little more than the mean.
+SIMILAR, WORSE = 2, 3
+PARAMS = {SIMILAR: {"learning_rate": 0.06}, WORSE: {"max_iter": 2}}
+# The canary's quality signal: the offline champion gate's metric (rmse), with a margin
+# about the size of its sampling error on a few hundred labelled requests.
+QUALITY = {"rmse": {"max_regression": 5.0}}
+
+
+def regressor_configs(target: Path) -> None:
+    """A complete config set for the regressor: the variant's files over the base ones.
+
+    The variant holds only what differs from ``configs/``; the canary config is the fast local
+    profile with the regressor's error metric in place of the classifier's.
+    """
+    for name in ("data.yaml", "train.yaml", "validate.yaml"):
+        shutil.copy(VARIANT / name, target / name)
+    profile = yaml.safe_load(PROFILE.read_text())
+    profile["quality"]["metrics"] = QUALITY
+    (target / "canary.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
+    """Three registered regressor versions, each packaged into a Bento by ``mlops package``."""
+    from pipelines import train
+
+    project = make_project(tmp_path_factory.mktemp("regression") / "project")
+    regressor_configs(project.configs)
+    home = project.root / "bentoml-home"
+    (project.root / ".gitignore").write_text(".mlops/\n__pycache__/\nbentoml-home/\n")
+    project.commit("the diabetes regressor's config set")
+    packages: dict[int, PackageResult] = {}
+    for number in (1, SIMILAR, WORSE):
+        config = project.config()
+        params = {**config.train.params, **PARAMS.get(number, {})}
+        config = config.model_copy(
+            update={"train": config.train.model_copy(update={"params": params})}
+        )
+        result = train.run(config, project.state)
+        assert result.model_version == str(number)
+        _mlops(project, home, "package", "--version", str(number))
+        packages[number] = PackageResult.model_validate_json(
+            (project.state.results / "package.json").read_text()
+        )
+    canary = load_canary_config(project.configs / "canary.yaml", project.config().validate_)
+    return Versions(project, home, packages, canary)
+
+
+@pytest.fixture(scope="module")
+def holdout(versions: Versions) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every feature row of the diabetes data and version 1's in-process predictions."""
+    project = versions.project
+    config = project.config()
+    dataset = load_dataset(config.data, config.root)
+    tracking.configure(config, project.state)
+    estimator = mlflow.sklearn.load_model(f"models:/{config.train.registered_model_name}/1")
+    return dataset.X, predict(estimator, dataset.X, Task.REGRESSION).values
+
+
+def test_served_regressor_answers_values(versions: Versions, holdout, tmp_path: Path) -> None:
+    """It serves float values, the same in the response, the log and in-process.
+
+    No classes or probabilities; float labels are recorded; bad rows and labels get a 4xx.
+    """
+    features, expected = holdout
+    server = start_server(
+        versions.packages[1].bento_tag,
+        versions.bentoml_home,
+        tmp_path / "server.log",
+        env={
+            "MLOPS_PREDICTION_LOG": str(tmp_path / "predictions.jsonl"),
+            "MLOPS_LABELS_LOG": str(tmp_path / "labels.jsonl"),
+        },
+    )
+    try:
+        wait_ready(server)
+        rows = orjson.loads(features.head(5).to_json(orient="records"))
+        response = httpx.post(f"{server.url}/predict", json={"records": rows}, timeout=30)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["model_version"], body.get("classes"), body.get("probabilities")) == (
+            "1",
+            None,
+            None,
+        )
+        assert all(isinstance(v, float) for v in body["predictions"])
+        np.testing.assert_allclose(body["predictions"], expected[:5], rtol=1e-12)
+
+        labels = [{"request_id": body["request_id"], "row": i, "label": 151.5} for i in range(5)]
+        recorded = httpx.post(f"{server.url}/labels", json={"labels": labels}, timeout=30)
+        assert recorded.status_code == 200 and recorded.json() == {"recorded": 5}, recorded.text
+
+        bad = [
+            {"records": [{**rows[0], "bmi": "high"}]},
+            {"records": [{k: v for k, v in rows[0].items() if k != "bmi"}]},
+            {"records": [{**rows[0], "extra": 1.0}]},
+            {"records": []},
+        ]
+        for payload in bad:
+            refused = httpx.post(f"{server.url}/predict", json=payload, timeout=30)
+            assert 400 <= refused.status_code < 500, (payload, refused.text)
+        wrong_label = [{"request_id": body["request_id"], "row": 0, "label": "high"}]
+        refused = httpx.post(f"{server.url}/labels", json={"labels": wrong_label}, timeout=30)
+        assert 400 <= refused.status_code < 500, refused.text
+    finally:
+        stop_server(server)
+    logged = list(read_jsonl(tmp_path / "predictions.jsonl"))
+    assert [r["request_id"] for r in logged] == [body["request_id"]]
+    assert logged[0]["outputs"] == {"predictions": body["predictions"]}
+    assert logged[0]["inputs"] == rows
+    written = list(read_jsonl(tmp_path / "labels.jsonl"))
+    assert [w["label"] for w in written] == [151.5] * 5
+
+
+def test_predict_batch_writes_values(versions: Versions, holdout, tmp_path: Path) -> None:
+    """It writes one float per CSV row, equal to in-process predictions, no probability."""
+    features, expected = holdout
+    source, target = tmp_path / "in.csv", tmp_path / "out.csv"
+    features.to_csv(source, index=False)
+    project = versions.project
+    result = predict_batch.run(
+        project.config(), project.state, source, target, version="1", show_progress=False
+    )
+    output = pd.read_csv(target)
+    assert list(output.columns) == ["row_number", "prediction"]
+    assert output["row_number"].tolist() == list(range(1, len(features) + 1))
+    np.testing.assert_allclose(output["prediction"].to_numpy(), expected, rtol=1e-12)
+    assert (result.rows, result.task) == (len(features), Task.REGRESSION)
