@@ -66,6 +66,13 @@ def _rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(y_true, float) - np.asarray(y_pred, float)) ** 2)))
 
 
+def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    # Undefined on constant labels (no variance to explain): NaN, not sklearn's 0.0 or 1.0.
+    if len(np.unique(y_true)) < 2:
+        return math.nan
+    return skm.r2_score(y_true, y_pred)
+
+
 def _log_loss(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return skm.log_loss(y_true, np.clip(y_score, 1e-15, 1 - 1e-15), labels=[0, 1])
 
@@ -87,7 +94,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("brier", _C, False, True, skm.brier_score_loss),
         MetricSpec("rmse", _R, False, False, _rmse),
         MetricSpec("mae", _R, False, False, skm.mean_absolute_error),
-        MetricSpec("r2", _R, True, False, skm.r2_score),
+        MetricSpec("r2", _R, True, False, _r2),
     )
 }
 

@@ -60,7 +60,9 @@ from pipelines.canary import (
     judge,
     judge_standby,
 )
-from pipelines.canary_config import CanaryConfig, Strategy
+from pipelines.canary.observations import predictions_agree
+from pipelines.canary.value_bins import with_value_bins
+from pipelines.canary_config import AgreementSignal, CanaryConfig, Strategy
 from pipelines.config import ConfigSet, GateMode
 from pipelines.deploy_state import EnvState, RolloutStatus, load_state
 from pipelines.gitops import GitIdentity
@@ -361,9 +363,11 @@ class _Observer:
         stable: str,
         canary: str,
         mirror_log: Path | None = None,
+        agreement: AgreementSignal | None = None,
     ) -> None:
         self.versions = {"stable": stable, "canary": canary}
         self.mirror_log = mirror_log
+        self.agreement = agreement or AgreementSignal()
         self.waiting_copies: list[tuple[str, str]] = []  # (canary id, stable id) not yet logged
         self.pred_logs: dict[str, Path] = {}
         self.label_logs: dict[str, Path] = {}
@@ -465,7 +469,12 @@ class _Observer:
                 target.server_errors += 1
             if status == 200 and primary == 200:
                 pairs += 1
-                agreed += bool(line.get("agree"))
+                agreed += predictions_agree(
+                    line.get("primary_predictions"),
+                    line.get("shadow_predictions"),
+                    self.agreement.value_rtol,
+                    self.agreement.value_atol,
+                )
             copy_id, stable_id = line.get("shadow_request_id"), line.get("primary_request_id")
             if status == 200 and copy_id and stable_id:
                 self.waiting_copies.append((copy_id, stable_id))
@@ -798,6 +807,7 @@ def run(
         )
     canary = str(version)
     stable = str(current.stable.version) if current.stable else ""
+    canary_config = with_value_bins(config, canary_config, state, stable)
     reference = _reference(config, canary_config)
     if reference is not None:
         # Evidently takes seconds to import: not at the first check that needs it.
@@ -834,7 +844,7 @@ def run(
         if mirrored and status.mirror_log is None:
             raise reconcile.EnvError(f"{env}: v{version} should get mirrored traffic: no mirror")
         mirror = Path(status.mirror_log) if mirrored and status.mirror_log else None
-        return _Observer(status, stable, canary, mirror)
+        return _Observer(status, stable, canary, mirror, canary_config.agreement)
 
     observer = observe(status)
     driver: _TrafficDriver | None = None
