@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipelines import predict_batch, rollout, tracking
-from pipelines.canary_config import load_canary_config
+from pipelines.canary_config import CanaryConfig, load_canary_config
 from pipelines.data import load_dataset
 from pipelines.deploy_state import load_state
 from pipelines.inference import predict
@@ -56,6 +56,11 @@ QUALITY = {"rmse": {"max_regression": 5.0}}
 # the second check of every run, past the local profile's 1000 ms. The relative latency
 # signal still compares them; the absolute bound is not what these tests are about.
 MAX_P99_MS = 5000
+# Shadow: two analysis steps on mirrored copies of every request (weight 0).
+MIRRORED_STEPS = [
+    {"weight": 0, "min_requests": 150, "min_duration_s": 8},
+    {"weight": 0, "min_requests": 300, "min_duration_s": 8},
+]
 
 
 def regressor_configs(target: Path) -> None:
@@ -232,3 +237,26 @@ def test_a_regressor_that_barely_learned_is_rolled_back(versions: Versions, env_
     assert_no_failed_requests(result)
     signals = _signals(_verdict_evidence(versions, result, "rollback"))
     assert any(signals[name]["status"] == "failed" for name in deciding), signals
+
+
+def test_a_shadow_regressor_agrees_within_the_value_tolerance(
+    versions: Versions, env_name: str
+) -> None:
+    """It promotes a shadow candidate whose values agree with stable's within 10 %.
+
+    The candidate answers no client; its mirrored values are compared with stable's answers
+    with the agreement tolerance (exact equality would never hold between two regressors),
+    and its rmse is tested on the labels that reach the copies through stable's requests.
+    """
+    data = versions.canary.model_dump(mode="json")
+    shadow = CanaryConfig.model_validate({**data, "strategy": "shadow", "steps": MIRRORED_STEPS})
+    result = run_rollout(versions, env_name, SIMILAR, traffic=load(), canary=shadow)
+
+    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert_no_failed_requests(result)
+    assert result.final_verdict is not None
+    signals = _signals(result.final_verdict)
+    agreement = signals["agreement"]
+    assert agreement["status"] == "passed", agreement
+    assert shadow.agreement.min_rate <= agreement["canary"] < 1.0, agreement
+    assert signals["quality.rmse"]["status"] == "passed", signals["quality.rmse"]
