@@ -13,17 +13,9 @@ orjson; the prediction log is an in-memory append, written by a background threa
 
 from __future__ import annotations
 
-import os
-
-# One OpenMP thread per worker (the service scales by workers), read by scikit-learn's OpenMP
-# runtime when it first loads, so before any import below. Tree ensembles such as the
-# gradient-boosting regressor otherwise start a team of spinning threads for every call, and
-# on a busy host a single-row prediction waits up to seconds for them (measured: p99 1.3 s
-# against 10 ms). The variable is inherited by the worker processes; a deployment may set it.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import gc
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
