@@ -245,6 +245,13 @@ def _values(fn: Callable[[np.ndarray, np.ndarray], float]):
     return lambda y, p: fn(y, p.values)
 
 
+def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    # Undefined on constant labels (no variance to explain): NaN, not sklearn's 0.0 or 1.0.
+    if len(np.unique(y_true)) < 2:
+        return math.nan
+    return skm.r2_score(y_true, y_pred)
+
+
 _C = frozenset({Task.CLASSIFICATION})
 _R = frozenset({Task.REGRESSION})
 
@@ -269,7 +276,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("brier", _C, False, True, _brier),
         MetricSpec("rmse", _R, False, False, _rmse),
         MetricSpec("mae", _R, False, False, _values(skm.mean_absolute_error)),
-        MetricSpec("r2", _R, True, False, _values(skm.r2_score)),
+        MetricSpec("r2", _R, True, False, _values(_r2)),
     )
 }
 

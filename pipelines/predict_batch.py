@@ -156,10 +156,31 @@ def check_rows(
     return checked, problems
 
 
+def _exact(raw: pd.Series, numbers: pd.Series) -> pd.Series:
+    """``numbers`` with every text cell re-read exactly, as Python reads a float.
+
+    ``pd.to_numeric`` parses text with a fast reader that can miss the nearest double by an
+    ulp; a tree model whose threshold lies in between would then score a CSV row differently
+    from the same row in memory (or in a JSON request).
+    """
+    if not (pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw)):
+        return numbers
+    cells = raw.to_numpy(dtype=object)
+    exact = numbers.to_numpy(copy=True)
+    for index in np.flatnonzero(np.isfinite(exact)):
+        cell = cells[index]
+        if isinstance(cell, str):
+            try:
+                exact[index] = float(cell)
+            except ValueError:
+                continue
+    return pd.Series(exact, index=numbers.index, name=numbers.name)
+
+
 def _numeric(raw: pd.Series, kind: str) -> tuple[pd.Series, np.ndarray, str]:
     if pd.api.types.is_bool_dtype(raw):
         return raw, np.ones(len(raw), bool), f"expected {kind}, got a boolean"
-    numbers = pd.to_numeric(raw, errors="coerce").astype("float64")
+    numbers = _exact(raw, pd.to_numeric(raw, errors="coerce").astype("float64"))
     values = numbers.to_numpy()
     bad = ~np.isfinite(values)
     if kind in _INTEGRAL:

@@ -139,6 +139,37 @@ class AgreementCounts:
             raise ValueError(f"agreed ({self.agreed}) must lie in [0, pairs={self.pairs}]")
 
 
+def predictions_agree(primary: Any, shadow: Any, rtol: float = 0.0, atol: float = 0.0) -> bool:
+    """Whether two versions' predictions for the same request agree.
+
+    Class labels (and anything not a number) agree when equal; numbers (a regressor's values)
+    when ``|a - b| <= atol + rtol * max(|a|, |b|)``. Lists agree element by element; a missing
+    answer never agrees.
+    """
+    if primary is None or shadow is None:
+        return False
+    if isinstance(primary, list) or isinstance(shadow, list):
+        return (
+            isinstance(primary, list)
+            and isinstance(shadow, list)
+            and len(primary) == len(shadow)
+            and all(
+                predictions_agree(a, b, rtol, atol) for a, b in zip(primary, shadow, strict=True)
+            )
+        )
+    numbers = (int, float)
+    if (
+        isinstance(primary, numbers)
+        and isinstance(shadow, numbers)
+        and not isinstance(primary, bool)
+        and not isinstance(shadow, bool)
+        and (isinstance(primary, float) or isinstance(shadow, float))
+    ):
+        a, b = float(primary), float(shadow)
+        return abs(a - b) <= atol + rtol * max(abs(a), abs(b))
+    return primary == shadow
+
+
 @dataclass(frozen=True)
 class WindowObservation:
     """Stable and canary over the same window of one step."""

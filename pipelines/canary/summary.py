@@ -171,8 +171,48 @@ class StepSummary(Frozen):
     agreement_agreed: int = 0
 
 
+def value_edges(reference: np.ndarray, bins: int) -> list[float]:
+    """Bin edges for a regressor's values: quantiles of its predictions on reference rows.
+
+    ``bins`` bins that each hold an equal share of the reference predictions (fewer when
+    predictions repeat: equal quantiles merge, and constant predictions give one edge). Drift
+    is then measured where the model's predictions actually lie, whatever their units.
+
+    Raises:
+        ValueError: No finite reference prediction.
+    """
+    values = np.asarray(reference, float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        raise ValueError("no finite reference predictions to place value bins on")
+    quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    return sorted({float(q) for q in quantiles} or {float(values[0])})
+
+
+def _value_bins(edges: Sequence[float], values: np.ndarray) -> dict[str, int]:
+    """Counts of ``values`` in ``[edge_k, edge_k+1)``, below the first edge and from the last."""
+    index = np.searchsorted(np.asarray(edges, float), np.asarray(values, float), side="right")
+    counts = np.bincount(index, minlength=len(edges) + 1)
+    labels = [f"<{edges[0]:.8g}"]
+    labels += [f"{a:.8g}-{b:.8g}" for a, b in pairwise(edges)]
+    labels += [f">={edges[-1]:.8g}"]
+    # The bin's index leads its label: two edges that print alike stay two keys.
+    return {
+        f"{k:02d} {label}": int(c) for k, (label, c) in enumerate(zip(labels, counts, strict=True))
+    }
+
+
 def prediction_bins(spec: PredictionDriftSignal, predictions: Predictions) -> dict[str, int]:
-    """Histogram of predictions on bins fixed by the config (never by the data)."""
+    """Histogram of predictions on bins fixed before the rollout (never by the live data).
+
+    Scores fall into ``spec.bins`` equal-width bins on [0, 1]; values without scores
+    (a regressor's) into the bins ``spec.edges`` define (see :func:`value_edges`); class
+    labels are counted per class.
+
+    Raises:
+        ValueError: Numeric values without scores and no edges: one bin per distinct value
+            would make every prediction of a regressor its own category.
+    """
     if predictions.scores is not None:
         scores = np.asarray(predictions.scores, float)
         index = np.clip(np.floor(scores * spec.bins), 0, spec.bins - 1).astype(int)
@@ -181,14 +221,15 @@ def prediction_bins(spec: PredictionDriftSignal, predictions: Predictions) -> di
             f"{k / spec.bins:.3g}-{(k + 1) / spec.bins:.3g}": int(c) for k, c in enumerate(counts)
         }
     if spec.edges is not None:
-        index = np.searchsorted(np.asarray(spec.edges), np.asarray(predictions.values, float))
-        counts = np.bincount(index, minlength=len(spec.edges) + 1)
-        labels = ["<" + f"{spec.edges[0]:g}"]
-        labels += [f"{a:g}-{b:g}" for a, b in pairwise(spec.edges)]
-        labels += [">=" + f"{spec.edges[-1]:g}"]
-        return {label: int(c) for label, c in zip(labels, counts, strict=True)}
-    values, counts = np.unique(np.asarray(predictions.values).astype(str), return_counts=True)
-    return {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+        return _value_bins(spec.edges, predictions.values)
+    values = np.asarray(predictions.values)
+    if values.dtype.kind == "f":
+        raise ValueError(
+            "predicted values without scores need value bins: set prediction_drift.edges, or "
+            "let the rollout place them on the reference predictions (value_edges)"
+        )
+    labels, counts = np.unique(values.astype(str), return_counts=True)
+    return {str(v): int(c) for v, c in zip(labels, counts, strict=True)}
 
 
 def _summarize_version(

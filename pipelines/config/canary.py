@@ -96,12 +96,17 @@ class PredictionDriftSignal(Strict):
 
     mode: GateMode = GateMode.ENABLED
     bins: int = Field(
-        default=10, ge=2, le=100, description="Equal-width bins on [0, 1] for scores."
+        default=10,
+        ge=2,
+        le=100,
+        description="Equal-width bins on [0, 1] for scores; for a regressor without edges, "
+        "this many quantile bins of the stable version's predictions on the training data.",
     )
     edges: list[float] | None = Field(
         default=None,
-        description="Bin edges for predicted values without scores (regression); class "
-        "labels are binned by category when this is empty.",
+        description="Bin edges for predicted values without scores (regression); left out, "
+        "the rollout places them on the reference predictions. Class labels are binned by "
+        "category.",
     )
     min_psi: float = Field(
         default=0.1,
@@ -167,6 +172,16 @@ class AgreementSignal(Strict):
     min_rate: float = Field(default=0.9, gt=0.0, lt=1.0)
     mixing_sd: float = Field(default=1.0, gt=0.0, le=5.0)
     min_pairs: int = Field(default=100, ge=1, le=10_000_000)
+    value_rtol: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Regressors: two predicted values agree when they differ by at most this "
+        "share of the larger one (plus value_atol); class labels must be equal.",
+    )
+    value_atol: float = Field(
+        default=0.0, ge=0.0, description="Regressors: absolute slack, in the target's units."
+    )
 
 
 class InputDriftSignal(Strict):

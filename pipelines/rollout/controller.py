@@ -36,6 +36,7 @@ import pandas as pd
 
 from harness import traffic as synthetic
 from pipelines.canary import Verdict
+from pipelines.canary.value_bins import with_value_bins
 from pipelines.config.base import GateMode
 from pipelines.config.canary import CanaryConfig
 from pipelines.config.loader import ConfigSet
@@ -313,6 +314,11 @@ def _drive(
     settle_s: float,
 ) -> RolloutResult:
     """Serve the rollout, run the clients, judge until settled, stop the clients, report."""
+    stable = ctx.load().stable
+    # A regressor's prediction drift needs value bins fixed before any live traffic.
+    ctx.canary_config = with_value_bins(
+        ctx.config, ctx.canary_config, ctx.state, str(stable.version) if stable else ""
+    )
     reference = _reference(ctx.config, ctx.canary_config)
     try:
         status = ctx.reconcile()
@@ -494,6 +500,7 @@ def _source(
         str(ctx.version),
         mirror_log=mirror,
         clients=driver.drain if driver is not None else None,
+        agreement=ctx.canary_config.agreement,
     )
 
 

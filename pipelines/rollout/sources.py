@@ -30,6 +30,8 @@ from pipelines.canary import (
     WindowObservation,
     logged_predictions,
 )
+from pipelines.canary.observations import predictions_agree
+from pipelines.config.canary import AgreementSignal
 from pipelines.environments.local import reconcile
 
 # Input rows kept per version and window for Evidently's input drift (a sample is enough).
@@ -164,9 +166,11 @@ class LogSource:
         *,
         mirror_log: Path | None = None,
         clients: ClientOutcomes | None = None,
+        agreement: AgreementSignal | None = None,
     ) -> None:
         self.stable, self.canary = stable, canary
         self.mirror_log = mirror_log
+        self.agreement = agreement or AgreementSignal()
         self.clients = clients
         self.waiting_copies: list[tuple[str, str]] = []  # (canary id, stable id) not yet logged
         self.pred_logs: dict[str, Path] = {}
@@ -266,7 +270,12 @@ class LogSource:
                 target.server_errors += 1
             if status == 200 and primary == 200:
                 pairs += 1
-                agreed += bool(line.get("agree"))
+                agreed += predictions_agree(
+                    line.get("primary_predictions"),
+                    line.get("shadow_predictions"),
+                    self.agreement.value_rtol,
+                    self.agreement.value_atol,
+                )
             copy_id, stable_id = line.get("shadow_request_id"), line.get("primary_request_id")
             if status == 200 and copy_id and stable_id:
                 self.waiting_copies.append((copy_id, stable_id))
