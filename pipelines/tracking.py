@@ -44,7 +44,8 @@ def tracking_uri(config: ConfigSet, state: Workdir) -> str:
     return f"sqlite:///{state.mlflow / 'mlflow.db'}"
 
 
-def _source(config: ConfigSet) -> str:
+def source_of(config: ConfigSet) -> str:
+    """Where the tracking URI was set: the environment variable or train.yaml's field."""
     if os.environ.get(TRACKING_ENV):
         return TRACKING_ENV
     return f"{config.source('train')}: tracking_uri"
@@ -96,7 +97,7 @@ def configure(config: ConfigSet, state: Workdir) -> str:
         TrackingServerError: An http(s) tracking server does not answer (nothing is written).
     """
     uri = tracking_uri(config, state)
-    check_reachable(uri, _source(config))
+    check_reachable(uri, source_of(config))
     if uri.startswith("sqlite:///"):
         state.mlflow.mkdir(parents=True, exist_ok=True)
     user = {name: os.environ.get(name) for name in (TRACKING_ENV, REGISTRY_ENV)}

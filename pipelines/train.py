@@ -158,6 +158,8 @@ def run(config: ConfigSet, workdir: Workdir) -> TrainResult:
         DataError: The data does not match its schema (nothing is logged or registered).
     """
     code, dataset, parts = prepare(config)
+    # Before the fit: an unreachable tracking server is named at once, not after training.
+    tracking.check_reachable(tracking.tracking_uri(config, workdir), tracking.source_of(config))
     estimator = fit(code, config, parts)
     check_nullable(estimator, config, parts.X_train)
     contract = feature_contract(config, parts.X_train)
