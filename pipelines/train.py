@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from pydantic import BaseModel, ConfigDict
 
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.config.base import ConfigError
 from pipelines.config.loader import ConfigSet
 from pipelines.config.training import FeatureType
@@ -225,9 +224,9 @@ def run(config: ConfigSet, workdir: Workdir) -> TrainResult:
             registered_model_name=config.train.registered_model_name,
         )
         version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in {**tags, "run_id": run.info.run_id}.items():
-        client.set_model_version_tag(config.train.registered_model_name, version, key, value)
+    registry.tag_version(
+        config.train.registered_model_name, version, {**tags, "run_id": run.info.run_id}
+    )
     log.info(
         "registered %s version %s (run %s)",
         config.train.registered_model_name,

@@ -59,6 +59,9 @@ class SignalStatus(StrEnum):
     FAILED = "failed"
     INSUFFICIENT = "insufficient"  # configured, but too little data to test yet
     SKIPPED = "skipped"  # disabled, or not applicable to this strategy or data
+    UNHEALTHY = (
+        "unhealthy"  # a hard limit that stable breaches too: the environment, not the canary
+    )
 
 
 class SignalResult(BaseModel):
@@ -161,32 +164,52 @@ def _weights(n_c: np.ndarray, n_s: np.ndarray) -> np.ndarray:
     return np.divide(n_c * n_s, total, out=np.zeros_like(total, dtype=float), where=total > 0)
 
 
+def _limit_status(
+    canary: float, stable: float, bound: float, stable_measured: bool
+) -> SignalStatus:
+    """One hard limit: the canary fails it only when it breaches the bound and stable does not.
+
+    Both versions over the bound in the same step is the environment's doing (a busy host, a
+    slow dependency), not the canary's: the limit reports it as unhealthy and the rollout holds,
+    so that the deadline, not this step, decides. Without a measured stable (too few requests,
+    blue-green's standby) a breach fails, the safe side.
+    """
+    if not canary > bound:
+        return SignalStatus.PASSED
+    if stable_measured and stable > bound:
+        return SignalStatus.UNHEALTHY
+    return SignalStatus.FAILED
+
+
 def _hard_limits(config: CanaryConfig, current: StepSummary) -> list[SignalResult]:
     limits = config.hard_limits
     canary, stable = current.canary, current.stable
     enough = canary.requests >= limits.min_requests
+    stable_measured = stable.requests >= limits.min_requests
     why = f"{canary.requests} of {limits.min_requests} canary requests in this step"
     rate_c = canary.errors / canary.requests if canary.requests else math.nan
     rate_s = stable.errors / stable.requests if stable.requests else math.nan
+    if enough:
+        rate_status = _limit_status(rate_c, rate_s, limits.max_error_rate, stable_measured)
+        rate_detail = (
+            f"canary {_pct(rate_c)} ({canary.errors}/{canary.requests}), stable "
+            f"{_pct(rate_s)} ({stable.errors}/{stable.requests}) vs bound "
+            f"{_pct(limits.max_error_rate)}"
+        )
+        if rate_status is SignalStatus.UNHEALTHY:
+            rate_detail = f"environment unhealthy: {rate_detail}"
+    else:
+        rate_status, rate_detail = SignalStatus.INSUFFICIENT, why
     results = [
         SignalResult(
             name="hard_limit.error_rate",
-            test="canary error rate in this step ≤ bound",
-            status=(
-                SignalStatus.INSUFFICIENT
-                if not enough
-                else SignalStatus.FAILED
-                if rate_c > limits.max_error_rate
-                else SignalStatus.PASSED
-            ),
+            test="canary error rate in this step ≤ bound, unless stable breaches it too",
+            status=rate_status,
             canary=rate_c,
             stable=rate_s,
             statistic=rate_c,
             threshold=limits.max_error_rate,
-            detail=why
-            if not enough
-            else f"canary {_pct(rate_c)} ({canary.errors}/{canary.requests}) vs bound "
-            f"{_pct(limits.max_error_rate)}",
+            detail=rate_detail,
         )
     ]
     p99_c = canary.latency_ms.get("p99")
@@ -196,13 +219,23 @@ def _hard_limits(config: CanaryConfig, current: StepSummary) -> list[SignalResul
     elif not enough:
         status, detail = SignalStatus.INSUFFICIENT, why
     else:
-        failed = p99_c > limits.max_p99_latency_ms
-        status = SignalStatus.FAILED if failed else SignalStatus.PASSED
-        detail = f"canary p99 {p99_c:.4g} ms vs bound {limits.max_p99_latency_ms:g} ms"
+        status = _limit_status(
+            p99_c,
+            p99_s if p99_s is not None else math.nan,
+            limits.max_p99_latency_ms,
+            stable_measured and p99_s is not None,
+        )
+        stable_text = f"{p99_s:.4g} ms" if p99_s is not None else "not measured"
+        detail = (
+            f"canary p99 {p99_c:.4g} ms, stable p99 {stable_text} vs bound "
+            f"{limits.max_p99_latency_ms:g} ms"
+        )
+        if status is SignalStatus.UNHEALTHY:
+            detail = f"environment unhealthy: {detail}"
     results.append(
         SignalResult(
             name="hard_limit.p99_latency_ms",
-            test="canary p99 latency in this step ≤ bound",
+            test="canary p99 latency in this step ≤ bound, unless stable breaches it too",
             status=status,
             canary=p99_c,
             stable=p99_s,
@@ -622,6 +655,7 @@ def judge_summaries(
             for s in signals
             if s.name.startswith("quality.") and s.status is SignalStatus.INSUFFICIENT
         )
+    holds.extend(f"hold: {s.name}: {s.detail}" for s in hard if s.status is SignalStatus.UNHEALTHY)
     drift = next(s for s in signals if s.name == INPUT_DRIFT)
     if drift.blocking:
         holds.append(f"hold: live inputs drifted from the training data: {drift.detail}")

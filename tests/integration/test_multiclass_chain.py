@@ -266,7 +266,7 @@ def test_canary_rollout_judges_string_labels_for_k_classes(chain: Chain) -> None
     path.write_text(render_state(EnvState(environment=env, model="penguin-classifier")))
     git(project.root, "add", str(path))
     git(project.root, "commit", "-q", "-m", f"create environment {env}")
-    profile = load_canary_config(PROFILE, project.config().validate_)
+    profile = load_canary_config(PROFILE)
     # The fast local profile, with room for a pandas column transformer's p99 on a machine
     # shared with other test runs: this test is about the k-class signals, not latency.
     canary = profile.model_copy(

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipelines import predict_batch, rollout, tracking
-from pipelines.config.canary import CanaryConfig, load_canary_config
+from pipelines.config.canary import CanaryConfig
 from pipelines.data import load_dataset
 from pipelines.environments.local import reconcile
 from pipelines.inference import predict
@@ -95,7 +95,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
         packages[number] = PackageResult.model_validate_json(
             (project.state.results / "package.json").read_text()
         )
-    canary = load_canary_config(project.configs / "canary.yaml", project.config().validate_)
+    canary = project.config().canary
     return Versions(project, home, packages, canary)
 
 
@@ -203,7 +203,7 @@ def test_a_regressor_with_a_nearby_hyperparameter_is_promoted(
     project = versions.project
     result = run_rollout(versions, env_name, SIMILAR, traffic=load())
 
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert_no_failed_requests(result)
     assert "promote" in commit_subjects(project, env_name)[-1]
     assert alias_version(project, "champion") == SIMILAR
@@ -246,7 +246,7 @@ def test_a_shadow_regressor_agrees_within_the_value_tolerance(
     shadow = CanaryConfig.model_validate({**data, "strategy": "shadow", "steps": MIRRORED_STEPS})
     result = run_rollout(versions, env_name, SIMILAR, traffic=load(), canary=shadow)
 
-    assert result.outcome is rollout.Outcome.PROMOTED, result.to_markdown()
+    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert_no_failed_requests(result)
     assert result.final_verdict is not None
     signals = _signals(result.final_verdict)

@@ -169,6 +169,55 @@ def test_gateway_errors_count_when_the_server_saw_none() -> None:
     assert "hard_limit.error_rate" in _names(verdict)
 
 
+def _latencies(n: int, p99_ms: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` latencies around 10 ms whose top 2 % sit at ``p99_ms``."""
+    values = rng.normal(10.0, 1.0, n)
+    values[: max(1, n // 50)] = p99_ms
+    return values
+
+
+@pytest.mark.parametrize(
+    ("canary_p99", "stable_p99", "action", "status"),
+    [
+        (900.0, 20.0, Action.ROLLBACK, SignalStatus.FAILED),  # the canary alone breaches
+        (900.0, 800.0, Action.HOLD, SignalStatus.UNHEALTHY),  # both: the environment
+        (700.0, 900.0, Action.HOLD, SignalStatus.UNHEALTHY),  # both, canary the better one
+        (20.0, 900.0, Action.HOLD, SignalStatus.PASSED),  # stable alone: not the canary's fault
+    ],
+)
+def test_p99_hard_limit_blames_the_canary_only_when_stable_is_within_it(
+    canary_p99: float, stable_p99: float, action: Action, status: SignalStatus
+) -> None:
+    """It rolls back a p99 breach of the canary alone; both over the bound hold as unhealthy."""
+    rng = np.random.default_rng(3)
+    stable = VersionWindow(requests=400, latencies_ms=_latencies(400, stable_p99, rng))
+    canary = VersionWindow(requests=100, latencies_ms=_latencies(100, canary_p99, rng))
+    verdict = judge(CONFIG, 0, [WindowObservation(0, 30, stable, canary)])
+    limit = next(s for s in verdict.signals if s.name == "hard_limit.p99_latency_ms")
+    assert (verdict.action, limit.status) == (action, status), verdict.reasons
+    if status is SignalStatus.UNHEALTHY:
+        assert any("environment unhealthy" in r and "stable p99" in r for r in verdict.reasons)
+
+
+def test_error_hard_limit_breached_by_both_versions_holds_as_unhealthy() -> None:
+    """It holds, naming both error rates, when stable breaches the error bound too."""
+    stable = VersionWindow(requests=400, server_errors=120)
+    canary = VersionWindow(requests=100, server_errors=30)
+    verdict = judge(CONFIG, 0, [WindowObservation(0, 30, stable, canary)])
+    limit = next(s for s in verdict.signals if s.name == "hard_limit.error_rate")
+    assert verdict.action is Action.HOLD and limit.status is SignalStatus.UNHEALTHY
+    assert "stable 30" in limit.detail and "canary 30" in limit.detail
+
+
+def test_a_breach_without_a_measured_stable_still_rolls_back() -> None:
+    """It fails safe: with too few stable requests to compare, a canary breach rolls back."""
+    stable = VersionWindow(requests=10, server_errors=9)
+    canary = VersionWindow(requests=100, server_errors=30)
+    verdict = judge(CONFIG, 0, [WindowObservation(0, 30, stable, canary)])
+    assert verdict.action is Action.ROLLBACK
+    assert "hard_limit.error_rate" in _names(verdict)
+
+
 # --------------------------------------------------------------------------- hold
 
 
