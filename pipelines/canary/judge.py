@@ -5,9 +5,11 @@ clock, the network or the disk, so the rollout loop, the benchmark and the unit 
 it the same way. The order of the decision:
 
 1. no canary traffic in this step yet → ``hold``;
-2. a hard limit breached by the canary in this step → ``rollback`` at once;
+2. a hard limit breached by the canary in this step, with stable within it → ``rollback`` at
+   once (both versions over it: the environment is unhealthy, which holds at step 4);
 3. any enabled sequential test finds the canary worse than stable → ``rollback``;
-4. the step has fewer canary requests or seconds than it needs → ``hold``;
+4. the step has fewer canary requests or seconds than it needs, or the environment is
+   unhealthy → ``hold``;
 5. at the last step, labels still missing or inputs drifted (if enabled) → ``hold``;
 6. otherwise ``advance``, or ``promote`` after the last step.
 

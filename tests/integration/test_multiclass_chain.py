@@ -32,11 +32,11 @@ from pipelines.package import PackageResult
 from pipelines.release.state import EnvState, render_state, state_path
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, Project, git, make_project
-from tests.integration.conftest import PROFILE, Versions, load, run_rollout
+from tests.integration.conftest import LIVE_ROLLOUT, PROFILE, Versions, load, run_rollout
 from tests.integration.environments.local.conftest import _mlops
 from tests.integration.serving.conftest import start_server, stop_server, wait_ready
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 
 VARIANT = REPO_ROOT / "configs" / "variants" / "penguins-multiclass"
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]

@@ -30,6 +30,7 @@ from pipelines.release.state import load_state
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, make_project
 from tests.integration.conftest import (
+    LIVE_ROLLOUT,
     PROFILE,
     Versions,
     alias_version,
@@ -42,7 +43,7 @@ from tests.integration.conftest import (
 from tests.integration.environments.local.conftest import _mlops
 from tests.integration.serving.conftest import start_server, stop_server, wait_ready
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 
 VARIANT = REPO_ROOT / "configs" / "variants" / "diabetes-regressor"
 # v2 differs by one hyperparameter (a slightly higher learning rate): a fair candidate.

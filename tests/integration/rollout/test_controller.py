@@ -21,6 +21,7 @@ from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
+    LIVE_ROLLOUT,
     Versions,
     alias_version,
     assert_no_failed_requests,
@@ -30,7 +31,7 @@ from tests.integration.conftest import (
     run_rollout,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 
 
 def test_good_candidate_is_promoted_with_zero_failed_requests(

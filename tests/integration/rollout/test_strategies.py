@@ -26,6 +26,7 @@ from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
+    LIVE_ROLLOUT,
     Versions,
     alias_version,
     assert_no_failed_requests,
@@ -35,7 +36,7 @@ from tests.integration.conftest import (
     run_rollout,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 
 # Two analysis steps on mirrored traffic (weight 0): copies of every request, so the step
 # minimums count mirrored requests.
