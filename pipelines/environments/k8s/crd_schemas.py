@@ -1,7 +1,8 @@
 """The custom resources' schemas, vendored from each project's released CRD manifests.
 
 ``schemas/crds/<project>/`` holds the ``openAPIV3Schema`` of every custom resource the
-renderer writes (Argo Rollouts, the Gateway API standard channel, the Prometheus Operator),
+renderer writes (Argo Rollouts, the Gateway API standard channel, the Prometheus Operator,
+Argo CD's Application),
 each folder with a ``SOURCE`` file (repository, tag, commit, path) and the project's licence.
 Core objects are checked with ``kubernetes-validate`` instead.
 
@@ -31,6 +32,7 @@ SCHEMA_FILES = {
         "argoproj.io/v1alpha1",
         "AnalysisTemplate",
     ): "argo-rollouts/analysistemplate-argoproj.io-v1alpha1.json",
+    ("argoproj.io/v1alpha1", "Application"): "argo-cd/application-argoproj.io-v1alpha1.json",
     (
         "gateway.networking.k8s.io/v1",
         "HTTPRoute",

@@ -16,7 +16,7 @@ import pytest
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
 from pipelines.environments import k8s
-from pipelines.environments.k8s import crd_schemas
+from pipelines.environments.k8s import argocd, crd_schemas
 from pipelines.environments.k8s.argo_rollouts import ArgoOptions
 from pipelines.release.state import EnvState
 from tests.unit.environments.test_k8s import state as plain_state
@@ -358,3 +358,31 @@ def test_engine_options_are_checked() -> None:
     engine, argo = k8s.engine_from_arguments("argo-rollouts", None, JUDGE_IMAGE)
     assert engine is k8s.Engine.ARGO_ROLLOUTS and argo is not None
     assert argo.judge_image == JUDGE_IMAGE
+
+
+@pytest.mark.parametrize("engine", ["plain", "argo-rollouts"])
+def test_argocd_application_validates_and_ignores_what_argo_rollouts_owns(engine: str) -> None:
+    """The Argo CD Application passes Argo CD's CRD schema and runs the render as a plugin.
+
+    With argo-rollouts it ignores the route's weights and the Services' pod-template hash
+    (Argo Rollouts sets them); with plain it ignores nothing, since git holds the weights.
+    """
+    options = argocd.ApplicationOptions(
+        environment="staging",
+        engine=engine,
+        repo_url="https://github.com/acme/models.git",
+        namespace="models",
+        image_repository="ghcr.io/acme/models",
+    )
+    app = argocd.application(options, BASE)
+    assert crd_schemas.errors(app) == []
+    plugin = app["spec"]["source"]["plugin"]
+    assert plugin["name"] == argocd.PLUGIN
+    assert {"name": "MLOPS_ENGINE", "value": engine} in plugin["env"]
+    ignored = app["spec"].get("ignoreDifferences", [])
+    assert [i["kind"] for i in ignored] == (
+        ["HTTPRoute", "Service"] if engine == "argo-rollouts" else []
+    )
+    broken = copy.deepcopy(app)
+    broken["spec"]["source"]["plugin"]["env"] = {"MLOPS_ENV": "staging"}
+    assert any("spec.source.plugin.env" in p for p in crd_schemas.errors(broken))
