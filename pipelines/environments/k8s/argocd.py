@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.environments.k8s.core import DNS_LABEL
 
@@ -35,8 +35,15 @@ class ApplicationOptions(BaseModel):
     revision: str = Field(default="main", min_length=1)
     namespace: str = Field(pattern=DNS_LABEL, description="Where the model's objects go.")
     image_repository: str | None = None
+    judge_image: str | None = None
     argocd_namespace: str = Field(default="argocd", pattern=DNS_LABEL)
     project: str = Field(default="default", pattern=DNS_LABEL)
+
+    @model_validator(mode="after")
+    def _judge_image_needs_argo(self) -> ApplicationOptions:
+        if self.judge_image is not None and self.engine != "argo-rollouts":
+            raise ValueError("judge_image goes with the argo-rollouts engine only")
+        return self
 
 
 def application(options: ApplicationOptions, model_base: str) -> dict[str, Any]:
@@ -52,6 +59,8 @@ def application(options: ApplicationOptions, model_base: str) -> dict[str, Any]:
     ]
     if options.image_repository is not None:
         env.append({"name": "MLOPS_IMAGE_REPOSITORY", "value": options.image_repository})
+    if options.judge_image is not None:
+        env.append({"name": "MLOPS_JUDGE_IMAGE", "value": options.judge_image})
     spec: dict[str, Any] = {
         "project": options.project,
         "source": {

@@ -373,12 +373,16 @@ def test_argocd_application_validates_and_ignores_what_argo_rollouts_owns(engine
         repo_url="https://github.com/acme/models.git",
         namespace="models",
         image_repository="ghcr.io/acme/models",
+        judge_image=JUDGE_IMAGE if engine == "argo-rollouts" else None,
     )
     app = argocd.application(options, BASE)
     assert crd_schemas.errors(app) == []
     plugin = app["spec"]["source"]["plugin"]
     assert plugin["name"] == argocd.PLUGIN
     assert {"name": "MLOPS_ENGINE", "value": engine} in plugin["env"]
+    assert ({"name": "MLOPS_JUDGE_IMAGE", "value": JUDGE_IMAGE} in plugin["env"]) is (
+        engine == "argo-rollouts"
+    )
     ignored = app["spec"].get("ignoreDifferences", [])
     assert [i["kind"] for i in ignored] == (
         ["HTTPRoute", "Service"] if engine == "argo-rollouts" else []
