@@ -24,7 +24,7 @@ multiply by the replicas.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,20 +42,13 @@ MISSING_BIN = "missing"  # a nullable feature without a value
 OTHER_BIN = "other"  # a category outside the reference's (``unknown: count``)
 
 
-class Kind(StrEnum):
-    """Prometheus metric types used here."""
-
-    COUNTER = "counter"
-    HISTOGRAM = "histogram"
-
-
 class Metric(BaseModel):
     """One metric family: its name, type, labels and what the judge computes from it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^mlops_[a-z_]+$")
-    kind: Kind
+    kind: Literal["counter", "histogram"]
     labels: tuple[str, ...]
     help: str
     used_for: str = Field(description="The judge's signal that reads it.")
@@ -63,28 +56,28 @@ class Metric(BaseModel):
 
 REQUESTS = Metric(
     name="mlops_requests_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=(*MODEL_LABELS, "traffic", "status"),
     help="Requests answered, by HTTP status class (2xx, 3xx, 4xx, 5xx).",
     used_for="error_rate, the hard limit max_error_rate (5xx over all), hard_limits.min_requests",
 )
 LATENCY = Metric(
     name="mlops_request_duration_seconds",
-    kind=Kind.HISTOGRAM,
+    kind="histogram",
     labels=(*MODEL_LABELS, "traffic"),
     help="Request latency in the server, on LATENCY_BUCKETS_S.",
     used_for="latency (log-latency from the buckets) and the hard limit max_p99_latency_ms",
 )
 PREDICTED_CLASSES = Metric(
     name="mlops_predictions_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=(*MODEL_LABELS, "traffic", "class"),
     help="Predicted labels of a classifier, one value of 'class' per class of the model.",
     used_for="prediction_drift on class labels; agreement bounds on mirrored traffic",
 )
 PREDICTED_SCORES = Metric(
     name="mlops_prediction_score",
-    kind=Kind.HISTOGRAM,
+    kind="histogram",
     labels=(*MODEL_LABELS, "traffic", "class"),
     help="Predicted probability of each class, on prediction_drift.bins equal-width buckets "
     "of [0, 1] (a binary model: the positive class only).",
@@ -92,7 +85,7 @@ PREDICTED_SCORES = Metric(
 )
 PREDICTED_VALUES = Metric(
     name="mlops_prediction_value",
-    kind=Kind.HISTOGRAM,
+    kind="histogram",
     labels=(*MODEL_LABELS, "traffic"),
     help="Predicted values of a regressor, on the edges placed on the reference predictions "
     "(prediction_drift.edges, or its quantile bins).",
@@ -100,7 +93,7 @@ PREDICTED_VALUES = Metric(
 )
 LABELLED = Metric(
     name="mlops_labelled_predictions_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=(*MODEL_LABELS, "predicted", "actual"),
     help="Requests whose label arrived, by predicted and actual class (a confusion matrix; a "
     "regressor has 'predicted' and 'actual' empty).",
@@ -108,7 +101,7 @@ LABELLED = Metric(
 )
 LABELLED_SCORES = Metric(
     name="mlops_labelled_prediction_score",
-    kind=Kind.HISTOGRAM,
+    kind="histogram",
     labels=(*MODEL_LABELS, "actual"),
     help="Predicted score of the positive class (binary) on labelled requests, by actual class, "
     "on the prediction score buckets.",
@@ -116,42 +109,42 @@ LABELLED_SCORES = Metric(
 )
 LOG_LOSS = Metric(
     name="mlops_label_log_loss_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=MODEL_LABELS,
     help="Sum of the log loss of labelled requests (probabilities clipped as pipelines.metrics).",
     used_for="quality: log_loss (divided by the labelled count)",
 )
 BRIER = Metric(
     name="mlops_label_brier_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=MODEL_LABELS,
     help="Sum of the Brier score of labelled requests (summed over classes above two).",
     used_for="quality: brier",
 )
 SQUARED_ERROR = Metric(
     name="mlops_label_squared_error_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=MODEL_LABELS,
     help="Sum of squared errors of a regressor's labelled requests.",
     used_for="quality: rmse, r2",
 )
 ABSOLUTE_ERROR = Metric(
     name="mlops_label_absolute_error_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=MODEL_LABELS,
     help="Sum of absolute errors of a regressor's labelled requests.",
     used_for="quality: mae",
 )
 LABEL_VALUES = Metric(
     name="mlops_label_value_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=(*MODEL_LABELS, "power"),
     help="Sums of a regressor's actual values, power '1' and '2' (r2's total sum of squares).",
     used_for="quality: r2",
 )
 INPUT_BINS = Metric(
     name="mlops_input_feature_bin_total",
-    kind=Kind.COUNTER,
+    kind="counter",
     labels=(*MODEL_LABELS, "traffic", "feature", "bin"),
     help="Input values per feature, counted on the training reference's bins: a numeric "
     "feature's bin index ('0'...), a category's value, 'missing' or 'other'.",

@@ -36,7 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
 from pipelines.environments.k8s.core import (
-    GATEWAY_API_VERSION,
     HTTP_PORT,
     LOCAL_IMAGE_PREFIX,
     Rendered,
@@ -46,10 +45,11 @@ from pipelines.environments.k8s.core import (
     image_reference,
     k8s_base_name,
     local_image_warnings,
+    model_labels,
     object_metadata,
-    parent_ref,
     pod_template,
     refuse_sticky,
+    route_document,
 )
 from pipelines.release.state import EnvState, Release
 
@@ -68,20 +68,17 @@ DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 
 
 class ArgoOptions(BaseModel):
-    """What the argo-rollouts engine needs beyond the plain engine's options."""
+    """What the argo-rollouts engine needs beyond the plain engine's options.
+
+    Attributes:
+        prometheus_url: The Prometheus the judge queries (the AnalysisTemplate's default).
+        judge_image: The image the judge Job runs; None: the target release's image.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prometheus_url: str = Field(
-        default=DEFAULT_PROMETHEUS_URL,
-        pattern=r"^https?://[^\s]+$",
-        description="The Prometheus the judge queries (the AnalysisTemplate's default argument).",
-    )
-    judge_image: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$",
-        description="The image the judge Job runs; None: the target release's image.",
-    )
+    prometheus_url: str = Field(default=DEFAULT_PROMETHEUS_URL, pattern=r"^https?://\S+$")
+    judge_image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 
 
 def _names(base: str) -> dict[str, str]:
@@ -92,14 +89,6 @@ def _names(base: str) -> dict[str, str]:
         "preview": f"{base}-preview",
         "metrics": f"{base}-metrics",
         "template": f"{base}-judge",
-    }
-
-
-def _object_labels(base: str, environment: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": base,
-        "app.kubernetes.io/managed-by": "mlops",
-        "mlops/environment": environment,
     }
 
 
@@ -161,14 +150,14 @@ def canary_steps(
     return steps
 
 
-def _service(name: str, base: str, environment: str, options: RenderOptions, **extra: Any) -> dict:
+def _service(name: str, state: EnvState, options: RenderOptions, **extra: Any) -> dict:
     spec: dict[str, Any] = {
         # Argo adds the pod-template hash of the right ReplicaSet to this selector.
-        "selector": {"app.kubernetes.io/name": base},
+        "selector": {"app.kubernetes.io/name": k8s_base_name(state.model)},
         "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
         **extra,
     }
-    labels = _object_labels(base, environment)
+    labels = model_labels(state)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -232,7 +221,7 @@ def rollout(
         "metadata": object_metadata(
             base,
             options,
-            labels=_object_labels(base, state.environment),
+            labels=model_labels(state),
             annotations=annotations,
         ),
         "spec": {
@@ -276,17 +265,7 @@ def http_route(state: EnvState, strategy: Strategy, options: RenderOptions) -> d
                 }
             ],
         }
-    return {
-        "apiVersion": GATEWAY_API_VERSION,
-        "kind": "HTTPRoute",
-        "metadata": object_metadata(
-            base,
-            options,
-            labels=_object_labels(base, state.environment),
-            annotations={"mlops/model-name": state.model, "mlops/strategy": strategy.value},
-        ),
-        "spec": {"parentRefs": [parent_ref(options)], "rules": [rule]},
-    }
+    return route_document(state, strategy, rule, options)
 
 
 def analysis_template(
@@ -365,7 +344,7 @@ def analysis_template(
             ]
         },
         "template": {
-            "metadata": {"labels": {**_object_labels(base, state.environment)}},
+            "metadata": {"labels": {**model_labels(state)}},
             "spec": {
                 "restartPolicy": "Never",  # podFailurePolicy requires it
                 "automountServiceAccountToken": False,
@@ -378,9 +357,7 @@ def analysis_template(
     return {
         "apiVersion": ARGO_API_VERSION,
         "kind": "AnalysisTemplate",
-        "metadata": object_metadata(
-            _names(base)["template"], options, labels=_object_labels(base, state.environment)
-        ),
+        "metadata": object_metadata(_names(base)["template"], options, labels=model_labels(state)),
         "spec": {
             "args": [
                 {"name": "prometheus-url", "value": argo.prometheus_url},
@@ -394,7 +371,7 @@ def analysis_template(
                     "failureLimit": 0,
                     "provider": {
                         "job": {
-                            "metadata": {"labels": _object_labels(base, state.environment)},
+                            "metadata": {"labels": model_labels(state)},
                             "spec": job_spec,
                         }
                     },
@@ -412,7 +389,7 @@ def service_monitor(state: EnvState, options: RenderOptions) -> dict[str, Any]:
     :mod:`pipelines.telemetry`, whose cardinality is bounded there.
     """
     base = k8s_base_name(state.model)
-    labels = _object_labels(base, state.environment)
+    labels = model_labels(state)
     return {
         "apiVersion": MONITORING_API_VERSION,
         "kind": "ServiceMonitor",
@@ -473,15 +450,15 @@ def render(
     model_image = image_reference(target, options.registry, source, options.image_repository)
     if strategy is Strategy.CANARY:
         services = [
-            _service(names["stable"], base, state.environment, options),
-            _service(names["canary"], base, state.environment, options),
+            _service(names["stable"], state, options),
+            _service(names["canary"], state, options),
         ]
     else:
         services = [
-            _service(names["active"], base, state.environment, options),
-            _service(names["preview"], base, state.environment, options),
+            _service(names["active"], state, options),
+            _service(names["preview"], state, options),
         ]
-    metrics_service = _service(names["metrics"], base, state.environment, options, clusterIP="None")
+    metrics_service = _service(names["metrics"], state, options, clusterIP="None")
     metrics_service["metadata"]["labels"]["mlops/metrics"] = "true"
     documents = [
         rollout(state, target, strategy, canary, options, source, canary_source),

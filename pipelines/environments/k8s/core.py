@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
 from pipelines.environments.local.desired import DesiredEnv, LiveRelease, desired_from_state
 from pipelines.release.state import EnvState, Release
 
@@ -285,6 +286,12 @@ def object_metadata(name: str, options: RenderOptions, **fields: Any) -> dict[st
     return metadata
 
 
+def _version_metadata(state: EnvState, live: LiveRelease, options: RenderOptions) -> dict[str, Any]:
+    """Name ``<model>-v<N>`` and labels of one live version's objects."""
+    labels = _labels(k8s_base_name(state.model), state.environment, live)
+    return object_metadata(object_name(state.model, live.version), options, labels=labels)
+
+
 def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -366,19 +373,15 @@ def deployment(
     source: str,
 ) -> dict[str, Any]:
     """The ``apps/v1`` Deployment of one live release."""
-    base = k8s_base_name(state.model)
+    metadata = _version_metadata(state, live, options)
+    metadata["annotations"] = _annotations(state, release)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_metadata(
-            object_name(state.model, live.version),
-            options,
-            labels=_labels(base, state.environment, live),
-            annotations=_annotations(state, release),
-        ),
+        "metadata": metadata,
         "spec": {
             "replicas": options.replicas,
-            "selector": {"matchLabels": _selector(base, live)},
+            "selector": {"matchLabels": _selector(k8s_base_name(state.model), live)},
             "template": pod_template(state, live.version, release, options, source),
         },
     }
@@ -386,18 +389,13 @@ def deployment(
 
 def service(state: EnvState, live: LiveRelease, options: RenderOptions) -> dict[str, Any]:
     """The ``v1`` Service of one live release (one per version: the route weighs them)."""
-    base = k8s_base_name(state.model)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_metadata(
-            object_name(state.model, live.version),
-            options,
-            labels=_labels(base, state.environment, live),
-        ),
+        "metadata": _version_metadata(state, live, options),
         "spec": {
             "type": "ClusterIP",
-            "selector": _selector(base, live),
+            "selector": _selector(k8s_base_name(state.model), live),
             "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -439,19 +437,30 @@ def http_route(state: EnvState, desired: DesiredEnv, options: RenderOptions) -> 
                 },
             }
         ]
-    base = k8s_base_name(state.model)
+    return route_document(state, desired.strategy, rule, options)
+
+
+def model_labels(state: EnvState) -> dict[str, str]:
+    """Labels of the objects that belong to the model rather than to one version."""
+    return {
+        "app.kubernetes.io/name": k8s_base_name(state.model),
+        "app.kubernetes.io/managed-by": "mlops",
+        "mlops/environment": state.environment,
+    }
+
+
+def route_document(
+    state: EnvState, strategy: Strategy, rule: dict[str, Any], options: RenderOptions
+) -> dict[str, Any]:
+    """The model's one ``HTTPRoute`` (named after it) with one rule, on the Gateway of options."""
     return {
         "apiVersion": GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
         "metadata": object_metadata(
-            base,
+            k8s_base_name(state.model),
             options,
-            labels={
-                "app.kubernetes.io/name": base,
-                "app.kubernetes.io/managed-by": "mlops",
-                "mlops/environment": state.environment,
-            },
-            annotations={"mlops/model-name": state.model, "mlops/strategy": desired.strategy.value},
+            labels=model_labels(state),
+            annotations={"mlops/model-name": state.model, "mlops/strategy": strategy.value},
         ),
         "spec": {"parentRefs": [parent_ref(options)], "rules": [rule]},
     }

@@ -14,9 +14,9 @@ import yaml
 
 from pipelines.config.canary import Strategy
 from pipelines.config.loader import load_config_set
-from pipelines.environments.k8s import crd_schemas
 from pipelines.release.state import EnvState, Release, Rollout, StableRelease, save_state
 from tests.conftest import Project
+from tests.unit.environments.test_k8s_argo_rollouts import ARGO_KINDS, assert_documents_valid
 
 pytestmark = pytest.mark.integration
 
@@ -168,20 +168,8 @@ def test_cli_renders_argo_rollouts_from_the_config_set(project: Project, tmp_pat
     )
     assert written.returncode == 0, written.stderr
     documents = list(yaml.safe_load_all(out.read_text()))
-    assert [d["kind"] for d in documents] == [
-        "Rollout",
-        "Service",
-        "Service",
-        "Service",
-        "HTTPRoute",
-        "AnalysisTemplate",
-        "ServiceMonitor",
-    ]
-    for document in documents:
-        if crd_schemas.has_schema(document):
-            assert crd_schemas.errors(document) == [], document["kind"]
-        else:
-            kubernetes_validate.validate(document, "1.33.0", strict=True)
+    assert [d["kind"] for d in documents] == ARGO_KINDS
+    assert_documents_valid(documents)
     rollout = documents[0]
     assert rollout["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "ghcr.io/acme/models:v2-0123456789ab"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import kubernetes_validate
@@ -70,13 +71,31 @@ def by_kind(result: k8s.Rendered) -> dict[str, list[dict[str, Any]]]:
     return kinds
 
 
-def assert_valid(result: k8s.Rendered) -> None:
+# What the argo-rollouts engine renders, in order (the three Services: two of the strategy's,
+# then the metrics one).
+ARGO_KINDS = [
+    "Rollout",
+    "Service",
+    "Service",
+    "Service",
+    "HTTPRoute",
+    "AnalysisTemplate",
+    "ServiceMonitor",
+]
+
+
+def assert_documents_valid(documents: Iterable[dict[str, Any]]) -> None:
     """Every object passes its schema: a vendored CRD schema, else Kubernetes' own (strict)."""
-    for document in result.documents:
+    for document in documents:
         if crd_schemas.has_schema(document):
             assert crd_schemas.errors(document) == [], document["kind"]
         else:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def assert_valid(result: k8s.Rendered) -> None:
+    """Every rendered object passes its schema."""
+    assert_documents_valid(result.documents)
 
 
 def test_canary_rollout_follows_canary_yaml_and_validates() -> None:
@@ -90,15 +109,7 @@ def test_canary_rollout_follows_canary_yaml_and_validates() -> None:
     result = rendered(state(Strategy.CANARY), CANARY, prometheus_url=PROMETHEUS)
     assert_valid(result)
     kinds = by_kind(result)
-    assert [d["kind"] for d in result.documents] == [
-        "Rollout",
-        "Service",
-        "Service",
-        "Service",
-        "HTTPRoute",
-        "AnalysisTemplate",
-        "ServiceMonitor",
-    ]
+    assert [d["kind"] for d in result.documents] == ARGO_KINDS
     (rollout,) = kinds["Rollout"]
     canary = rollout["spec"]["strategy"]["canary"]
     assert canary["stableService"] == f"{BASE}-stable"
