@@ -401,3 +401,17 @@ def test_argocd_application_validates_and_ignores_what_argo_rollouts_owns(engine
     broken = copy.deepcopy(app)
     broken["spec"]["source"]["plugin"]["env"] = {"MLOPS_ENV": "staging"}
     assert any("spec.source.plugin.env" in p for p in crd_schemas.errors(broken))
+
+
+def test_every_vendored_schema_has_its_source_and_licence() -> None:
+    """Each schema the checks use is listed in its folder's SOURCE, beside an Apache-2.0 LICENSE.
+
+    SOURCE names the repository, the released tag and its commit.
+    """
+    for relative in crd_schemas.SCHEMA_FILES.values():
+        path = crd_schemas.SCHEMAS_DIR / relative
+        source = (path.parent / "SOURCE").read_text()
+        assert f"  - {path.name}: " in source
+        assert re.search(r"^tag: v\d+\.\d+\.\d+$", source, re.MULTILINE)
+        assert re.search(r"^commit: [0-9a-f]{40}$", source, re.MULTILINE)
+        assert "Apache License" in (path.parent / "LICENSE").read_text()
