@@ -190,6 +190,28 @@ def k8s_render(
     gateway_namespace: Annotated[
         str | None, typer.Option(help="Namespace of that Gateway (default: the route's).")
     ] = None,
+    image_repository: Annotated[
+        str | None,
+        typer.Option(
+            help="Repository local images were pushed to, tag kept: main.yml pushes "
+            "ghcr.io/<owner>/<repo>:<tag>, so pass ghcr.io/<owner>/<repo>."
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="plain: Deployments + weighted HTTPRoute from git; argo-rollouts: a Rollout "
+            "with canary.yaml's steps, judged by `mlops judge` (docs/beyond-one-host.md)."
+        ),
+    ] = "plain",
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(help="argo-rollouts: the Prometheus the judge queries in the cluster."),
+    ] = None,
+    judge_image: Annotated[
+        str | None,
+        typer.Option(help="argo-rollouts: the image of the judge Job (default: the model's)."),
+    ] = None,
 ) -> None:
     """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
     from pipelines.environments import k8s
@@ -199,12 +221,14 @@ def k8s_render(
         options = k8s.options_from_arguments(
             namespace=namespace,
             registry=registry,
+            image_repository=image_repository,
             gateway=gateway,
             gateway_namespace=gateway_namespace,
         )
-        rendered = k8s.render_environment(
-            config.root, env, config.train.registered_model_name, options
+        chosen, argo = k8s.engine_from_arguments(
+            engine=engine, prometheus_url=prometheus_url, judge_image=judge_image
         )
+        rendered = k8s.render_environment(config, env, options, chosen, argo)
     for warning in rendered.warnings:
         say(f"[yellow]warning:[/] {warning}")
     text = rendered.to_yaml()

@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from pipelines.config.canary import Strategy
+from pipelines.config.loader import load_config_set
 from pipelines.release.state import EnvState, Release, Rollout, StableRelease, save_state
 from tests.conftest import Project
+from tests.unit.environments.test_k8s_argo_rollouts import ARGO_KINDS, assert_documents_valid
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +35,16 @@ def release(version: int, image: str | None) -> dict[str, object]:
     }
 
 
-def commit_state(project: Project, canary_image: str | None) -> None:
+def commit_state(
+    project: Project, canary_image: str | None, sticky_header: str | None = None
+) -> None:
     """Commit deploy/staging.yaml: stable v1, a canary of v2 at 25 %."""
     save_state(
         project.root,
         EnvState(
             environment="staging",
             model=MODEL,
-            sticky_header="X-User-Id",
+            sticky_header=sticky_header,
             stable=StableRelease(
                 **release(1, f"localhost/{MODEL}-server:v1-0123456789ab"), promoted_at=AT
             ),
@@ -72,13 +76,12 @@ def mlops(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_renders_the_committed_state(project: Project, tmp_path: Path) -> None:
     """It prints valid manifests of the committed state and writes the same bytes with --out.
 
-    Stderr warns that sticky routing is not rendered; the project is left unchanged.
+    The project is left unchanged.
     """
     commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
     args = ("k8s", "render", "--env", "staging", "--namespace", "models")
     printed = mlops(project, *args, "--registry", "ghcr.io/acme")
     assert printed.returncode == 0, printed.stderr
-    assert "sticky_header 'X-User-Id' is not rendered" in printed.stderr
     documents = list(yaml.safe_load_all(printed.stdout))
     kinds = [(d["kind"], d["metadata"]["name"]) for d in documents]
     assert kinds == [
@@ -108,13 +111,7 @@ def test_cli_renders_the_committed_state(project: Project, tmp_path: Path) -> No
     assert out.read_text() == printed.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["staging.yaml"]  # no temp file left
     # Nothing in the project changed: rendering reads the state, it is no transition.
-    status = subprocess.run(
-        ["git", "-C", str(project.root), "status", "--porcelain"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert status.stdout == ""
+    assert git_status(project) == ""
 
 
 def test_cli_refuses_a_release_without_image(project: Project, tmp_path: Path) -> None:
@@ -136,3 +133,68 @@ def test_cli_rejects_an_unknown_environment(project: Project) -> None:
     assert missing.returncode == 2
     assert "no deploy state for environment 'production'" in missing.stderr
     assert "known environments: staging" in missing.stderr
+
+
+def git_status(project: Project) -> str:
+    """The project's uncommitted changes (empty: none)."""
+    return subprocess.run(
+        ["git", "-C", str(project.root), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_cli_renders_argo_rollouts_from_the_config_set(project: Project, tmp_path: Path) -> None:
+    """--engine argo-rollouts renders the Rollout of v2 with the project's canary.yaml steps.
+
+    Every custom resource validates against its vendored CRD schema and the Services against
+    Kubernetes'; the image is where the merge workflow pushed it; the project is unchanged.
+    """
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
+    out = tmp_path / "staging.yaml"
+    args = ("k8s", "render", "--env", "staging", "--engine", "argo-rollouts")
+    written = mlops(
+        project,
+        *args,
+        "--image-repository",
+        "ghcr.io/acme/models",
+        "--prometheus-url",
+        "http://prometheus.monitoring.svc:9090",
+        "--judge-image",
+        "ghcr.io/acme/mlops:1",
+        "--out",
+        str(out),
+    )
+    assert written.returncode == 0, written.stderr
+    documents = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in documents] == ARGO_KINDS
+    assert_documents_valid(documents)
+    rollout = documents[0]
+    assert rollout["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "ghcr.io/acme/models:v2-0123456789ab"
+    )
+    canary = load_config_set(project.configs).canary
+    weights = [
+        s["setWeight"] for s in rollout["spec"]["strategy"]["canary"]["steps"] if "setWeight" in s
+    ]
+    assert weights == [int(s.weight) for s in canary.steps]
+    assert git_status(project) == ""
+
+
+@pytest.mark.parametrize("engine", ["plain", "argo-rollouts"])
+def test_cli_refuses_sticky_routing_and_writes_nothing(
+    project: Project, tmp_path: Path, engine: str
+) -> None:
+    """A state with sticky_header exits 2 with either engine, naming the field; no file appears."""
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab", sticky_header="X-User-Id")
+    out = tmp_path / "staging.yaml"
+    refused = mlops(
+        project, "k8s", "render", "--env", "staging", "--engine", engine, "--out", str(out)
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "deploy/staging.yaml: field 'sticky_header' ('X-User-Id')" in refused.stderr
+    assert f"{engine!r} engine" in refused.stderr
+    assert refused.stdout == ""
+    assert not out.exists()
+    assert git_status(project) == ""

@@ -1,4 +1,4 @@
-"""Kubernetes manifests rendered from deploy states built in code (pipelines/k8s.py)."""
+"""The plain engine's manifests, rendered from deploy states built in code (pipelines/environments/k8s/)."""
 
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def test_output_is_deterministic_and_ordered() -> None:
     Objects by version, the route last, keys sorted, no YAML anchors; the text parses back to
     the documents.
     """
-    env_state = state(Strategy.BLUE_GREEN, 100, sticky_header="X-User-Id")
+    env_state = state(Strategy.BLUE_GREEN, 100)
     text = rendered(env_state).to_yaml()
     reloaded = EnvState.model_validate(dict(reversed(env_state.model_dump().items())))
     assert rendered(reloaded).to_yaml() == text
@@ -267,18 +267,17 @@ def test_output_is_deterministic_and_ordered() -> None:
     assert text.index("apiVersion:") < text.index("kind:") < text.index("metadata:")
 
 
-def test_sticky_header_is_not_faked() -> None:
-    """Sticky routing renders nothing, and a warning says so.
+def test_sticky_header_is_refused_naming_the_field() -> None:
+    """Sticky routing cannot be expressed by the Gateway API: the render refuses it.
 
-    No session persistence, no header match; the warning is on the result and in the YAML.
+    The error names the state file and the field ``sticky_header`` with its value; no
+    documents come back, so nothing can be written.
     """
-    plain = rendered(state(Strategy.CANARY, 25))
-    sticky = rendered(state(Strategy.CANARY, 25, sticky_header="X-User-Id"))
-    assert sticky.documents == plain.documents
-    assert not any("sticky" in w for w in plain.warnings)
-    (warning,) = [w for w in sticky.warnings if "sticky" in w]
-    assert "X-User-Id" in warning and "consistent hashing" in warning
-    assert f"# warning: {warning}" in sticky.to_yaml()
+    with pytest.raises(k8s.RenderError) as caught:
+        rendered(state(Strategy.CANARY, 25, sticky_header="X-User-Id"))
+    message = str(caught.value)
+    assert message.startswith(f"{SOURCE}: field 'sticky_header' ('X-User-Id')")
+    assert "'plain' engine" in message and "consistent hashing" in message
 
 
 def test_missing_image_names_the_file_and_the_release() -> None:
@@ -308,6 +307,38 @@ def test_nothing_to_serve_is_an_error() -> None:
 def test_registry_replaces_only_localhost(image: str, registry: str | None, expected: str) -> None:
     """--registry rewrites images built locally and leaves pushed ones alone."""
     assert k8s.image_reference(Release(**release(1, image)), registry, SOURCE) == expected
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (f"localhost/{MODEL}-server:v2-0123456789ab", "ghcr.io/acme/models:v2-0123456789ab"),
+        ("quay.io/team/m:v1", "quay.io/team/m:v1"),
+    ],
+)
+def test_image_repository_follows_the_merge_workflow(image: str, expected: str) -> None:
+    """--image-repository names what main.yml pushes: the repository replaced, the tag kept.
+
+    The merge workflow tags the local image as ``ghcr.io/<owner>/<repo>:<tag>``; the render
+    points the pods at that reference. Pushed images are left alone.
+    """
+    reference = k8s.image_reference(
+        Release(**release(2, image)), None, SOURCE, "ghcr.io/acme/models"
+    )
+    assert reference == expected
+    result = rendered(state(Strategy.CANARY, 25), image_repository="ghcr.io/acme/models")
+    assert result.warnings == ()
+    images = [
+        d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in of_kind(result, "Deployment")
+    ]
+    assert images == ["ghcr.io/acme/models:v1-0123456789ab", "ghcr.io/acme/models:v2-0123456789ab"]
+
+
+def test_registry_and_image_repository_exclude_each_other() -> None:
+    """Two ways of rewriting the same image are refused together, naming both options."""
+    with pytest.raises(k8s.RenderError, match="--registry or --image-repository, not both"):
+        k8s.options_from_arguments(registry="ghcr.io/acme", image_repository="ghcr.io/acme/m")
 
 
 def test_local_images_without_registry_warn() -> None:

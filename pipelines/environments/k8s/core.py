@@ -1,4 +1,4 @@
-"""Kubernetes manifests from ``deploy/<env>.yaml``: the same desired state, another engine.
+"""The ``plain`` engine: Kubernetes core objects and a Gateway API route, weights from git.
 
 The local reconciler makes the deploy state real with Bento servers behind Caddy; this module
 renders it for a cluster instead. The live releases, their weights and the mirrored candidate
@@ -13,23 +13,28 @@ The output is deterministic (object order by version, keys sorted, no timestamps
 same state file always renders the same bytes and a diff of the manifests is a diff of
 the state.
 
-Not rendered: sticky routing (``sticky_header``). The Gateway API standard channel has no
-weighted consistent hashing (session persistence is experimental and is not a weighted split
-of users), so a rendered sticky rule would be a fake; the render says so in a warning.
+The pod template built here is shared with the ``argo-rollouts`` engine
+(:mod:`pipelines.environments.k8s.argo_rollouts`): both run the same pinned image the same way.
+
+Refused: sticky routing (``sticky_header``). The Gateway API standard channel has no weighted
+consistent hashing (session persistence is experimental and is not a weighted split of
+users), so a rendered sticky rule would be a fake: :func:`refuse_sticky` names the field and
+nothing is written.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.config.base import ConfigError
+from pipelines.config.canary import Strategy
 from pipelines.environments.local.desired import DesiredEnv, LiveRelease, desired_from_state
-from pipelines.release.state import EnvState, Release, load_state, state_path
+from pipelines.release.state import EnvState, Release
 
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 HTTP_PORT = 3000  # BentoML's default port, EXPOSEd by the images `mlops image` builds
@@ -46,9 +51,11 @@ LOCAL_IMAGE_PREFIX = "localhost/"
 # RFC 1123 label (namespace, Gateway name); a Service name must also start with a letter.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 NAME_MAX = 63
-STICKY_WARNING = (
-    "sticky_header {header!r} is not rendered: the Gateway API standard channel has no "
-    "weighted consistent hashing, so every request is split on its own by the weights"
+STICKY_REFUSAL = (
+    "{source}: field 'sticky_header' ({header!r}) cannot be rendered by the {engine!r} engine: "
+    "the Gateway API standard channel has no weighted consistent hashing, so users could not "
+    "be kept on one version; remove sticky_header from the state (`mlops deploy` without it) "
+    "or run this environment locally (`mlops env up`)"
 )
 
 
@@ -62,6 +69,7 @@ _EXPECTED = {
     "gateway": _DNS_LABEL_TEXT,
     "gateway_namespace": _DNS_LABEL_TEXT,
     "registry": "a registry host and path, e.g. ghcr.io/acme",
+    "image_repository": "an image repository without tag, e.g. ghcr.io/acme/models",
 }
 
 
@@ -113,8 +121,20 @@ class RenderOptions(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
         description="Replaces 'localhost/' in image references, e.g. ghcr.io/acme.",
     )
+    image_repository: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._/-]*)*$",
+        description="The repository a local image was pushed to, its tag kept: what the merge "
+        "workflow pushes (ghcr.io/<owner>/<repo>:<tag>).",
+    )
     replicas: int = Field(default=1, ge=1, le=100)
     resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _one_image_rewrite(self) -> RenderOptions:
+        if self.registry is not None and self.image_repository is not None:
+            raise ValueError("give --registry or --image-repository, not both")
+        return self
 
 
 def options_from_arguments(**arguments: Any) -> RenderOptions:
@@ -128,6 +148,9 @@ def options_from_arguments(**arguments: Any) -> RenderOptions:
     except ValidationError as exc:
         problems = []
         for item in exc.errors():
+            if not item["loc"]:
+                problems.append(item["msg"].removeprefix("Value error, "))
+                continue
             field = str(item["loc"][0])
             expected = _EXPECTED.get(field, item["msg"])
             problems.append(
@@ -158,7 +181,7 @@ class Rendered(BaseModel):
         header = [
             f"# Kubernetes manifests of the '{self.environment}' environment, rendered from "
             f"{self.source}",
-            "# by `mlops k8s render` (pipelines/environments/k8s.py). Generated: change the deploy "
+            "# by `mlops k8s render` (pipelines/environments/k8s/). Generated: change the deploy "
             "state, not this file.",
         ]
         header += [f"# warning: {warning}" for warning in self.warnings]
@@ -190,8 +213,15 @@ def object_name(model: str, version: str | int) -> str:
     return f"{k8s_base_name(model)}-v{version}"
 
 
-def image_reference(release: Release, registry: str | None, source: str) -> str:
-    """The image a cluster pulls: the recorded one, ``localhost/`` replaced by ``registry``.
+def image_reference(
+    release: Release, registry: str | None, source: str, repository: str | None = None
+) -> str:
+    """The image a cluster pulls: the recorded one, or where its local build was pushed.
+
+    A ``localhost/`` image is rewritten: ``registry`` replaces the ``localhost/`` prefix
+    (``ghcr.io/acme`` → ``ghcr.io/acme/<name>:<tag>``), ``repository`` replaces the whole
+    repository and keeps the tag (``ghcr.io/acme/models`` → ``ghcr.io/acme/models:<tag>``, as
+    ``.github/workflows/main.yml`` pushes it). Images already in a registry are left alone.
 
     Raises:
         RenderError: The release records no image (a cluster cannot run a Bento folder).
@@ -202,7 +232,12 @@ def image_reference(release: Release, registry: str | None, source: str) -> str:
             "Kubernetes runs images: build one (`mlops image`) and record it "
             "(`mlops deploy --image-result ...`) before rendering"
         )
-    if registry and release.image.startswith(LOCAL_IMAGE_PREFIX):
+    if not release.image.startswith(LOCAL_IMAGE_PREFIX):
+        return release.image
+    if repository:
+        tag = release.image.rpartition(":")[2]
+        return f"{repository.rstrip('/')}:{tag}"
+    if registry:
         return f"{registry.rstrip('/')}/{release.image.removeprefix(LOCAL_IMAGE_PREFIX)}"
     return release.image
 
@@ -243,11 +278,18 @@ def _annotations(state: EnvState, release: Release) -> dict[str, str]:
     }
 
 
-def _metadata(name: str, options: RenderOptions, **fields: Any) -> dict[str, Any]:
+def object_metadata(name: str, options: RenderOptions, **fields: Any) -> dict[str, Any]:
+    """An object's ``metadata``: its name, the namespace if one is set, and ``fields``."""
     metadata: dict[str, Any] = {"name": name, **fields}
     if options.namespace is not None:
         metadata["namespace"] = options.namespace
     return metadata
+
+
+def _version_metadata(state: EnvState, live: LiveRelease, options: RenderOptions) -> dict[str, Any]:
+    """Name ``<model>-v<N>`` and labels of one live version's objects."""
+    labels = _labels(k8s_base_name(state.model), state.environment, live)
+    return object_metadata(object_name(state.model, live.version), options, labels=labels)
 
 
 def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
@@ -259,20 +301,30 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
-def deployment(
-    state: EnvState,
-    live: LiveRelease,
-    release: Release,
-    options: RenderOptions,
-    source: str,
+def hardened_container() -> dict[str, Any]:
+    """A container's ``securityContext``: Bento's user, no privileges, read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": BENTO_UID,
+        "runAsGroup": BENTO_UID,
+    }
+
+
+def pod_template(
+    state: EnvState, version: str, release: Release, options: RenderOptions, source: str
 ) -> dict[str, Any]:
-    """The ``apps/v1`` Deployment of one live release."""
+    """The pod template that runs one release: its pinned image, probes, hardened, with volumes.
+
+    Shared by the Deployment (``plain``) and the Rollout (``argo-rollouts``); its labels are
+    the model's name and the version (a selector on the name alone matches every version).
+    """
     base = k8s_base_name(state.model)
-    labels = _labels(base, state.environment, live)
-    annotations = _annotations(state, release)
     container = {
         "name": "server",
-        "image": image_reference(release, options.registry, source),
+        "image": image_reference(release, options.registry, source, options.image_repository),
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": [
@@ -287,67 +339,74 @@ def deployment(
         "livenessProbe": _probe("/livez", period_s=10, failures=3),
         "readinessProbe": _probe("/readyz", period_s=5, failures=3),
         "resources": options.resources.to_manifest(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": BENTO_UID,
-            "runAsGroup": BENTO_UID,
-        },
+        "securityContext": hardened_container(),
         "volumeMounts": [
             {"name": "tmp", "mountPath": TMP_DIR},
             {"name": "data", "mountPath": DATA_DIR},
         ],
     }
     return {
+        "metadata": {
+            "labels": {"app.kubernetes.io/name": base, "app.kubernetes.io/version": version},
+            "annotations": _annotations(state, release),
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "fsGroup": BENTO_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": [
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "data", "emptyDir": {}},
+            ],
+        },
+    }
+
+
+def deployment(
+    state: EnvState,
+    live: LiveRelease,
+    release: Release,
+    options: RenderOptions,
+    source: str,
+) -> dict[str, Any]:
+    """The ``apps/v1`` Deployment of one live release."""
+    metadata = _version_metadata(state, live, options)
+    metadata["annotations"] = _annotations(state, release)
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(
-            object_name(state.model, live.version),
-            options,
-            labels=labels,
-            annotations=annotations,
-        ),
+        "metadata": metadata,
         "spec": {
             "replicas": options.replicas,
-            "selector": {"matchLabels": _selector(base, live)},
-            "template": {
-                "metadata": {"labels": _selector(base, live), "annotations": annotations},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "fsGroup": BENTO_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "tmp", "emptyDir": {}},
-                        {"name": "data", "emptyDir": {}},
-                    ],
-                },
-            },
+            "selector": {"matchLabels": _selector(k8s_base_name(state.model), live)},
+            "template": pod_template(state, live.version, release, options, source),
         },
     }
 
 
 def service(state: EnvState, live: LiveRelease, options: RenderOptions) -> dict[str, Any]:
     """The ``v1`` Service of one live release (one per version: the route weighs them)."""
-    base = k8s_base_name(state.model)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(
-            object_name(state.model, live.version),
-            options,
-            labels=_labels(base, state.environment, live),
-        ),
+        "metadata": _version_metadata(state, live, options),
         "spec": {
             "type": "ClusterIP",
-            "selector": _selector(base, live),
+            "selector": _selector(k8s_base_name(state.model), live),
             "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def parent_ref(options: RenderOptions) -> dict[str, str]:
+    """The Gateway a route attaches to."""
+    parent = {"name": options.gateway}
+    if options.gateway_namespace is not None:
+        parent["namespace"] = options.gateway_namespace
+    return parent
 
 
 def http_route(state: EnvState, desired: DesiredEnv, options: RenderOptions) -> dict[str, Any]:
@@ -378,25 +437,59 @@ def http_route(state: EnvState, desired: DesiredEnv, options: RenderOptions) -> 
                 },
             }
         ]
-    parent: dict[str, str] = {"name": options.gateway}
-    if options.gateway_namespace is not None:
-        parent["namespace"] = options.gateway_namespace
-    base = k8s_base_name(state.model)
+    return route_document(state, desired.strategy, rule, options)
+
+
+def model_labels(state: EnvState) -> dict[str, str]:
+    """Labels of the objects that belong to the model rather than to one version."""
+    return {
+        "app.kubernetes.io/name": k8s_base_name(state.model),
+        "app.kubernetes.io/managed-by": "mlops",
+        "mlops/environment": state.environment,
+    }
+
+
+def route_document(
+    state: EnvState, strategy: Strategy, rule: dict[str, Any], options: RenderOptions
+) -> dict[str, Any]:
+    """The model's one ``HTTPRoute`` (named after it) with one rule, on the Gateway of options."""
     return {
         "apiVersion": GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": _metadata(
-            base,
+        "metadata": object_metadata(
+            k8s_base_name(state.model),
             options,
-            labels={
-                "app.kubernetes.io/name": base,
-                "app.kubernetes.io/managed-by": "mlops",
-                "mlops/environment": state.environment,
-            },
-            annotations={"mlops/model-name": state.model, "mlops/strategy": desired.strategy.value},
+            labels=model_labels(state),
+            annotations={"mlops/model-name": state.model, "mlops/strategy": strategy.value},
         ),
-        "spec": {"parentRefs": [parent], "rules": [rule]},
+        "spec": {"parentRefs": [parent_ref(options)], "rules": [rule]},
     }
+
+
+def refuse_sticky(state: EnvState, source: str, engine: str) -> None:
+    """Refuse a state with sticky routing, naming the field: no engine here can express it.
+
+    Raises:
+        RenderError: ``sticky_header`` is set.
+    """
+    if state.sticky_header is not None:
+        raise RenderError(
+            STICKY_REFUSAL.format(source=source, header=state.sticky_header, engine=engine)
+        )
+
+
+def local_image_warnings(
+    releases: Iterable[LiveRelease | Release], options: RenderOptions
+) -> list[str]:
+    """One warning per release whose image only exists on the machine that built it."""
+    if options.registry is not None or options.image_repository is not None:
+        return []
+    return [
+        f"v{r.version}: image {r.image} is local to the machine that built it; pass "
+        "--image-repository (or --registry) with where it was pushed, or load it into the nodes"
+        for r in releases
+        if r.image is not None and r.image.startswith(LOCAL_IMAGE_PREFIX)
+    ]
 
 
 def render(state: EnvState, options: RenderOptions, source: str) -> Rendered:
@@ -408,8 +501,10 @@ def render(state: EnvState, options: RenderOptions, source: str) -> Rendered:
         source: The state file as it should appear in messages (e.g. ``deploy/staging.yaml``).
 
     Raises:
-        RenderError: Nothing serves in the state, or a live release has no image.
+        RenderError: Nothing serves in the state, a live release has no image, or the state
+            asks for sticky routing.
     """
+    refuse_sticky(state, source, engine="plain")
     try:
         desired = desired_from_state(state)
     except ValidationError as exc:
@@ -430,30 +525,10 @@ def render(state: EnvState, options: RenderOptions, source: str) -> Rendered:
         documents.append(deployment(state, release, by_version[release.version], options, source))
         documents.append(service(state, release, options))
     documents.append(http_route(state, desired, options))
-    warnings: list[str] = []
-    if state.sticky_header is not None:
-        warnings.append(STICKY_WARNING.format(header=state.sticky_header))
-    if options.registry is None:
-        warnings += [
-            f"v{r.version}: image {r.image} is local to the machine that built it; pass "
-            "--registry with the registry it was pushed to, or load it into the nodes"
-            for r in live
-            if r.image is not None and r.image.startswith(LOCAL_IMAGE_PREFIX)
-        ]
+    warnings = local_image_warnings(live, options)
     return Rendered(
         environment=state.environment,
         source=source,
         documents=tuple(documents),
         warnings=tuple(warnings),
     )
-
-
-def render_environment(root: Path, env: str, model: str | None, options: RenderOptions) -> Rendered:
-    """Load ``deploy/<env>.yaml`` of the project at ``root`` and render it.
-
-    Raises:
-        ConfigError: The state file is missing or invalid, or cannot be rendered.
-    """
-    state = load_state(root, env, model)
-    source = state_path(root, env).relative_to(root).as_posix()
-    return render(state, options, source)

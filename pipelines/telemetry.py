@@ -1,0 +1,194 @@
+"""The Prometheus metrics a model server exports for the judge: names and labels, defined once.
+
+Issue 15 §1 and §2: on a cluster the judge cannot read the servers' prediction logs, so each
+version exports, as Prometheus series, everything a canary verdict needs, and
+``mlops judge --source prometheus`` computes every signal from two scrapes (a window is an
+``increase()``). This module is the one definition both sides share: the exporter in the
+service (not built yet), the judge's PromQL (not built yet) and what ``mlops k8s render``
+writes today (the ServiceMonitor keeps exactly these names; the AnalysisTemplate runs the
+judge that queries them).
+
+Every series carries ``model_name`` and ``model_version`` (set by the server from its pinned
+release, never by Prometheus relabelling, so a version's series follow it across pods and
+engines) and, where traffic can be mirrored, ``traffic`` (``live`` or ``mirror``: a shadow or
+blue-green candidate answers mirrored copies whose responses no client sees, and a mirror
+must not count twice for the version it copies).
+
+Cardinality: label values come only from closed sets fixed before the server starts (status
+classes, the model's classes, the reference's bins), never from request content, so the
+series of one version are bounded by :func:`series_per_version` and a rollout has two
+versions live (three at most while blue stands by). Prometheus adds ``pod`` and ``instance``:
+multiply by the replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PREFIX = "mlops_"
+# What the ServiceMonitor keeps (metricRelabelings): the judge's series and nothing else, so a
+# framework's own metrics cannot grow the bound above.
+KEEP_REGEX = f"{PREFIX}.+"
+
+MODEL_LABELS = ("model_name", "model_version")
+TRAFFIC_VALUES = ("live", "mirror")
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+# Request latency buckets in seconds (the hard limit is a p99 in milliseconds: 250 by default).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5, 5.0, 10.0)
+MISSING_BIN = "missing"  # a nullable feature without a value
+OTHER_BIN = "other"  # a category outside the reference's (``unknown: count``)
+
+
+class Metric(BaseModel):
+    """One metric family: its name, type, labels and what the judge computes from it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^mlops_[a-z_]+$")
+    kind: Literal["counter", "histogram"]
+    labels: tuple[str, ...]
+    help: str
+    used_for: str = Field(description="The judge's signal that reads it.")
+
+
+REQUESTS = Metric(
+    name="mlops_requests_total",
+    kind="counter",
+    labels=(*MODEL_LABELS, "traffic", "status"),
+    help="Requests answered, by HTTP status class (2xx, 3xx, 4xx, 5xx).",
+    used_for="error_rate, the hard limit max_error_rate (5xx over all), hard_limits.min_requests",
+)
+LATENCY = Metric(
+    name="mlops_request_duration_seconds",
+    kind="histogram",
+    labels=(*MODEL_LABELS, "traffic"),
+    help="Request latency in the server, on LATENCY_BUCKETS_S.",
+    used_for="latency (log-latency from the buckets) and the hard limit max_p99_latency_ms",
+)
+PREDICTED_CLASSES = Metric(
+    name="mlops_predictions_total",
+    kind="counter",
+    labels=(*MODEL_LABELS, "traffic", "class"),
+    help="Predicted labels of a classifier, one value of 'class' per class of the model.",
+    used_for="prediction_drift on class labels; agreement bounds on mirrored traffic",
+)
+PREDICTED_SCORES = Metric(
+    name="mlops_prediction_score",
+    kind="histogram",
+    labels=(*MODEL_LABELS, "traffic", "class"),
+    help="Predicted probability of each class, on prediction_drift.bins equal-width buckets "
+    "of [0, 1] (a binary model: the positive class only).",
+    used_for="prediction_drift on scores (per-bin test and PSI)",
+)
+PREDICTED_VALUES = Metric(
+    name="mlops_prediction_value",
+    kind="histogram",
+    labels=(*MODEL_LABELS, "traffic"),
+    help="Predicted values of a regressor, on the edges placed on the reference predictions "
+    "(prediction_drift.edges, or its quantile bins).",
+    used_for="prediction_drift on values",
+)
+LABELLED = Metric(
+    name="mlops_labelled_predictions_total",
+    kind="counter",
+    labels=(*MODEL_LABELS, "predicted", "actual"),
+    help="Requests whose label arrived, by predicted and actual class (a confusion matrix; a "
+    "regressor has 'predicted' and 'actual' empty).",
+    used_for="quality: accuracy, balanced accuracy, precision, recall, F1; quality.min_labels",
+)
+LABELLED_SCORES = Metric(
+    name="mlops_labelled_prediction_score",
+    kind="histogram",
+    labels=(*MODEL_LABELS, "actual"),
+    help="Predicted score of the positive class (binary) on labelled requests, by actual class, "
+    "on the prediction score buckets.",
+    used_for="quality: roc_auc from the binned ROC curve",
+)
+LOG_LOSS = Metric(
+    name="mlops_label_log_loss_total",
+    kind="counter",
+    labels=MODEL_LABELS,
+    help="Sum of the log loss of labelled requests (probabilities clipped as pipelines.metrics).",
+    used_for="quality: log_loss (divided by the labelled count)",
+)
+BRIER = Metric(
+    name="mlops_label_brier_total",
+    kind="counter",
+    labels=MODEL_LABELS,
+    help="Sum of the Brier score of labelled requests (summed over classes above two).",
+    used_for="quality: brier",
+)
+SQUARED_ERROR = Metric(
+    name="mlops_label_squared_error_total",
+    kind="counter",
+    labels=MODEL_LABELS,
+    help="Sum of squared errors of a regressor's labelled requests.",
+    used_for="quality: rmse, r2",
+)
+ABSOLUTE_ERROR = Metric(
+    name="mlops_label_absolute_error_total",
+    kind="counter",
+    labels=MODEL_LABELS,
+    help="Sum of absolute errors of a regressor's labelled requests.",
+    used_for="quality: mae",
+)
+LABEL_VALUES = Metric(
+    name="mlops_label_value_total",
+    kind="counter",
+    labels=(*MODEL_LABELS, "power"),
+    help="Sums of a regressor's actual values, power '1' and '2' (r2's total sum of squares).",
+    used_for="quality: r2",
+)
+INPUT_BINS = Metric(
+    name="mlops_input_feature_bin_total",
+    kind="counter",
+    labels=(*MODEL_LABELS, "traffic", "feature", "bin"),
+    help="Input values per feature, counted on the training reference's bins: a numeric "
+    "feature's bin index ('0'...), a category's value, 'missing' or 'other'.",
+    used_for="input_drift (binned, against the reference's own bin counts)",
+)
+
+METRICS: tuple[Metric, ...] = (
+    REQUESTS,
+    LATENCY,
+    PREDICTED_CLASSES,
+    PREDICTED_SCORES,
+    PREDICTED_VALUES,
+    LABELLED,
+    LABELLED_SCORES,
+    LOG_LOSS,
+    BRIER,
+    SQUARED_ERROR,
+    ABSOLUTE_ERROR,
+    LABEL_VALUES,
+    INPUT_BINS,
+)
+
+
+def series_per_version(classes: int, score_bins: int, feature_bins: Mapping[str, int]) -> int:
+    """The most series one version exports, per pod: the cardinality bound.
+
+    Args:
+        classes: The model's classes (0 for a regressor).
+        score_bins: ``prediction_drift.bins`` (a regressor: its value bins).
+        feature_bins: Per input feature, its reference bins or categories (without the
+            ``missing`` and ``other`` bins, which are added here).
+
+    A histogram counts its buckets, ``+Inf``, ``_sum`` and ``_count``.
+    """
+    traffic = len(TRAFFIC_VALUES)
+    histogram = 3  # +Inf, _sum, _count beside the finite buckets
+    requests = traffic * len(STATUS_CLASSES)
+    latency = traffic * (len(LATENCY_BUCKETS_S) + histogram)
+    if classes:
+        scored = 1 if classes == 2 else classes
+        predictions = traffic * classes + traffic * scored * (score_bins - 1 + histogram)
+        labelled = classes * classes + classes * (score_bins - 1 + histogram) + 2  # + log, brier
+    else:
+        predictions = traffic * (score_bins - 1 + histogram)
+        labelled = 1 + 2 + 2  # count, squared and absolute errors, value sums
+    inputs = traffic * sum(bins + 2 for bins in feature_bins.values())
+    return requests + latency + predictions + labelled + inputs
