@@ -15,7 +15,9 @@ from pipelines.cli.common import (
     EXIT_REFUSED,
     CanaryConfigOption,
     ConfigsOption,
+    OutputOption,
     app,
+    finish,
     load,
     say,
     step_errors,
@@ -140,3 +142,39 @@ def agent_status(
         raise typer.Exit(EXIT_REFUSED)
     if status.last_error:
         raise typer.Exit(EXIT_REFUSED)
+
+
+@agent_app.command("wait")
+def agent_wait(
+    env: Annotated[str, typer.Option("--env", help="Environment: deploy/<env>.yaml.")],
+    version: Annotated[int, typer.Option("--version", min=1, help="The version rolled out.")],
+    configs: ConfigsOption = CONFIGS,
+    remote: Annotated[str, typer.Option(help="The git remote the agent pushes to.")] = "origin",
+    branch: Annotated[str, typer.Option(help="The branch the agent pushes to.")] = "main",
+    timeout: Annotated[
+        float, typer.Option(min=1.0, help="Give up after this many seconds.")
+    ] = 3600.0,
+    poll: Annotated[float, typer.Option(min=0.5, help="Seconds between fetches.")] = 15.0,
+    output: OutputOption = None,
+) -> None:
+    """Wait in git for the agent's verdict on VERSION; exit 0 promoted, 1 rolled back or late."""
+    from pipelines.agent import gitsync, verdict
+
+    with step_errors({verdict.VerdictTimeoutError: "no verdict"}):
+        config, workdir = load(configs)
+        result = verdict.wait(
+            config.root,
+            env,
+            version,
+            gitsync.Remote(remote, branch),
+            timeout_s=timeout,
+            poll_s=poll,
+        )
+    finish(
+        result,
+        output or workdir.results / f"agent-verdict-{env}.json",
+        markdown=result.to_markdown(config.root),
+        report=workdir.reports / f"agent-verdict-{env}.md",
+        message=f"{env}: v{version} {result.action.value} ({result.commit[:12]} {result.subject})",
+        passed=result.promoted,
+    )
