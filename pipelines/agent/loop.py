@@ -43,7 +43,14 @@ from pipelines.environments.local.desired import desired_from_state
 from pipelines.package import PackageResult
 from pipelines.release import apply as deploy
 from pipelines.release.commit import GitIdentity, GitOpsError
-from pipelines.release.state import ENV_NAME, EnvState, RolloutStatus, load_state, utc_now
+from pipelines.release.state import (
+    ENV_NAME,
+    EnvState,
+    Release,
+    RolloutStatus,
+    load_state,
+    utc_now,
+)
 from pipelines.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,8 @@ class Agent:
         self.root = config.root
         self.model = config.train.registered_model_name
         self.failures = 0
+        self.failed = False  # whether this pass reported an error
+        self._verified: dict[tuple[str, str], PackageResult] = {}
 
     # ----------------------------------------------------------------- the loop
 
@@ -145,7 +154,11 @@ class Agent:
         return min(self.options.interval_s * 2**self.failures, self.options.max_backoff_s)
 
     def tick(self) -> None:
-        """One pass: sync, check the pins, then serve or drive the rollout."""
+        """One pass: sync, check the pins, then serve or drive the rollout.
+
+        The status's ``last_error`` is cleared after a pass that reported none.
+        """
+        self.failed = False
         self.sync()
         try:
             state = load_state(self.root, self.options.env, self.model)
@@ -163,6 +176,8 @@ class Agent:
             reconcile.EnvError,
         ) as exc:
             self._error(str(exc))
+        if not self.failed:
+            self.board.update(last_error=None)
 
     # ----------------------------------------------------------------- sync
 
@@ -175,11 +190,12 @@ class Agent:
             self.failures += 1
             self.board.update(
                 remote_reachable=False,
-                last_error=f"{self.remote.ref} unreachable (retry in {self.next_wait():.0f}s): "
-                f"{exc}",
                 unpushed_commits=gitsync.unpushed(self.root, self.remote),
             )
-            log.warning("fetch failed, serving the last synced state: %s", exc)
+            self._error(
+                f"{self.remote.ref} unreachable (retry in {self.next_wait():.0f}s), serving the "
+                f"last synced state: {exc}"
+            )
             return
         self.failures = 0
         self.board.update(remote_reachable=True, last_fetch_at=utc_now())
@@ -192,6 +208,7 @@ class Agent:
         try:
             gitsync.state_at(self.root, where.remote, self.options.env, self.model)
         except ConfigError as exc:
+            self.failed = True
             if self.board.snapshot().refused_commit != where.remote:
                 log.error("refused %s: %s", where.remote[:12], exc)
             self.board.update(refused_commit=where.remote, last_error=f"refused: {exc}")
@@ -219,13 +236,16 @@ class Agent:
             self._error(f"not pushed, the state would be refused: {exc}")
         self.board.update(unpushed_commits=left)
         if left:
-            self.board.update(last_error=f"{left} commit(s) not pushed to {self.remote.ref} yet")
+            self._error(f"{left} commit(s) not pushed to {self.remote.ref} yet")
+        else:
+            self.board.update(last_synced_commit=gitsync.head(self.root))
 
     def pushed_transition(self, transition: deploy.Transition) -> None:
         """Push a transition commit as soon as the controller made it."""
         log.info("%s: %s", self.options.env, transition.summary)
         self.board.update(last_verdict=transition.summary)
         self._push()
+        self._record_running()
 
     # ----------------------------------------------------------------- serve and drive
 
@@ -237,14 +257,14 @@ class Agent:
             pipelines.environments.local.reconcile.EnvError: The environment cannot follow.
         """
         if state.stable is not None:
-            ensure_pinned(state.stable, self.config, self.workdir, self.bentoml_home)
+            self._pinned(state.stable)
         rollout = state.rollout
         if rollout is None or rollout.status is not RolloutStatus.PROGRESSING:
             self._reconcile(state)
             self.board.update(phase="serving", rollout=None)
             return
         try:
-            package = ensure_pinned(rollout.canary, self.config, self.workdir, self.bentoml_home)
+            package = self._pinned(rollout.canary)
         except PinError as exc:
             self.board.update(phase="rolling back")
             self.pushed_transition(
@@ -333,6 +353,16 @@ class Agent:
             ],
         )
 
+    def _pinned(self, release: Release) -> PackageResult:
+        """:func:`ensure_pinned`, once per Bento tag and sha256 while the agent runs."""
+        key = (release.bento_tag, release.artifact_sha256)
+        if key not in self._verified:
+            self._verified[key] = ensure_pinned(
+                release, self.config, self.workdir, self.bentoml_home
+            )
+        return self._verified[key]
+
     def _error(self, message: str) -> None:
+        self.failed = True
         log.error("%s", message)
         self.board.update(last_error=message)

@@ -47,7 +47,7 @@ class AgentVerdict(BaseModel):
     def to_markdown(self, root: Path) -> str:
         """The verdict, and the evidence's markdown when the commit names one."""
         lines = [
-            f"## Staging host: v{self.version} {self.action.value}",
+            f"## The {self.environment} host: v{self.version} {self.action.value}",
             "",
             f"`{self.commit[:12]}` {self.subject} (after {self.waited_s:.0f} s)",
         ]

@@ -50,7 +50,8 @@ def test_agent_judges_live_traffic_resumes_after_kill_and_pushes_the_verdict(hos
 
     The workflow's clone pushes the start of v2's canary; the agent pushes each advance as it
     happens. Killed with SIGKILL after the first advance, a restarted agent resumes from the
-    step git records; the promotion commit arrives on origin and the gateway keeps answering.
+    step git records; the promotion commit arrives on origin, the gateway keeps answering, and
+    ``mlops agent wait`` in the workflow's clone finds the verdict and writes the job summary.
     """
     first = host.start_agent()
     wait_for("the agent to serve v1", lambda: _serving(host, "1"))
@@ -87,6 +88,18 @@ def test_agent_judges_live_traffic_resumes_after_kill_and_pushes_the_verdict(hos
     assert status["unpushed_commits"] == 0
     assert status["last_synced_commit"] == git(host.origin, "rev-parse", "main").strip()
     assert "promoted" in status["last_verdict"]
+
+    waited = subprocess.run(
+        [MLOPS, "agent", "wait", "--env", host.env, "--version", "2", "--timeout", "60"],
+        cwd=host.workflow_root,
+        env={**host.environ, "GITHUB_STEP_SUMMARY": str(host.logs / "summary.md")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    summary = (host.logs / "summary.md").read_text()
+    assert f"The {host.env} host: v2 promote" in summary
 
 
 def test_agent_survives_an_unreachable_origin_refuses_a_bad_state_and_a_second_agent(
