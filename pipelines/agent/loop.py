@@ -77,6 +77,11 @@ class AgentOptions(BaseModel):
     push_attempts: int = Field(default=3, ge=1, le=20)
 
 
+def backoff_s(interval_s: float, failures: int, max_s: float) -> float:
+    """The interval, doubled for each fetch that failed in a row, never above ``max_s``."""
+    return min(interval_s * 2 ** min(failures, 32), max(max_s, interval_s))
+
+
 class AgentLockedError(Exception):
     """Another agent already runs for this environment in this state folder."""
 
@@ -148,10 +153,8 @@ class Agent:
         self.board.update(phase="stopped")
 
     def next_wait(self) -> float:
-        """The interval, doubled for each fetch that failed in a row, up to the maximum."""
-        if self.failures == 0:
-            return self.options.interval_s
-        return min(self.options.interval_s * 2**self.failures, self.options.max_backoff_s)
+        """Seconds until the next pass (:func:`backoff_s`)."""
+        return backoff_s(self.options.interval_s, self.failures, self.options.max_backoff_s)
 
     def tick(self) -> None:
         """One pass: sync, check the pins, then serve or drive the rollout.
