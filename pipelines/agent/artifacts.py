@@ -30,6 +30,15 @@ class PinError(Exception):
     """The artifact of a release is not the one its pin names; it must not be served."""
 
 
+def _check_sha(release: Release, found: str, where: str) -> None:
+    """Raise :class:`PinError` unless ``found`` is the sha256 the release pins."""
+    if found != release.artifact_sha256:
+        raise PinError(
+            f"v{release.version}: {where} a model with sha256 {found}, the state pins "
+            f"{release.artifact_sha256}; refusing to serve it"
+        )
+
+
 def _from_store(release: Release, model_name: str) -> PackageResult | None:
     """The packaged release from the BentoML store, checked against its pin; None if absent.
 
@@ -50,12 +59,7 @@ def _from_store(release: Release, model_name: str) -> PackageResult | None:
         manifest = ServingManifest.read(manifest_file)
     except (OSError, ManifestError) as exc:
         raise PinError(f"Bento {release.bento_tag}: no readable serving manifest: {exc}") from None
-    if manifest.artifact_sha256 != release.artifact_sha256:
-        raise PinError(
-            f"v{release.version}: Bento {release.bento_tag} was built for a model with sha256 "
-            f"{manifest.artifact_sha256}, the state pins {release.artifact_sha256}; refusing "
-            "to serve it"
-        )
+    _check_sha(release, manifest.artifact_sha256, f"Bento {release.bento_tag} was built for")
     try:
         model = bentoml.models.get(manifest.bentoml_model_tag)
     except NotFound:
@@ -112,11 +116,7 @@ def ensure_pinned(
         )
     except (PackageError, ConfigError) as exc:
         raise PinError(f"v{release.version}: cannot build the pinned Bento: {exc}") from None
-    if built.artifact_sha256 != release.artifact_sha256:
-        raise PinError(
-            f"v{release.version}: MLflow's artifact has sha256 {built.artifact_sha256}, the state "
-            f"pins {release.artifact_sha256}; refusing to serve it"
-        )
+    _check_sha(release, built.artifact_sha256, "MLflow holds")
     if built.bento_tag != release.bento_tag:
         raise PinError(
             f"v{release.version}: the build gave Bento {built.bento_tag}, the state pins "

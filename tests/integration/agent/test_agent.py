@@ -110,7 +110,8 @@ def test_agent_survives_an_unreachable_origin_refuses_a_bad_state_and_a_second_a
     A second agent on the same environment exits 1 naming the lock. With origin renamed away
     the status says the remote is unreachable while the gateway answers. A pushed state with a
     bad field is refused (status names the commit, the file and the field) and the clone stays
-    on the last good commit; a fixed state pushed after it is synced.
+    on the last good commit; a fixed state pushed after it is synced. A state whose stable
+    release pins another artifact sha256 than its Bento holds is refused; v1 keeps serving.
     """
     host.start_agent()
     wait_for("the agent to serve v1", lambda: _serving(host, "1"))
@@ -159,4 +160,18 @@ def test_agent_survives_an_unreachable_origin_refuses_a_bad_state_and_a_second_a
         lambda: (s := host.status()) and s["last_synced_commit"] == fixed,
     )
     assert host.status()["refused_commit"] is None
+    assert host.predict() == 200
+
+    assert state.stable is not None
+    pid = host.status()["running"][0]["pid"]
+    wrong = state.model_copy(
+        update={"stable": state.stable.model_copy(update={"artifact_sha256": "0" * 64})}
+    )
+    host.workflow_push_file(render_state(wrong), "pin another artifact")
+    status = wait_for(
+        "the pin mismatch to be refused",
+        lambda: (s := host.status()) and "refusing to serve" in (s["last_error"] or "") and s,
+    )
+    assert "0" * 64 in status["last_error"]
+    assert status["running"][0]["pid"] == pid
     assert host.predict() == 200
