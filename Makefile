@@ -75,6 +75,9 @@ env-up: venv ## Start or reconcile the local staging environment (deploy/staging
 	$(MLOPS) env up --env staging
 env-down: venv ## Stop the local staging environment
 	$(MLOPS) env down --env staging
+.PHONY: agent
+agent: venv ## Run the pull-based agent for ENV (default staging) in the foreground (docs/staging-host.md)
+	$(MLOPS) agent --env $(or $(ENV),staging)
 traffic: venv ## 30 s of clean staging traffic through the gateway
 	$(MLOPS) traffic --env staging --rate 50 --concurrency 8 --duration 30
 

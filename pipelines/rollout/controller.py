@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ class _Context:
     started: float = field(default_factory=time.monotonic)
     transitions: list[TransitionRecord] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    on_transition: Callable[[deploy.Transition], None] | None = None
 
     @property
     def resumed(self) -> int | None:
@@ -109,6 +111,8 @@ class _Context:
         self.evidence.extend(transition.evidence)
         for warning in transition.warnings:
             log.warning("%s", warning)
+        if self.on_transition is not None and transition.changed:
+            self.on_transition(transition)
         return transition
 
     def load(self) -> EnvState:
@@ -213,6 +217,7 @@ def run(
     policy: GatewayPolicy | None = None,
     identity: GitIdentity | None = None,
     settle_s: float = 2.0,
+    on_transition: Callable[[deploy.Transition], None] | None = None,
 ) -> RolloutResult:
     """Roll ``version`` out to ``env`` and drive it to promotion or rollback.
 
@@ -238,6 +243,7 @@ def run(
         identity: Commit author and committer of the transitions.
         settle_s: Seconds the synthetic clients keep going after the final transition, so
             their count covers the switch.
+        on_transition: Called after each transition that committed (e.g. to push it).
 
     Raises:
         pipelines.release.apply.RefusedError: Another version's rollout is in progress.
@@ -251,6 +257,7 @@ def run(
     ctx = _Context(
         config, canary_config, state, env, version, home, policy, identity, limit, progress, before
     )
+    ctx.on_transition = on_transition
     started = ctx.record(
         deploy.start(
             config,

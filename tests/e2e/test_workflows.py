@@ -201,3 +201,40 @@ def test_merge_workflow_promotes_then_refuses_a_bad_candidate(tmp_path: Path) ->
     assert subject.startswith("deploy(staging): refuse breast-cancer-classifier v3"), subject
     body = git(remote, "log", "-1", "--format=%B", "main")
     assert "Action: refuse" in body and "- holdout:" in body
+
+
+@pytest.mark.parametrize(
+    ("changed", "code"),
+    [
+        ("configs/train.yaml", "false"),
+        ("models/logreg_classifier/__init__.py", "false"),
+        ("pipelines/gates.py", "true"),
+    ],
+    ids=["configs-only", "models-only", "pipeline-code"],
+)
+def test_pull_request_runs_the_whole_suite_only_when_code_changes(
+    tmp_path: Path, changed: str, code: str
+) -> None:
+    """It marks a PR touching only configs/ or models/ as not needing the suite; code does."""
+    repo = clone(tmp_path)
+    base = git(repo, "rev-parse", "HEAD").strip()
+    path = repo / changed
+    path.write_text(path.read_text() + "\n# touched by the pull request\n")
+    git(repo, "commit", "-qam", f"touch {changed}")
+    output = run_act(
+        repo,
+        "pull_request",
+        {
+            "pull_request": {
+                "number": 8,
+                "head": {"ref": "feature"},
+                "base": {"ref": "main", "sha": base},
+            },
+            "repository": {"full_name": "acme/models"},
+        },
+        "-j",
+        "changes",
+        env={},
+    )
+    assert_jobs_succeeded(output, "pull-request", ["changes"])
+    assert re.search(rf"::set-output:: code={code}\b", output), output[-3000:]

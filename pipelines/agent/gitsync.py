@@ -1,0 +1,197 @@
+"""The agent's side of git: fetch, fast-forward, check a state at a commit, push without force.
+
+Every function works on the agent's clone and ``origin`` (any remote name) and never rewrites
+what the remote holds: a fast-forward only, ``pull --rebase`` of the agent's own commits before
+a push, and a refusal with a clear reason when histories really diverge.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config.base import ConfigError
+from pipelines.release.commit import GitIdentity, GitOpsError, git
+from pipelines.release.state import DEPLOY_DIR, EnvState, load_state
+
+log = logging.getLogger(__name__)
+
+
+class SyncError(Exception):
+    """The clone cannot follow the remote (diverged history, conflict, git refused)."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Which remote branch the agent follows."""
+
+    name: str = "origin"
+    branch: str = "main"
+
+    @property
+    def ref(self) -> str:
+        """The remote-tracking ref, e.g. ``origin/main``."""
+        return f"{self.name}/{self.branch}"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the clone stands against the remote branch."""
+
+    head: str
+    remote: str
+    ahead: int  # local commits the remote lacks (unpushed)
+    behind: int  # remote commits the clone lacks
+
+
+def head(root: Path) -> str:
+    """The commit checked out in ``root``."""
+    return git(root, "rev-parse", "HEAD").strip()
+
+
+def fetch(root: Path, remote: Remote, timeout_s: float = 30.0) -> None:
+    """Fetch the branch from the remote.
+
+    Raises:
+        GitOpsError: The remote is unreachable or refused.
+    """
+    git(
+        root,
+        "-c",
+        f"http.lowSpeedTime={int(timeout_s)}",
+        "fetch",
+        "--quiet",
+        remote.name,
+        remote.branch,
+    )
+
+
+def position(root: Path, remote: Remote) -> Position:
+    """Count the commits on either side of HEAD and the remote-tracking ref."""
+    counts = git(root, "rev-list", "--left-right", "--count", f"HEAD...{remote.ref}").split()
+    return Position(
+        head=head(root),
+        remote=git(root, "rev-parse", remote.ref).strip(),
+        ahead=int(counts[0]),
+        behind=int(counts[1]),
+    )
+
+
+def state_at(root: Path, commit: str, env: str, model: str) -> EnvState:
+    """Validate ``deploy/<env>.yaml`` as committed at ``commit`` without checking it out.
+
+    Raises:
+        ConfigError: The file is missing, unparsable or invalid; the message names the commit,
+            the file and the field.
+    """
+    relative = (DEPLOY_DIR / f"{env}.yaml").as_posix()
+    try:
+        text = git(root, "show", f"{commit}:{relative}")
+    except GitOpsError:
+        raise ConfigError(f"commit {commit[:12]}: {relative}: the file does not exist") from None
+    with tempfile.TemporaryDirectory(prefix="mlops-agent-state-") as tmp:
+        copy = Path(tmp) / relative
+        copy.parent.mkdir(parents=True)
+        copy.write_text(text)
+        try:
+            return load_state(Path(tmp), env, model)
+        except ConfigError as exc:
+            message = str(exc).replace(str(copy), relative)
+            raise ConfigError(f"commit {commit[:12]}: {message}") from None
+
+
+def fast_forward(root: Path, remote: Remote) -> str:
+    """Move the clone to the remote-tracking ref; return the new HEAD.
+
+    Raises:
+        SyncError: The clone has commits the remote lacks (rebase them first) or git refused.
+    """
+    try:
+        git(root, "merge", "--ff-only", "--quiet", remote.ref)
+    except GitOpsError as exc:
+        raise SyncError(f"cannot fast-forward to {remote.ref}: {exc}") from None
+    return head(root)
+
+
+def rebase_onto_remote(root: Path, remote: Remote, identity: GitIdentity | None) -> None:
+    """Replay the clone's unpushed commits on the remote branch (``pull --rebase``, no fetch).
+
+    A conflict aborts the rebase: the clone is left as it was.
+
+    Raises:
+        SyncError: The commits conflict with the remote's (e.g. both changed the state file).
+    """
+    try:
+        git(root, "rebase", "--quiet", remote.ref, identity=identity)
+    except GitOpsError as exc:
+        try:
+            git(root, "rebase", "--abort")
+        except GitOpsError:
+            log.debug("no rebase to abort")
+        conflicted = "deploy/" if "deploy/" in str(exc) else "the history"
+        raise SyncError(
+            f"local commits conflict with {remote.ref} in {conflicted}: {exc}; the agent keeps "
+            "its commits and re-reads the state once the remote is resolved"
+        ) from None
+
+
+def push(
+    root: Path,
+    remote: Remote,
+    env: str,
+    model: str,
+    *,
+    identity: GitIdentity | None = None,
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+) -> int:
+    """Push the clone's commits to the remote branch, rebasing on new remote commits.
+
+    Before each push the state file at HEAD is checked against the schema: the agent never
+    pushes a state that :func:`~pipelines.release.state.load_state` would refuse. Never forces.
+
+    Args:
+        root: The clone.
+        remote: The remote branch.
+        env: The environment whose state file is checked.
+        model: The registered model name the state must be about.
+        identity: Committer of rebased commits.
+        attempts: Tries before giving up for now (the commits stay and are pushed later).
+        backoff_s: Seconds before the second try, doubled after each failure.
+
+    Returns:
+        The commits still unpushed (0 when the push went through).
+
+    Raises:
+        ConfigError: The state file at HEAD is invalid (nothing is pushed).
+    """
+    delay = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            fetch(root, remote)
+            where = position(root, remote)
+            if where.ahead == 0:
+                return 0
+            if where.behind:
+                rebase_onto_remote(root, remote, identity)
+            state_at(root, "HEAD", env, model)
+            git(root, "push", "--quiet", remote.name, f"HEAD:refs/heads/{remote.branch}")
+            log.info("pushed %d commit(s) to %s", where.ahead, remote.ref)
+            return 0
+        except (GitOpsError, SyncError) as exc:
+            log.warning("push to %s failed (attempt %d/%d): %s", remote.ref, attempt, attempts, exc)
+            if attempt < attempts:
+                time.sleep(delay)
+                delay *= 2
+    return unpushed(root, remote)
+
+
+def unpushed(root: Path, remote: Remote) -> int:
+    """Commits in the clone the remote-tracking ref lacks (as of the last fetch)."""
+    try:
+        return int(git(root, "rev-list", "--count", f"{remote.ref}..HEAD").strip())
+    except GitOpsError:
+        return int(git(root, "rev-list", "--count", "HEAD").strip())
