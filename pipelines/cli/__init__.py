@@ -16,7 +16,7 @@ step said no, 2 bad input with nothing changed).
 
 from __future__ import annotations
 
-from pipelines.cli import environments, release, reporting, rollout, steps
+from pipelines.cli import environments, monitor, release, reporting, rollout, steps
 from pipelines.cli.common import app
 
-__all__ = ["app", "environments", "release", "reporting", "rollout", "steps"]
+__all__ = ["app", "environments", "monitor", "release", "reporting", "rollout", "steps"]
