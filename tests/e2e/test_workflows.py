@@ -201,3 +201,34 @@ def test_merge_workflow_promotes_then_refuses_a_bad_candidate(tmp_path: Path) ->
     assert subject.startswith("deploy(staging): refuse breast-cancer-classifier v3"), subject
     body = git(remote, "log", "-1", "--format=%B", "main")
     assert "Action: refuse" in body and "- holdout:" in body
+
+
+def test_monitor_workflow_runs_only_where_the_logs_can_be_read(tmp_path: Path) -> None:
+    """It runs no monitor, and says why, when no runner can read the logs.
+
+    Given a folder of shipped logs, each environment's monitor runs, and an environment
+    where nothing serves yet fails as bad input.
+    """
+    repo = clone(tmp_path)
+    dispatch = {"inputs": {"window": "24h", "propose_retrain": False}}
+    workflow = ("-W", ".github/workflows/monitor.yml")
+    output = run_act(repo, "workflow_dispatch", dispatch, *workflow, env={})
+    assert_jobs_succeeded(output, "monitor", ["plan"])
+    assert "No runner can read the serving logs" in output
+    assert not re.search(r"\[monitor/(monitor|propose)", output)
+
+    logs = tmp_path / "shipped"
+    for env in ("staging", "production"):
+        (logs / env).mkdir(parents=True)
+    args = [str(ACT), "workflow_dispatch", *workflow, "--env-file", "/dev/null"]
+    done = subprocess.run(
+        [*args, "--var", f"MONITOR_LOGS_DIR={logs}", "--var", f"MLOPS_STATE_DIR={tmp_path / 's'}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-4000:]
+    assert output.count("nothing serves in") >= 2, output[-4000:]
