@@ -27,6 +27,17 @@ QUALITY = "quality"
 LABEL_FREE = "label_free_estimate"
 
 
+def too_few(name: str, n: int, needed: int, what: str, **figures: float | None) -> CheckResult:
+    """No verdict: ``n`` rows or labels where ``needed`` are asked for."""
+    return CheckResult(
+        name=name,
+        status=CheckStatus.INSUFFICIENT,
+        detail=f"{n} {what} in the window, a verdict needs {needed}",
+        n=n,
+        **figures,
+    )
+
+
 def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, float]:
     """The Wilson score interval of a proportion (sound near 0 and 1 and for small n).
 
@@ -92,14 +103,7 @@ def quality_check(
         )
     )
     if n < min_labels:
-        return CheckResult(
-            name=QUALITY,
-            status=CheckStatus.INSUFFICIENT,
-            detail=f"{metric}: {n} labels in the window, a verdict needs {min_labels}",
-            baseline=baseline,
-            threshold=threshold,
-            n=n,
-        )
+        return too_few(QUALITY, n, min_labels, "labels", baseline=baseline, threshold=threshold)
     value = METRICS[metric](y, predictions)
     if not is_defined(value):
         return CheckResult(
@@ -185,14 +189,7 @@ def label_free_check(
     baseline = float(np.mean(reference[0].max(axis=1)))
     threshold = baseline - spec.max_drop
     if n < min_rows:
-        return CheckResult(
-            name=name,
-            status=CheckStatus.INSUFFICIENT,
-            detail=f"{n} served rows, an estimate needs {min_rows}",
-            baseline=baseline,
-            threshold=threshold,
-            n=n,
-        )
+        return too_few(name, n, min_rows, "served rows", baseline=baseline, threshold=threshold)
     top = served.probabilities.max(axis=1)
     value = float(top.mean())
     z = float(stats.norm.ppf(0.5 + confidence / 2))
@@ -228,13 +225,7 @@ def input_drift_check(
 ) -> CheckResult:
     """The share of features whose p-value is under ``spec.p_value``."""
     if n < min_rows:
-        return CheckResult(
-            name=INPUT_DRIFT,
-            status=CheckStatus.INSUFFICIENT,
-            detail=f"{n} served rows, a verdict needs {min_rows}",
-            threshold=spec.max_drifted_share,
-            n=n,
-        )
+        return too_few(INPUT_DRIFT, n, min_rows, "served rows", threshold=spec.max_drifted_share)
     drifted = [k for k, p in p_values.items() if p < spec.p_value]
     share = len(drifted) / len(p_values) if p_values else 0.0
     alert = share > spec.max_drifted_share
@@ -254,13 +245,7 @@ def prediction_drift_check(
 ) -> CheckResult:
     """The PSI of the served predictions against the reference predictions."""
     if n < min_rows or psi is None:
-        return CheckResult(
-            name=PREDICTION_DRIFT,
-            status=CheckStatus.INSUFFICIENT,
-            detail=f"{n} served rows, a verdict needs {min_rows}",
-            threshold=spec.max_psi,
-            n=n,
-        )
+        return too_few(PREDICTION_DRIFT, n, min_rows, "served rows", threshold=spec.max_psi)
     alert = psi > spec.max_psi
     return CheckResult(
         name=PREDICTION_DRIFT,

@@ -298,7 +298,10 @@ def run(
         drifted_features=drifted,
     )
     wanted = propose_retrain or config.monitor.action is MonitorAction.PROPOSE_RETRAIN
-    if wanted and status is MonitorStatus.ACTION_NEEDED:
+    if wanted and status is MonitorStatus.ACTION_NEEDED and not len(served.labelled):
+        reasons = [*reasons, "no retraining proposed: no labelled rows in the window to add"]
+        result = result.model_copy(update={"reasons": reasons})
+    elif wanted and status is MonitorStatus.ACTION_NEEDED:
         from pipelines.monitoring.retrain import propose
 
         proposal = propose(config, state, result, reference, served)

@@ -23,6 +23,7 @@ from pipelines.environments.local.desired import desired_from_state
 from pipelines.monitoring.monitor import run
 from pipelines.monitoring.result import MonitorResult
 from pipelines.package import PackageResult
+from pipelines.release.apply import release_from_registry
 from pipelines.release.state import EnvState, StableRelease, render_state, state_path
 from tests.conftest import Project, git, make_project
 from tests.integration.environments.local.conftest import _mlops
@@ -99,22 +100,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     package = PackageResult.model_validate_json(
         (project.state.results / "package.json").read_text()
     )
-    state = EnvState(
-        environment=ENV,
-        model=trained.model_name,
-        stable=StableRelease(
-            version=int(trained.model_version),
-            bento_tag=package.bento_tag,
-            artifact_sha256=package.artifact_sha256,
-            run_id=trained.run_id,
-            git_commit=trained.git_commit,
-            git_dirty=trained.git_dirty,
-            config_hash=trained.config_hash,
-            data_hash=trained.data_hash,
-            predictions_sha256=trained.predictions_sha256,
-            promoted_at=datetime.now(UTC),
-        ),
+    release, _ = release_from_registry(
+        project.config(), project.state, package, int(trained.model_version)
     )
+    stable = StableRelease(**release.model_dump(), promoted_at=datetime.now(UTC))
+    state = EnvState(environment=ENV, model=trained.model_name, stable=stable)
     path = state_path(project.root, ENV)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_state(state))

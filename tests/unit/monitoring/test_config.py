@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,17 +14,15 @@ from pipelines.config.monitor import MonitorAction
 from pipelines.config.training import FileSource
 from pipelines.data import DataError, _load_file, file_sha256
 from pipelines.monitoring.retrain import data_yaml_text
+from tests.conftest import make_project
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def configs(tmp_path: Path) -> Path:
-    """A writable copy of configs/ and models/ (the project root is tmp_path)."""
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    shutil.copytree(REPO / "models", tmp_path / "models")
-    (tmp_path / "pyproject.toml").write_text("")
-    return tmp_path / "configs"
+    """A writable copy of configs/ and models/ in a temp git repository."""
+    return make_project(tmp_path / "project").configs
 
 
 def test_every_set_loads_its_monitor_config() -> None:
