@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipelines.config.base import read_yaml
 from pipelines.config.loader import ConfigSet
-from pipelines.data import check_schema, content_hash, file_sha256
+from pipelines.data import DataError, check_schema, content_hash, file_sha256
 from pipelines.monitoring.reference import Reference, snapshot_path
 from pipelines.monitoring.result import MonitorResult, ProposalResult
 from pipelines.monitoring.window import ServedWindow
@@ -78,7 +78,12 @@ def snapshot_frame(
     production[target] = [served.labels[i] for i in index]
     base = reference.dataset.frame
     columns = [c for c in base.columns if c in production.columns or c == target]
-    production = production.astype(base[columns].dtypes.to_dict())
+    try:
+        production = production.astype(base[columns].dtypes.to_dict())
+    except (ValueError, TypeError) as exc:
+        raise DataError(
+            f"the retraining snapshot: production rows do not match the schema: {exc}"
+        ) from None
     merged = pd.concat([base[columns], production[columns]], ignore_index=True)
     deduplicated = merged.drop_duplicates(ignore_index=True)
     checked = check_schema(deduplicated, schema, "the retraining snapshot")

@@ -21,7 +21,7 @@ from pipelines.config.monitor import EvidenceSpec
 from pipelines.data import file_sha256
 from pipelines.monitoring.checks import INPUT_DRIFT, LABEL_FREE, QUALITY
 from pipelines.monitoring.monitor import run
-from pipelines.monitoring.result import CheckStatus, MonitorStatus
+from pipelines.monitoring.result import CheckStatus, MonitorResult, MonitorStatus
 from pipelines.monitoring.retrain import ProposalError
 from pipelines.release.state import load_state, render_state, state_path
 from tests.conftest import git
@@ -118,12 +118,31 @@ def test_too_little_evidence_gives_no_verdict(served: Served, tmp_path: Path) ->
     assert "insufficient" in result.to_markdown()
 
 
-def test_a_window_without_traffic_says_so(served: Served) -> None:
-    """It says there was no traffic when nothing was served in the window."""
+def test_a_window_without_traffic_says_so(served: Served, tmp_path: Path) -> None:
+    """It says there was no traffic when nothing was served in the window (exit 0).
+
+    The command writes the result JSON and the markdown report.
+    """
     time.sleep(2.0)
     result = served.monitor(time.time())
     assert result.status is MonitorStatus.NO_TRAFFIC and result.rows == 0
     assert "no served traffic" in result.to_markdown()
+    output, report = tmp_path / "monitor.json", tmp_path / "monitor.md"
+    done = _mlops(
+        served,
+        "monitor",
+        "--env",
+        ENV,
+        "--window",
+        "1s",
+        "--output",
+        str(output),
+        "--summary",
+        str(report),
+    )
+    assert done.returncode == 0, done.stderr
+    assert MonitorResult.model_validate_json(output.read_text()).status is MonitorStatus.NO_TRAFFIC
+    assert "no_traffic" in report.read_text()
 
 
 def test_a_release_without_a_data_hash_is_bad_input(served: Served) -> None:
