@@ -81,6 +81,10 @@ agent: venv ## Run the pull-based agent for ENV (default staging) in the foregro
 traffic: venv ## 30 s of clean staging traffic through the gateway
 	$(MLOPS) traffic --env staging --rate 50 --concurrency 8 --duration 30
 
+.PHONY: monitor
+monitor: venv ## Monitor the release serving in ENV (default staging): drift, quality; exit 1 = act
+	$(MLOPS) monitor --env $(or $(ENV),staging) --window $(or $(WINDOW),24h)
+
 .PHONY: rollback
 rollback: venv ## Roll back the canary of ENV (default staging) now, no analysis
 	$(MLOPS) rollback --env $(or $(ENV),staging)

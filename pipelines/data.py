@@ -75,6 +75,11 @@ def _load_file(source: FileSource, root: Path) -> pd.DataFrame:
     fmt = source.format or path.suffix.lstrip(".").lower()
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if source.sha256 is not None and file_sha256(path) != source.sha256:
+        raise DataError(
+            f"{path}: sha256 {file_sha256(path)} differs from data.yaml's source.sha256 "
+            f"{source.sha256}; the file changed since the config named it"
+        )
     try:
         if fmt == "csv":
             # round_trip: the parsed floats equal the written ones, so the content hash is exact.
@@ -84,6 +89,12 @@ def _load_file(source: FileSource, root: Path) -> pd.DataFrame:
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot read as {fmt}: {exc}") from None
     raise DataError(f"{path}: unknown data format '{fmt}'; expected csv or parquet")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _dtype_matches(series: pd.Series, expected: FeatureType, nullable: bool = False) -> bool:

@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from pipelines.config.base import ConfigError, Strict, format_validation_error, read_yaml
 from pipelines.config.canary import CanaryConfig
 from pipelines.config.image import ImageBuildConfig
+from pipelines.config.monitor import MonitorConfig
 from pipelines.config.serve import ServeConfig
 from pipelines.config.training import DataConfig, FeatureType, TrainConfig, ValidateConfig
 from pipelines.metrics import METRICS, Task
@@ -37,7 +38,10 @@ CONFIG_FILES: dict[str, type[Strict]] = {
     "serve": ServeConfig,
     "canary": CanaryConfig,
     "image": ImageBuildConfig,
+    "monitor": MonitorConfig,
 }
+# Files a set may lack (a commit older than the file): their defaults apply.
+OPTIONAL_FILES = {"monitor"}
 
 
 class ConfigSet(Strict):
@@ -54,6 +58,7 @@ class ConfigSet(Strict):
     serve: ServeConfig
     canary: CanaryConfig
     image: ImageBuildConfig
+    monitor: MonitorConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -108,6 +113,8 @@ def _read_merged(
         return raw, dict.fromkeys(raw, override), [override]
     layers = [d / f"{name}.yaml" for d in (base_of(directory), directory) if d is not None]
     present = [path for path in layers if path.is_file()]
+    if not present and name in OPTIONAL_FILES:
+        return {}, {}, [layers[0]]
     if not present:
         inherited = f" (nor in {layers[0].parent})" if len(layers) > 1 else ""
         raise ConfigError(f"{layers[-1]}: file not found{inherited}")
@@ -190,6 +197,10 @@ def check_cross_file(config: ConfigSet) -> None:
                 f"{canary_file}: field 'quality.metrics.{metric}': not a metric of the offline "
                 f"gates in {validate_file}; expected one of {sorted(offline)}"
             )
+
+    _check_metric(
+        config.source("monitor"), "quality.metric", config.monitor.quality.metric, code.task, config
+    )
 
     if code.task == Task.CLASSIFICATION and config.data.schema_.target.type == FeatureType.FLOAT:
         raise ConfigError(

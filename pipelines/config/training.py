@@ -37,6 +37,11 @@ class FileSource(Strict):
     format: Literal["csv", "parquet"] | None = Field(
         default=None, description="Defaults to the file's extension."
     )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The file's sha256; when given, loading refuses a file that differs.",
+    )
 
 
 class TargetSpec(Strict):

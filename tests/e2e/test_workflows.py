@@ -238,3 +238,35 @@ def test_pull_request_runs_the_whole_suite_only_when_code_changes(
     )
     assert_jobs_succeeded(output, "pull-request", ["changes"])
     assert re.search(rf"::set-output:: code={code}\b", output), output[-3000:]
+
+
+def test_monitor_workflow_runs_only_where_the_logs_can_be_read(tmp_path: Path) -> None:
+    """It runs no monitor, and says why, when no runner can read the logs.
+
+    Given a folder of shipped logs, each environment's monitor runs, and an environment
+    where nothing serves yet fails as bad input.
+    """
+    repo = clone(tmp_path)
+    dispatch = {"inputs": {"window": "24h", "propose_retrain": False}}
+    workflow = ("-W", ".github/workflows/monitor.yml")
+    output = run_act(repo, "workflow_dispatch", dispatch, *workflow, env={})
+    assert_jobs_succeeded(output, "monitor", ["plan"])
+    assert "No runner can read the serving logs" in output
+    assert not re.search(r"\[monitor/(monitor|propose)", output)
+
+    logs = tmp_path / "shipped"
+    for env in ("staging", "production"):
+        (logs / env).mkdir(parents=True)
+    with pytest.raises(AssertionError) as failed:
+        run_act(
+            repo,
+            "workflow_dispatch",
+            dispatch,
+            *workflow,
+            "--var",
+            f"MONITOR_LOGS_DIR={logs}",
+            "--var",
+            f"MLOPS_STATE_DIR={tmp_path / 'state'}",
+            env={},
+        )
+    assert str(failed.value).count("nothing serves in") >= 2, str(failed.value)

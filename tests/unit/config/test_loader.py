@@ -26,7 +26,7 @@ def write(path: Path, data: dict) -> Path:
 
 
 def test_every_shipped_set_loads_all_six_files() -> None:
-    """It loads configs/ and each variant with data, train, validate, serve, canary and image."""
+    """It loads configs/ and each variant with every file, monitor.yaml among them."""
     directories = set_directories(REPO / "configs")
     assert [d.name for d in directories] == [
         "configs",
@@ -36,7 +36,15 @@ def test_every_shipped_set_loads_all_six_files() -> None:
     ]
     for directory in directories:
         config = load_config_set(directory)
-        assert set(config.sources) == {"data", "train", "validate", "serve", "canary", "image"}
+        assert set(config.sources) == {
+            "data",
+            "train",
+            "validate",
+            "serve",
+            "canary",
+            "image",
+            "monitor",
+        }
 
 
 def test_variant_inherits_missing_files_from_configs() -> None:
