@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from pipelines.cli.common import (
     step_errors,
 )
 from pipelines.config.base import ConfigError
+from pipelines.config.loader import ConfigSet
 from pipelines.workdir import Workdir
 
 state_app = typer.Typer(help="The desired state in deploy/<env>.yaml.", no_args_is_help=True)
@@ -53,6 +55,30 @@ def finish_transition(transition: object, workdir: Workdir, output: Path | None)
     )
     for warning in transition.warnings:
         say(f"[yellow]warning:[/] {warning}")
+
+
+def follow_environment(config: ConfigSet, workdir: Workdir, env: str) -> None:
+    """Make the running local environment follow the state just committed; say if it is down.
+
+    A failure here exits 1 and leaves the commit in place (``mlops env up`` applies it).
+    """
+    from pipelines.environments.local import reconcile
+    from pipelines.environments.local.desired import desired_from_state
+    from pipelines.release.state import load_state
+
+    with step_errors({reconcile.EnvError: f"committed, but environment '{env}' did not follow"}):
+        desired = desired_from_state(
+            load_state(config.root, env, config.train.registered_model_name)
+        )
+        bentoml_home = Path(os.environ.get("BENTOML_HOME") or workdir.root / "bentoml")
+        status = reconcile.follow(desired, workdir.root, bentoml_home, project_root=config.root)
+    if status is None:
+        say(f"environment '{env}' is not running here: nothing to reconcile (`mlops env up`)")
+        return
+    for change in status.changes:
+        say(f"[green]•[/] {env}: {change}")
+    if not status.changed:
+        say(f"environment '{env}' already follows deploy/{env}.yaml")
 
 
 @app.command("deploy")
@@ -98,6 +124,7 @@ def deploy_command(
             identity=GitIdentity.from_env(),
         )
     finish_transition(transition, workdir, output)
+    follow_environment(config, workdir, env)
 
 
 @app.command("promote")
@@ -120,6 +147,7 @@ def promote_command(
             config, workdir, env, version=version, reason=reason, identity=GitIdentity.from_env()
         )
     finish_transition(transition, workdir, output)
+    follow_environment(config, workdir, env)
 
 
 @app.command("rollback")
@@ -141,6 +169,7 @@ def rollback_command(
             config, workdir, env, reason=reason, identity=GitIdentity.from_env()
         )
     finish_transition(transition, workdir, output)
+    follow_environment(config, workdir, env)
 
 
 @state_app.command("show")

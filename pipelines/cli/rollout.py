@@ -63,7 +63,8 @@ def rollout_command(
     from pipelines.package import PackageResult
     from pipelines.release.commit import GitIdentity
 
-    with step_errors({**refusals(), reconcile.EnvError: "rollout failed"}):
+    failed = {reconcile.EnvError: "rollout failed", step.RolloutError: "rollout failed"}
+    with step_errors({**refusals(), **failed}):
         config, workdir = load(configs, canary=canary_config)
         canary = config.canary
         package = read_result(package_result or workdir.results / "package.json", PackageResult)

@@ -7,7 +7,7 @@
 - :mod:`~pipelines.rollout.result`: the rollout's typed result and its markdown.
 """
 
-from pipelines.rollout.controller import default_max_duration_s, run
+from pipelines.rollout.controller import RolloutError, default_max_duration_s, run
 from pipelines.rollout.result import (
     ProgressCallback,
     RolloutOutcome,
@@ -17,6 +17,7 @@ from pipelines.rollout.result import (
 
 __all__ = [
     "ProgressCallback",
+    "RolloutError",
     "RolloutOutcome",
     "RolloutProgress",
     "RolloutResult",

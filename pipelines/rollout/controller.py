@@ -19,6 +19,14 @@ Synthetic traffic, when asked for, runs for the whole rollout in a background th
 (:mod:`~pipelines.rollout.traffic`). A canary server that dies is not restarted: the loop
 checks the servers before each decision and rolls back. At the time limit the loop rolls back
 ("timed out"): a rollout that cannot show the canary is as good as stable does not promote it.
+
+Failures are safe. Before each look the loop reads ``deploy/<env>.yaml``: when it no longer
+holds this rollout (``mlops rollback`` or ``mlops promote`` from another shell), the loop ends
+"superseded", commits nothing and makes the environment follow the state. An exception after
+the rollout started (observing, judging, moving) rolls back to stable, as Argo Rollouts aborts
+on an analysis error: the error goes into the rollback's evidence and the canary is stopped. If
+that rollback fails too, :class:`RolloutError` carries both errors and the state file stays as
+last committed. A process killed at any point leaves a committed state: the rerun resumes it.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,8 +55,8 @@ from pipelines.environments.local.desired import desired_from_state
 from pipelines.environments.local.gateway import GatewayPolicy
 from pipelines.package import PackageResult
 from pipelines.release import apply as deploy
-from pipelines.release.commit import GitIdentity
-from pipelines.release.state import EnvState, RolloutStatus, load_state
+from pipelines.release.commit import GitIdentity, history
+from pipelines.release.state import EnvState, RolloutStatus, load_state, state_path
 from pipelines.rollout import strategies
 from pipelines.rollout.result import (
     CheckRecord,
@@ -68,6 +77,10 @@ log = logging.getLogger(__name__)
 
 # A canary that is not ready is looked at again after this long before it is given up.
 NOT_READY_GRACE_S = 3.0
+
+
+class RolloutError(Exception):
+    """The loop failed and rolling back failed too; the state is as last committed."""
 
 
 def default_max_duration_s(canary_config: CanaryConfig) -> float:
@@ -120,17 +133,25 @@ class _Context:
         return load_state(self.config.root, self.env, self.config.train.registered_model_name)
 
     def reconcile(self) -> reconcile.EnvStatus:
-        """Make the local environment follow the committed state."""
-        status = reconcile.up(
-            desired_from_state(self.load()),
-            self.state.root,
-            self.bentoml_home,
-            project_root=self.config.root,
-            policy=self.policy,
-        )
-        for change in status.changes:
-            log.info("%s: %s", self.env, change)
-        return status
+        """Make the local environment follow the committed state.
+
+        Another shell may commit (and reconcile) while this one reconciles what it read
+        before: the state is read again afterwards, and followed again if it changed.
+        """
+        while True:
+            wanted = self.load()
+            status = reconcile.up(
+                desired_from_state(wanted),
+                self.state.root,
+                self.bentoml_home,
+                project_root=self.config.root,
+                policy=self.policy,
+            )
+            for change in status.changes:
+                log.info("%s: %s", self.env, change)
+            if self.load() == wanted:
+                return status
+            log.info("%s: deploy/%s.yaml changed meanwhile: following it", self.env, self.env)
 
     def tell(
         self, message: str, step: int | None, weight: float | None, check: CheckRecord | None = None
@@ -145,7 +166,7 @@ class _Context:
                 )
             )
 
-    def roll_back(self, why: str, evidence: Verdict | None) -> None:
+    def roll_back(self, why: str, evidence: deploy.EvidencePayload) -> None:
         """Commit the rollback of this version (the reconcile after the loop stops it)."""
         self.record(
             deploy.rollback(
@@ -249,7 +270,9 @@ def run(
         pipelines.release.apply.RefusedError: Another version's rollout is in progress.
         pipelines.config.ConfigError: A package result for another version, unknown version.
         pipelines.release.commit.GitOpsError: The state file has uncommitted changes.
-        pipelines.localenv.reconcile.EnvError: The stable release could not be served.
+        pipelines.localenv.reconcile.EnvError: The stable release could not be served, or
+            the environment could not follow a rollback or promotion committed meanwhile.
+        RolloutError: An error after the start, and rolling back failed too.
     """
     home = bentoml_home or Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")
     limit = max_duration_s if max_duration_s is not None else default_max_duration_s(canary_config)
@@ -320,13 +343,21 @@ def _drive(
     check_interval_s: float,
     settle_s: float,
 ) -> RolloutResult:
-    """Serve the rollout, run the clients, judge until settled, stop the clients, report."""
-    stable = ctx.load().stable
-    # A regressor's prediction drift needs value bins fixed before any live traffic.
-    ctx.canary_config = with_value_bins(
-        ctx.config, ctx.canary_config, ctx.state, str(stable.version) if stable else ""
-    )
-    reference = _reference(ctx.config, ctx.canary_config)
+    """Serve the rollout, run the clients, judge until settled, stop the clients, report.
+
+    From here on the rollout is committed: an error rolls it back (:func:`_fail_safe`).
+    """
+    try:
+        stable = ctx.load().stable
+        # A regressor's prediction drift needs value bins fixed before any live traffic.
+        ctx.canary_config = with_value_bins(
+            ctx.config, ctx.canary_config, ctx.state, str(stable.version) if stable else ""
+        )
+        reference = _reference(ctx.config, ctx.canary_config)
+    except Exception as exc:
+        ending = _fail_safe(ctx, None, exc)
+        _follow_ending(ctx, None, ending)
+        return ctx.result(ending.outcome, ending.reason, decided_by=ending.decided_by)
     try:
         status = ctx.reconcile()
     except reconcile.EnvError as exc:
@@ -337,28 +368,158 @@ def _drive(
         ctx.reconcile()
         return ctx.result(RolloutOutcome.ROLLED_BACK, reason, decided_by=["canary_down"])
     _tell_position(ctx, position)
-    driver = _traffic_driver(ctx, status, traffic) if traffic is not None else None
-    loop = _Loop(position, _source(ctx, status, position, driver), driver)
-    totals = None
+    driver: TrafficDriver | None = None
+    loop: _Loop | None = None
     try:
-        if traffic is not None:
-            _start_traffic(ctx, loop, traffic)
-        loop.window_start = time.monotonic()
-        ending = _judge_until_settled(ctx, loop, check_interval_s, reference)
-        if ending.outcome is RolloutOutcome.ROLLED_BACK:
-            loop.fault_on = False
-            ctx.reconcile()  # canary weight 0, drained, stopped
-            ctx.tell(f"rolled back v{ctx.version}: {ending.reason}", None, 0.0)
+        try:
+            driver = _traffic_driver(ctx, status, traffic) if traffic is not None else None
+            loop = _Loop(position, _source(ctx, status, position, driver), driver)
+            if traffic is not None:
+                _start_traffic(ctx, loop, traffic)
+            loop.window_start = time.monotonic()
+            ending = _judge_until_settled(ctx, loop, check_interval_s, reference)
+        except Exception as exc:
+            ending = _fail_safe(ctx, loop, exc)
+        _follow_ending(ctx, loop, ending)
         if driver is not None and settle_s > 0:
             time.sleep(settle_s)
     finally:
         totals = driver.finish() if driver is not None else None
-        if loop.fault_on:
+        if loop is not None and loop.fault_on:
             with contextlib.suppress(reconcile.EnvError):
                 reconcile.set_fault(
                     ctx.env, ctx.state.root, str(ctx.version), None, policy=ctx.policy
                 )
-    return _report(ctx, loop, ending, TrafficTotals.of(totals) if totals is not None else None)
+    traffic_totals = TrafficTotals.of(totals) if totals is not None else None
+    if loop is None:
+        return ctx.result(
+            ending.outcome, ending.reason, decided_by=ending.decided_by, traffic=traffic_totals
+        )
+    return _report(ctx, loop, ending, traffic_totals)
+
+
+def _follow_ending(ctx: _Context, loop: _Loop | None, ending: _Ending) -> None:
+    """After a rollback or a superseded rollout, make the environment follow git.
+
+    The reconcile drains and stops the canary (or, after a promotion by someone else, makes
+    it stable). If it fails after an internal error, both errors are raised.
+
+    Raises:
+        RolloutError: The environment could not follow the rollback of an internal error.
+    """
+    if ending.outcome is RolloutOutcome.PROMOTED:
+        return
+    if loop is not None and ending.outcome is RolloutOutcome.ROLLED_BACK:
+        loop.fault_on = False  # the reconcile removes the retired version's sidecar
+    try:
+        ctx.reconcile()
+    except Exception as exc:
+        if "internal_error" not in ending.decided_by:
+            raise
+        raise RolloutError(
+            f"{ctx.env}: {ending.reason}; rolled back in git, but stopping the canary failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if ending.outcome is RolloutOutcome.SUPERSEDED:
+        ctx.tell(f"v{ctx.version}: {ending.reason}", None, None)
+    else:
+        ctx.tell(f"rolled back v{ctx.version}: {ending.reason}", None, 0.0)
+
+
+def _fail_safe(ctx: _Context, loop: _Loop | None, error: Exception) -> _Ending:
+    """Roll back after ``error``, with the error (type, message, where) as the evidence.
+
+    An error because someone else settled the rollout meanwhile (a refused commit) ends the
+    rollout as superseded instead. An error after this loop's own promotion is raised as it
+    is: there is nothing left to roll back.
+
+    Raises:
+        RolloutError: The rollback failed too (both errors; the state as last committed).
+    """
+    log.error("v%s in %s: %s", ctx.version, ctx.env, _error_text(error), exc_info=error)
+    try:
+        settled = not _holds_rollout(ctx.load(), ctx.version)
+    except Exception:  # an unreadable state: the rollback below says why
+        settled = False
+    if settled:
+        superseded = _superseded(ctx)
+        if superseded is None:
+            raise error
+        return superseded
+    reason = f"internal error: {_error_text(error)}"
+    last = loop.last if loop is not None else None
+    evidence = {
+        "reasons": [reason],
+        "internal_error": {
+            "type": f"{type(error).__module__}.{type(error).__qualname__}",
+            "message": str(error),
+            "where": _where(error),
+            "traceback": traceback.format_exception(error),
+        },
+        "last_verdict": last.model_dump(mode="json") if last is not None else None,
+    }
+    try:
+        ctx.roll_back(reason, evidence)
+    except Exception as second:
+        raise RolloutError(
+            f"{ctx.env}: v{ctx.version}: {reason}; the rollback failed too: "
+            f"{_error_text(second)}; deploy/{ctx.env}.yaml is as last committed"
+        ) from second
+    return _Ending(RolloutOutcome.ROLLED_BACK, reason, ["internal_error"])
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: message (at file:line in function)``."""
+    return f"{type(error).__name__}: {error} (at {_where(error)})"
+
+
+def _where(error: BaseException) -> str:
+    """The innermost frame of the error's traceback: ``path:line in function``."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "unknown"
+    frame = frames[-1]
+    return f"{_short_path(frame.filename)}:{frame.lineno} in {frame.name}"
+
+
+def _short_path(filename: str) -> str:
+    """A source path from its package folder on (``pipelines/...``, ``sklearn/...``)."""
+    parts = Path(filename).parts
+    for anchor in ("site-packages", "dist-packages"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor) + 1 :])
+    if "pipelines" in parts:
+        return "/".join(parts[parts.index("pipelines") :])
+    return filename
+
+
+def _holds_rollout(state: EnvState, version: int) -> bool:
+    """Whether ``state`` still records the rollout of ``version``."""
+    return state.rollout is not None and state.rollout.canary.version == version
+
+
+def _superseded(ctx: _Context) -> _Ending | None:
+    """The ending when ``deploy/<env>.yaml`` no longer holds this rollout, else None.
+
+    Someone rolled it back or promoted it from another shell (or the CI): the loop commits
+    nothing on top and says which commit settled it.
+    """
+    current = ctx.load()
+    if _holds_rollout(current, ctx.version):
+        return None
+    entries = history(ctx.config.root, state_path(ctx.config.root, ctx.env), 1)
+    if entries and entries[0].commit in {t.commit for t in ctx.transitions}:
+        return None  # settled by this loop's own commit
+    rollout = current.rollout
+    if rollout is not None:
+        what = f"replaced by the rollout of v{rollout.canary.version}"
+    elif current.stable is not None and current.stable.version == ctx.version:
+        what = "promoted"
+    else:
+        what = "rolled back"
+    by = f" by {entries[0].commit[:12]} ({entries[0].subject})" if entries else ""
+    reason = f"superseded: {what}{by}"
+    return _Ending(RolloutOutcome.SUPERSEDED, reason, ["superseded"])
 
 
 def _judge_until_settled(
@@ -373,8 +534,15 @@ def _judge_until_settled(
         now = time.monotonic()
         loop.source.close_window(loop.position.step, now - loop.window_start)
         loop.window_start = now
+        superseded = _superseded(ctx)
+        if superseded is not None:
+            return superseded
         down = _canary_down(ctx)
         if down is not None:
+            # A rollback from another shell stops the canary: it may be what stopped it.
+            superseded = _superseded(ctx)
+            if superseded is not None:
+                return superseded
             reason = f"{down}: rolled back instead of restarting it"
             ctx.roll_back(reason, loop.last)
             return _Ending(RolloutOutcome.ROLLED_BACK, reason, ["canary_down"])

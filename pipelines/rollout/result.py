@@ -27,6 +27,9 @@ class RolloutOutcome(StrEnum):
     PROMOTED = "promoted"  # the version is stable at 100 % (also: initial release)
     ROLLED_BACK = "rolled_back"  # the canary is gone; stable kept (or got back) all traffic
     HELD = "held"  # a person paused the rollout: nothing was decided
+    # Someone else settled it (``mlops rollback|promote`` from another shell): nothing
+    # committed on top, the environment follows the state file.
+    SUPERSEDED = "superseded"
 
 
 class VersionMetrics(BaseModel):
@@ -127,7 +130,7 @@ class RolloutResult(BaseModel):
     reason: str
     decided_by: list[str] = Field(
         description="Signals that decided a rollback (e.g. error_rate, hard_limit.p99_latency_ms,"
-        " canary_down, timeout); empty otherwise."
+        " canary_down, timeout, internal_error), or superseded; empty otherwise."
     )
     resumed_from_step: int | None = Field(
         description="The step the state file recorded when the loop started, if it resumed."
@@ -155,6 +158,7 @@ class RolloutResult(BaseModel):
             RolloutOutcome.PROMOTED: "promoted",
             RolloutOutcome.ROLLED_BACK: "rolled back",
             RolloutOutcome.HELD: "held",
+            RolloutOutcome.SUPERSEDED: "superseded",
         }
         was = f" (stable was v{self.previous_stable})" if self.previous_stable else ""
         lines = [

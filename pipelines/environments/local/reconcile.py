@@ -377,6 +377,29 @@ def up(
         return _status(record, changes)
 
 
+def follow(
+    desired: DesiredEnv,
+    state_root: Path,
+    bentoml_home: Path,
+    *,
+    project_root: Path,
+    policy: GatewayPolicy | None = None,
+) -> EnvStatus | None:
+    """Reconcile the environment with ``desired`` if it is up; None (nothing done) if not.
+
+    Up means its gateway process, as recorded, is alive. A command that commits a new state
+    (rollback, promote, deploy) calls this so that the running environment follows within
+    seconds; :func:`up` takes the lock, so a rollout reconciling at the same time waits.
+
+    Raises:
+        EnvError: As :func:`up`.
+    """
+    record = _read(env_dir(state_root, desired.environment), desired.environment)
+    if record.gateway is None or not procs.is_alive(record.gateway.process):
+        return None
+    return up(desired, state_root, bentoml_home, project_root=project_root, policy=policy)
+
+
 def _reconcile(
     record: EnvRecord,
     desired: DesiredEnv,
