@@ -26,9 +26,9 @@ from starlette.responses import Response
 
 from pipelines.serving.artifact import load_estimator, verify
 from pipelines.serving.batching import MicroBatcher
-from pipelines.serving.http import JsonOnlyMiddleware
+from pipelines.serving.http import BearerTokenMiddleware, JsonOnlyMiddleware
 from pipelines.serving.manifest import MANIFEST_FILE, MLFLOW_MODEL_DIR, ServingManifest
-from pipelines.serving.predlog import PredictionLog, RequestIds, append_labels
+from pipelines.serving.predlog import Label, LabelBook, PredictionLog, RequestIds, append_labels
 from pipelines.serving.schema import (
     LabelsResponse,
     PredictResponse,
@@ -84,6 +84,21 @@ def _log_path(env: str, configured: Path) -> Path:
     return Path(os.environ.get(env) or configured)
 
 
+def _labels_token(manifest: ServingManifest) -> str | None:
+    """The bearer token ``/labels`` requires, from the environment variable serve.yaml names."""
+    labels = manifest.serve.labels
+    token = os.environ.get(labels.token_env, "").strip() if labels.token_env else ""
+    if not token and labels.token_required:
+        raise RuntimeError(
+            f"serve.yaml labels.token_required is true but ${labels.token_env} is not set: "
+            "refusing to serve /labels without its token"
+        )
+    return token or None
+
+
+LABELS_TOKEN = _labels_token(MANIFEST)
+
+
 @bentoml.service(
     name="model_server",
     workers=MANIFEST.serve.workers,
@@ -135,7 +150,8 @@ class ModelServer:
             if log_config.enabled and os.environ.get("MLOPS_PREDICTION_LOG") != "off"
             else None
         )
-        self._request_ids = RequestIds()
+        self._request_ids = RequestIds(remember=manifest.serve.labels.remember_ids)
+        self._label_book = LabelBook(self._request_ids, self.runner.classes)
         self.labels_path = _log_path("MLOPS_LABELS_LOG", manifest.serve.labels.path)
         self._head = (
             b'{"model_name":'
@@ -172,7 +188,7 @@ class ModelServer:
         except ValueError as exc:
             # Valid JSON the estimator cannot score (e.g. a value that overflows once scaled).
             return _unprocessable(str(exc))
-        request_id = self._request_ids.next()
+        request_id = self._request_ids.next(len(rows))
         body = (
             self._head
             + b',"request_id":"'
@@ -195,7 +211,16 @@ class ModelServer:
 
     @bentoml.api(route="/labels", input_spec=LabelsRequest, output_spec=LabelsResponse)
     async def labels(self, labels: list[Any]) -> Response:
-        """Record ground-truth labels for earlier predictions, by request id (append-only)."""
+        """Record ground-truth labels for this server's recent predictions, by request id.
+
+        All or nothing: a label for an id this server did not answer recently, a row that
+        request did not have or a class the model does not know is a 422; a label already
+        recorded (same or other value) is a 409. Either way nothing of the body is written.
+        """
+        posted = [Label(item.request_id, item.row, item.label) for item in labels]
+        refusal = self._label_book.check(posted)
+        if refusal is not None:
+            return Response(refusal.body(), status_code=refusal.status, media_type=_JSON)
         recorded = append_labels(
             self.labels_path,
             [
@@ -206,9 +231,10 @@ class ModelServer:
                     "model_name": MANIFEST.model_name,
                     "model_version": MANIFEST.model_version,
                 }
-                for item in labels
+                for item in posted
             ],
         )
+        self._label_book.commit(posted)
         return Response(orjson.dumps({"recorded": recorded}), media_type=_JSON)
 
     @bentoml.on_shutdown
@@ -223,3 +249,5 @@ ModelServer.add_asgi_middleware(
     paths=("/predict", "/labels"),
     max_body_bytes=MANIFEST.serve.api.max_body_bytes,
 )
+if LABELS_TOKEN is not None:
+    ModelServer.add_asgi_middleware(BearerTokenMiddleware, paths=("/labels",), token=LABELS_TOKEN)
