@@ -219,6 +219,8 @@ class Refusal:
         return orjson.dumps({"error": self.error, "detail": self.detail})
 
 
+_REPEATS = frozenset({"duplicate_label", "conflicting_label"})
+_Fault = tuple[str, str | None, str]  # detail type, the label's field at fault, message
 _NONE = object()  # no label yet (None is not a label, but keep the sentinel unambiguous)
 
 
@@ -250,61 +252,54 @@ class LabelBook:
     def check(self, labels: Sequence[Label]) -> Refusal | None:
         """Why ``labels`` cannot be recorded (every fault), or None when all of them can."""
         faults: list[dict[str, Any]] = []
-        conflicts = 0
         posted: dict[tuple[str, int], Any] = {}
         for index, item in enumerate(labels):
-            where = ["body", "labels", index]
-            rows = self._ids.rows_of(item.request_id)
-            if rows is None:
-                faults.append(
-                    {
-                        "type": "unknown_request_id",
-                        "loc": [*where, "request_id"],
-                        "msg": f"request id {item.request_id} was not answered by this server "
-                        "(or not recently enough to be remembered)",
-                    }
-                )
+            fault = self._fault(item, posted)
+            if fault is None:
+                posted[(item.request_id, item.row)] = item.label
                 continue
-            if item.row >= rows:
-                faults.append(
-                    {
-                        "type": "row_out_of_range",
-                        "loc": [*where, "row"],
-                        "msg": f"request {item.request_id} had {rows} row(s); row {item.row} "
-                        "does not exist",
-                    }
-                )
-                continue
-            if self._classes is not None and _class_key(item.label) not in self._classes:
-                faults.append(
-                    {
-                        "type": "unknown_class",
-                        "loc": [*where, "label"],
-                        "msg": f"label {item.label!r} is not one of the model's classes "
-                        f"{self._class_list}",
-                    }
-                )
-                continue
-            key = (item.request_id, item.row)
-            earlier = self._seen.get(item.request_id, {}).get(item.row, posted.get(key, _NONE))
-            if earlier is not _NONE:
-                conflicts += 1
-                same = _class_key(earlier) == _class_key(item.label)
-                faults.append(
-                    {
-                        "type": "duplicate_label" if same else "conflicting_label",
-                        "loc": [*where],
-                        "msg": f"request {item.request_id} row {item.row} already has the label "
-                        f"{earlier!r}" + ("" if same else f"; {item.label!r} conflicts with it"),
-                    }
-                )
-                continue
-            posted[key] = item.label
+            kind, field_name, message = fault
+            where = ["body", "labels", index, *([field_name] if field_name else [])]
+            faults.append({"type": kind, "loc": where, "msg": message})
         if not faults:
             return None
-        if conflicts == len(faults):
+        if all(f["type"] in _REPEATS for f in faults):
             return Refusal(409, "labels already recorded; nothing was recorded", faults)
         return Refusal(422, "labels refused; nothing was recorded", faults)
+
+    def _fault(self, item: Label, posted: dict[tuple[str, int], Any]) -> _Fault | None:
+        """What is wrong with one label, given the labels before it in the same body."""
+        rows = self._ids.rows_of(item.request_id)
+        if rows is None:
+            return (
+                "unknown_request_id",
+                "request_id",
+                f"request id {item.request_id} was not answered by this server "
+                "(or not recently enough to be remembered)",
+            )
+        if item.row >= rows:
+            return (
+                "row_out_of_range",
+                "row",
+                f"request {item.request_id} had {rows} row(s); row {item.row} does not exist",
+            )
+        if self._classes is not None and _class_key(item.label) not in self._classes:
+            return (
+                "unknown_class",
+                "label",
+                f"label {item.label!r} is not one of the model's classes {self._class_list}",
+            )
+        key = (item.request_id, item.row)
+        earlier = self._seen.get(item.request_id, {}).get(item.row, posted.get(key, _NONE))
+        if earlier is _NONE:
+            return None
+        same = _class_key(earlier) == _class_key(item.label)
+        return (
+            "duplicate_label" if same else "conflicting_label",
+            None,
+            f"request {item.request_id} row {item.row} already has the label {earlier!r}"
+            + ("" if same else f"; {item.label!r} conflicts with it"),
+        )
 
     def commit(self, labels: Sequence[Label]) -> None:
         """Remember ``labels`` as recorded (after :meth:`check` passed and they were written)."""

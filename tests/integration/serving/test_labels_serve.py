@@ -17,9 +17,7 @@ from pipelines.serving.predlog import read_jsonl
 from tests.integration.serving.conftest import (
     Packaged,
     Server,
-    start_server,
-    stop_server,
-    wait_ready,
+    serving,
 )
 
 pytestmark = pytest.mark.integration
@@ -30,22 +28,10 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def guarded(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The packaged Bento served with a labels token set in its environment."""
-    logs = tmp_path_factory.mktemp("guarded")
-    server = start_server(
-        packaged.result.bento_tag,
-        packaged.bentoml_home,
-        logs / "server.log",
-        env={
-            "MLOPS_PREDICTION_LOG": str(logs / "predictions.jsonl"),
-            "MLOPS_LABELS_LOG": str(logs / "labels.jsonl"),
-            "MLOPS_LABELS_TOKEN": TOKEN,
-        },
-    )
-    try:
-        wait_ready(server)
+    with serving(
+        packaged, tmp_path_factory.mktemp("guarded"), {"MLOPS_LABELS_TOKEN": TOKEN}
+    ) as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 def _labels_file(server: Server) -> Path:
