@@ -84,21 +84,6 @@ def _log_path(env: str, configured: Path) -> Path:
     return Path(os.environ.get(env) or configured)
 
 
-def _labels_token(manifest: ServingManifest) -> str | None:
-    """The bearer token ``/labels`` requires, from the environment variable serve.yaml names."""
-    labels = manifest.serve.labels
-    token = os.environ.get(labels.token_env, "").strip() if labels.token_env else ""
-    if not token and labels.token_required:
-        raise RuntimeError(
-            f"serve.yaml labels.token_required is true but ${labels.token_env} is not set: "
-            "refusing to serve /labels without its token"
-        )
-    return token or None
-
-
-LABELS_TOKEN = _labels_token(MANIFEST)
-
-
 @bentoml.service(
     name="model_server",
     workers=MANIFEST.serve.workers,
@@ -115,6 +100,12 @@ class ModelServer:
 
     def __init__(self) -> None:
         manifest = MANIFEST
+        labels = manifest.serve.labels
+        if labels.token_required and not os.environ.get(labels.token_env or "", "").strip():
+            # Refuse to start rather than serve /labels open (see docs/labels.md).
+            raise RuntimeError(
+                f"serve.yaml labels.token_required is true but ${labels.token_env} is not set"
+            )
         stored = self.model_ref
         # Refuses to start (ManifestError) when the artifact does not match its sha256.
         from pipelines.serving.runner import ModelRunner
@@ -255,5 +246,10 @@ ModelServer.add_asgi_middleware(
     paths=("/predict", "/labels"),
     max_body_bytes=MANIFEST.serve.api.max_body_bytes,
 )
-if LABELS_TOKEN is not None:
-    ModelServer.add_asgi_middleware(BearerTokenMiddleware, paths=("/labels",), token=LABELS_TOKEN)
+if MANIFEST.serve.labels.token_env:
+    ModelServer.add_asgi_middleware(
+        BearerTokenMiddleware,
+        paths=("/labels",),
+        variable=MANIFEST.serve.labels.token_env,
+        required=MANIFEST.serve.labels.token_required,
+    )

@@ -95,17 +95,26 @@ class JsonOnlyMiddleware:
 
 
 class BearerTokenMiddleware:
-    """Require ``Authorization: Bearer <token>`` on requests to ``paths``.
+    """Require ``Authorization: Bearer <token>`` on requests to ``paths``, when a token is set.
 
-    401 (with ``WWW-Authenticate: Bearer``) when the header is missing or not a bearer token,
-    403 when the token is wrong; compared in constant time.
+    The token is read from the environment variable ``variable`` when the server builds its
+    app (in the serving process, never at import or build time). Unset or empty: requests pass
+    unchecked, unless ``required``, when the server refuses to start. Otherwise 401 (with
+    ``WWW-Authenticate: Bearer``) when the header is missing or not a bearer token, 403 when
+    the token is wrong; compared in constant time.
     """
 
-    def __init__(self, app: ASGIApp, *, paths: tuple[str, ...], token: str) -> None:
-        if not token:
-            raise ValueError("the bearer token must not be empty")
+    def __init__(
+        self, app: ASGIApp, *, paths: tuple[str, ...], variable: str, required: bool = False
+    ) -> None:
+        token = os.environ.get(variable, "").strip()
+        if not token and required:
+            raise RuntimeError(
+                f"serve.yaml labels.token_required is true but ${variable} is not set: "
+                f"refusing to serve {', '.join(paths)} without its token"
+            )
         self.app = app
-        self.paths = frozenset(paths)
+        self.paths = frozenset(paths) if token else frozenset()
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

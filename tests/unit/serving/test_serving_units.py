@@ -376,3 +376,54 @@ def test_labels_config_refuses_what_cannot_hold(
     with pytest.raises(ConfigError, match=rf"serve.yaml: field '{field}'") as caught:
         load_serve_config(path)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("middle", ["passthrough", "scaler"])
+def test_runner_scores_a_pipeline_bit_for_bit(middle: str) -> None:
+    """It gives exactly the pipeline's own predict and predict_proba, passthrough or not."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipelines.serving.runner import ModelRunner
+
+    numeric = ServingManifest(
+        **{
+            **manifest().model_dump(),
+            "features": [{"name": "a", "type": "double"}, {"name": "b", "type": "long"}],
+        }
+    )
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=40), "b": rng.integers(0, 9, size=40)})
+    y = (X["a"] + rng.normal(size=40) > 0).astype(int)
+    steps = [("scale", StandardScaler()), ("classify", LogisticRegression())]
+    if middle == "passthrough":
+        steps.insert(1, ("nothing", "passthrough"))
+    model = Pipeline(steps).fit(X, y)
+    rows = X.head(7).to_numpy().tolist()
+    predictions, probabilities = ModelRunner(model, numeric).score(rows)
+    frame = pd.DataFrame(rows, columns=["a", "b"])
+    assert predictions == model.predict(frame).tolist()
+    assert probabilities == model.predict_proba(frame).tolist()
+
+
+def test_bearer_token_middleware_reads_its_variable_when_built(monkeypatch) -> None:
+    """It guards nothing without a token, and refuses to be built when one is required."""
+    from pipelines.serving.http import BearerTokenMiddleware
+
+    async def app(scope, receive, send) -> None:
+        return None
+
+    monkeypatch.delenv("MLOPS_TEST_LABELS_TOKEN", raising=False)
+    assert not BearerTokenMiddleware(
+        app, paths=("/labels",), variable="MLOPS_TEST_LABELS_TOKEN"
+    ).paths
+    with pytest.raises(RuntimeError, match=r"token_required is true but \$MLOPS_TEST_LABELS_TOKEN"):
+        BearerTokenMiddleware(
+            app, paths=("/labels",), variable="MLOPS_TEST_LABELS_TOKEN", required=True
+        )
+    monkeypatch.setenv("MLOPS_TEST_LABELS_TOKEN", "t")
+    guarded = BearerTokenMiddleware(app, paths=("/labels",), variable="MLOPS_TEST_LABELS_TOKEN")
+    assert guarded.paths == {"/labels"}
