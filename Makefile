@@ -106,8 +106,8 @@ package: venv ## Package the `challenger` version into a Bento (.mlops/results/p
 	$(MLOPS) package --configs $(CONFIGS) --alias challenger
 
 .PHONY: bench-serving
-bench-serving: venv ## Bento vs mlflow serve vs bare FastAPI at c1/8/32 (.mlops/benchmarks/serving.md)
-	$(VENV)/bin/python benchmarks/serving.py --duration 15
+bench-serving: venv ## Bento as % of the floor (uvicorn+orjson+numpy) at c1/c32, 3 runs (.mlops/benchmarks/serving.md)
+	$(VENV)/bin/python benchmarks/serving.py --runs 3 --duration 15
 
 .PHONY: bench-canary
 bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, detection, requests to decide

@@ -47,6 +47,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines.environments.local.gateway import UPSTREAM_HEADER, VERSION_HEADER
+from pipelines.serving.http import labels_auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ async def _run(
             limits=httpx.Limits(max_keepalive_connections=0),
             timeout=timeout,
         ) as fresh_client,
-        httpx.AsyncClient(timeout=timeout) as label_client,
+        httpx.AsyncClient(timeout=timeout, headers=labels_auth_headers()) as label_client,
     ):
 
         async def one(seq: int, scheduled: float) -> None:

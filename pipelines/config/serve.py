@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.config.base import Strict, load_file
 
@@ -55,13 +55,39 @@ class PredictionLogConfig(Strict):
 
 
 class LabelsConfig(Strict):
-    """Where delayed ground-truth labels are appended (JSON lines)."""
+    """Delayed ground-truth labels: who may post them, for which ids, and where they go.
+
+    A label is accepted only for a request id this server process answered among its last
+    ``remember_ids`` predictions (4 bytes of memory each), for a row that request had, once.
+    """
 
     path: Path = Field(
         default=Path(".mlops/serving/labels.jsonl"),
         description="Relative to the server's working directory; MLOPS_LABELS_LOG wins.",
     )
     max_labels_per_request: int = Field(default=10_000, ge=1, le=1_000_000)
+    token_env: str | None = Field(
+        default="MLOPS_LABELS_TOKEN",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="The environment variable holding the bearer token /labels requires "
+        "when it is set and not empty; null: no token is ever asked.",
+    )
+    token_required: bool = Field(
+        default=False,
+        description="True: the server refuses to start when the token variable is unset.",
+    )
+    remember_ids: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="How many of its latest request ids a server accepts labels for.",
+    )
+
+    @model_validator(mode="after")
+    def _token_named(self) -> LabelsConfig:
+        if self.token_required and self.token_env is None:
+            raise ValueError("token_required needs token_env (the variable that holds it)")
+        return self
 
 
 class BentoImageConfig(Strict):
@@ -80,7 +106,7 @@ class ServeConfig(Strict):
     """``configs/serve.yaml``."""
 
     api: ApiConfig = ApiConfig()
-    workers: int = Field(default=1, ge=1, le=64, description="API server processes.")
+    workers: int = Field(default=1, ge=1, le=64, description="API server processes (1, see below).")
     batching: BatchingConfig = BatchingConfig()
     prediction_log: PredictionLogConfig = PredictionLogConfig()
     labels: LabelsConfig = LabelsConfig()
@@ -92,6 +118,19 @@ class ServeConfig(Strict):
         default=False,
         description="OpenTelemetry spans for /predict and /labels (costly at high RPS).",
     )
+
+    @field_validator("workers")
+    @classmethod
+    def _one_worker_knows_its_ids(cls, workers: int) -> int:
+        # Each worker process remembers only the request ids it answered, and a label may
+        # reach any worker: with more than one, a genuine label could be refused.
+        if workers > 1:
+            raise ValueError(
+                "workers must be 1: a worker accepts labels only for the request ids it "
+                "served itself, and /labels may reach another worker; scale with more "
+                "servers behind the gateway instead"
+            )
+        return workers
 
 
 def load_serve_config(path: Path) -> ServeConfig:

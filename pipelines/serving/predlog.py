@@ -4,17 +4,28 @@ The request path only appends a tuple to an in-memory deque (thread-safe, no loc
 A daemon thread wakes every ``flush_interval_ms``, serializes what is pending with orjson and
 appends it with one ``write`` to a file opened ``O_APPEND``, so lines from several workers
 never interleave mid-line and nothing already written is rewritten. Labels are rare and
-appended synchronously the same way.
+appended synchronously the same way, once checked.
+
+Which labels a server accepts: only for ids it answered recently, once, of the right type.
+:class:`RequestIds` issues the request ids and remembers, in a fixed ring of ``remember``
+unsigned 32-bit counters (4 bytes per id), how many rows each of the latest ``remember``
+requests had. An id is a random per-process prefix and a counter, so "answered by this process
+among its latest ``remember``" is a prefix check and a counter range: no set of strings, no
+per-request allocation beyond the id itself. :class:`LabelBook` checks a ``POST /labels`` body
+against that memory before anything is written, and remembers the labels it accepted (for ids
+still remembered) to refuse a duplicate or a conflicting label. A body is accepted whole or
+refused whole: a refusal lists every label at fault, and nothing of it is recorded.
 """
 
 from __future__ import annotations
 
+import array
 import collections
-import itertools
 import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,15 +158,164 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class RequestIds:
-    """Unique 32-hex request ids: a random per-process prefix and a counter.
+    """Unique 32-hex request ids, and the row count of the latest ``remember`` of them.
 
-    As unique as a uuid4 across workers and restarts, at a fraction of its cost per request.
+    As unique as a uuid4 across workers and restarts (a random 64-bit prefix per process), at
+    a fraction of its cost per request. Memory: ``4 * remember`` bytes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remember: int = 100_000) -> None:
+        if remember < 1:
+            raise ValueError("remember must be at least 1")
         self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+        self._next = int.from_bytes(os.urandom(4), "big")
+        self._remember = remember
+        self._rows = array.array("I", bytes(4 * remember))
 
-    def next(self) -> str:
-        """The next id."""
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+    @property
+    def remember(self) -> int:
+        """How many of the latest ids are remembered."""
+        return self._remember
+
+    def next(self, rows: int = 1) -> str:
+        """The next id, remembered as a request of ``rows`` rows."""
+        counter = self._next
+        self._next = counter + 1
+        self._rows[counter % self._remember] = rows
+        return f"{self._prefix}{counter:016x}"
+
+    def rows_of(self, request_id: str) -> int | None:
+        """How many rows request ``request_id`` had; None unless it is one of the latest."""
+        if len(request_id) != 32 or not request_id.startswith(self._prefix):
+            return None
+        try:
+            counter = int(request_id[16:], 16)
+        except ValueError:
+            return None
+        if not self._next - self._remember <= counter < self._next:
+            return None
+        return self._rows[counter % self._remember]
+
+
+@dataclass(frozen=True)
+class Label:
+    """One ground-truth label, as posted."""
+
+    request_id: str
+    row: int
+    label: Any
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a ``POST /labels`` body was refused: the HTTP status and one entry per fault."""
+
+    status: int
+    error: str
+    detail: list[dict[str, Any]] = field(default_factory=list)
+
+    def body(self) -> bytes:
+        """The JSON response body."""
+        return orjson.dumps({"error": self.error, "detail": self.detail})
+
+
+_REPEATS = frozenset({"duplicate_label", "conflicting_label"})
+_Fault = tuple[str, str | None, str]  # detail type, the label's field at fault, message
+_NONE = object()  # no label yet (None is not a label, but keep the sentinel unambiguous)
+
+
+def _class_key(value: Any) -> tuple[bool, Any]:
+    # True == 1 in Python: a boolean label must not pass for the class 1, nor 1 for True.
+    return (isinstance(value, bool), value)
+
+
+class LabelBook:
+    """The labels a server accepted, checked against the ids it answered.
+
+    Args:
+        ids: The server's request ids (the ones it answered).
+        classes: A classifier's classes (a label must be one of them); None for a regressor,
+            whose labels the request schema already holds to finite numbers.
+    """
+
+    def __init__(self, ids: RequestIds, classes: Sequence[Any] | None) -> None:
+        self._ids = ids
+        self._classes = None if classes is None else {_class_key(c) for c in classes}
+        self._class_list = None if classes is None else list(classes)
+        self._seen: dict[str, dict[int, Any]] = {}
+        self._order: collections.deque[str] = collections.deque()
+
+    def __len__(self) -> int:
+        """How many request ids have labels remembered."""
+        return len(self._seen)
+
+    def check(self, labels: Sequence[Label]) -> Refusal | None:
+        """Why ``labels`` cannot be recorded (every fault), or None when all of them can."""
+        faults: list[dict[str, Any]] = []
+        posted: dict[tuple[str, int], Any] = {}
+        for index, item in enumerate(labels):
+            fault = self._fault(item, posted)
+            if fault is None:
+                posted[(item.request_id, item.row)] = item.label
+                continue
+            kind, field_name, message = fault
+            where = ["body", "labels", index, *([field_name] if field_name else [])]
+            faults.append({"type": kind, "loc": where, "msg": message})
+        if not faults:
+            return None
+        if all(f["type"] in _REPEATS for f in faults):
+            return Refusal(409, "labels already recorded; nothing was recorded", faults)
+        return Refusal(422, "labels refused; nothing was recorded", faults)
+
+    def _fault(self, item: Label, posted: dict[tuple[str, int], Any]) -> _Fault | None:
+        """What is wrong with one label, given the labels before it in the same body."""
+        rows = self._ids.rows_of(item.request_id)
+        if rows is None:
+            return (
+                "unknown_request_id",
+                "request_id",
+                f"request id {item.request_id} was not answered by this server "
+                "(or not recently enough to be remembered)",
+            )
+        if item.row >= rows:
+            return (
+                "row_out_of_range",
+                "row",
+                f"request {item.request_id} had {rows} row(s); row {item.row} does not exist",
+            )
+        if self._classes is not None and _class_key(item.label) not in self._classes:
+            return (
+                "unknown_class",
+                "label",
+                f"label {item.label!r} is not one of the model's classes {self._class_list}",
+            )
+        key = (item.request_id, item.row)
+        earlier = self._seen.get(item.request_id, {}).get(item.row, posted.get(key, _NONE))
+        if earlier is _NONE:
+            return None
+        same = _class_key(earlier) == _class_key(item.label)
+        return (
+            "duplicate_label" if same else "conflicting_label",
+            None,
+            f"request {item.request_id} row {item.row} already has the label {earlier!r}"
+            + ("" if same else f"; {item.label!r} conflicts with it"),
+        )
+
+    def commit(self, labels: Sequence[Label]) -> None:
+        """Remember ``labels`` as recorded (after :meth:`check` passed and they were written)."""
+        for item in labels:
+            rows = self._seen.get(item.request_id)
+            if rows is None:
+                rows = self._seen[item.request_id] = {}
+                self._order.append(item.request_id)
+            rows[item.row] = item.label
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the labels of ids no longer remembered: at most ``remember`` ids stay."""
+        while self._order and self._ids.rows_of(self._order[0]) is None:
+            self._seen.pop(self._order.popleft(), None)
+        if len(self._seen) > self._ids.remember:
+            live = [i for i in self._order if self._ids.rows_of(i) is not None]
+            self._seen = {i: self._seen[i] for i in live}
+            self._order = collections.deque(live)

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pipelines.environments.local import procs
 from pipelines.environments.local.desired import LiveRelease
 from pipelines.image import container_env
+from pipelines.serving.http import LABELS_TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +417,8 @@ def _start_container(
         f"MLOPS_PREDICTION_LOG={CONTAINER_FOLDER}/predictions.jsonl",
         "--env",
         f"MLOPS_LABELS_LOG={CONTAINER_FOLDER}/labels.jsonl",
+        # The labels token by name only: podman copies its value, which stays out of argv.
+        *(["--env", LABELS_TOKEN_ENV] if os.environ.get(LABELS_TOKEN_ENV) else []),
         release.image,
     )
     container = ContainerRecord(

@@ -6,6 +6,7 @@ before any test touches BentoML (as ``mlops package`` does in its entry point).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -140,10 +141,9 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
-@pytest.fixture(scope="session")
-def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
-    """The packaged Bento running under ``bentoml serve`` for the session."""
-    logs = tmp_path_factory.mktemp("served")
+@contextlib.contextmanager
+def serving(packaged: Packaged, logs: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """The packaged Bento under ``bentoml serve``, ready, its logs in ``logs``; then stopped."""
     server = start_server(
         packaged.result.bento_tag,
         packaged.bentoml_home,
@@ -151,6 +151,7 @@ def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
         env={
             "MLOPS_PREDICTION_LOG": str(logs / "predictions.jsonl"),
             "MLOPS_LABELS_LOG": str(logs / "labels.jsonl"),
+            **(env or {}),
         },
     )
     try:
@@ -158,6 +159,13 @@ def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
         yield server
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
+    """The packaged Bento running under ``bentoml serve`` for the session."""
+    with serving(packaged, tmp_path_factory.mktemp("served")) as server:
+        yield server
 
 
 def copy_home(source: Path, target: Path) -> Path:

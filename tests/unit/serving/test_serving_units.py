@@ -14,7 +14,14 @@ from pipelines.config.serve import ServeConfig, load_serve_config
 from pipelines.serving.artifact import tree_sha256, verify
 from pipelines.serving.batching import MicroBatcher
 from pipelines.serving.manifest import ManifestError, ServingManifest, signature_features
-from pipelines.serving.predlog import PredictionLog, RequestIds, append_labels, read_jsonl
+from pipelines.serving.predlog import (
+    Label,
+    LabelBook,
+    PredictionLog,
+    RequestIds,
+    append_labels,
+    read_jsonl,
+)
 from pipelines.serving.schema import label_model, request_model
 
 pytestmark = pytest.mark.unit
@@ -293,3 +300,130 @@ def test_prediction_log_records_the_class_order(tmp_path: Path) -> None:
         "probabilities": [[0.1, 0.8, 0.1]],
         "classes": ["Adelie", "Gentoo", "Chinstrap"],
     }
+
+
+def test_request_ids_remember_rows_of_the_latest_only() -> None:
+    """It knows the row count of its latest `remember` ids, and nothing older or foreign."""
+    ids = RequestIds(remember=3)
+    first = ids.next(5)
+    later = [ids.next(rows) for rows in (1, 2, 7)]
+    assert ids.rows_of(first) is None  # pushed out of the ring
+    assert [ids.rows_of(i) for i in later] == [1, 2, 7]
+    assert ids.rows_of(RequestIds().next()) is None  # another process's id
+    assert ids.rows_of("f" * 32) is None and ids.rows_of("x") is None
+    beyond = later[-1][:16] + f"{int(later[-1][16:], 16) + 1:016x}"
+    assert ids.rows_of(beyond) is None  # not issued yet
+
+
+def test_label_book_refuses_unknown_out_of_range_foreign_class_and_repeats() -> None:
+    """It refuses every faulty label, naming it, and accepts a clean body once."""
+    ids = RequestIds(remember=10)
+    book = LabelBook(ids, classes=[0, 1])
+    one, two = ids.next(1), ids.next(2)
+    good = [Label(one, 0, 1), Label(two, 1, 0)]
+    assert book.check(good) is None
+    book.commit(good)
+    refusal = book.check(
+        [Label("a" * 32, 0, 1), Label(two, 2, 1), Label(two, 0, 3), Label(two, 0, True)]
+    )
+    assert refusal is not None and refusal.status == 422
+    assert [d["type"] for d in refusal.detail] == [
+        "unknown_request_id",
+        "row_out_of_range",
+        "unknown_class",
+        "unknown_class",
+    ]
+    assert "a" * 32 in refusal.detail[0]["msg"]
+    repeat = book.check([Label(one, 0, 1), Label(two, 1, 1)])
+    assert repeat is not None and repeat.status == 409
+    assert [d["type"] for d in repeat.detail] == ["duplicate_label", "conflicting_label"]
+    same_body = book.check([Label(two, 0, 1), Label(two, 0, 1)])
+    assert same_body is not None and same_body.detail[0]["loc"] == ["body", "labels", 1]
+
+
+def test_label_book_forgets_labels_of_forgotten_ids() -> None:
+    """It holds labels only for ids still remembered, so its memory stays bounded."""
+    ids = RequestIds(remember=2)
+    book = LabelBook(ids, classes=None)
+    for _ in range(50):
+        request_id = ids.next(1)
+        book.commit([Label(request_id, 0, 1.5)])
+    assert len(book) <= 2
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        pytest.param("workers: 2\n", "workers", "workers must be 1", id="two workers"),
+        pytest.param(
+            "labels:\n  token_env: null\n  token_required: true\n",
+            "labels",
+            "token_required needs token_env",
+            id="required token without a variable",
+        ),
+        pytest.param(
+            "labels:\n  token_env: 'my token'\n", "labels.token_env", "pattern", id="bad name"
+        ),
+        pytest.param("labels:\n  remember_ids: 0\n", "labels.remember_ids", "1", id="no memory"),
+    ],
+)
+def test_labels_config_refuses_what_cannot_hold(
+    tmp_path: Path, text: str, field: str, message: str
+) -> None:
+    """It refuses several workers, a required token with no variable, and a zero id memory."""
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"serve.yaml: field '{field}'") as caught:
+        load_serve_config(path)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("middle", ["passthrough", "scaler"])
+def test_runner_scores_a_pipeline_bit_for_bit(middle: str) -> None:
+    """It gives exactly the pipeline's own predict and predict_proba, passthrough or not."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipelines.serving.runner import ModelRunner
+
+    numeric = ServingManifest(
+        **{
+            **manifest().model_dump(),
+            "features": [{"name": "a", "type": "double"}, {"name": "b", "type": "long"}],
+        }
+    )
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=40), "b": rng.integers(0, 9, size=40)})
+    y = (X["a"] + rng.normal(size=40) > 0).astype(int)
+    steps = [("scale", StandardScaler()), ("classify", LogisticRegression())]
+    if middle == "passthrough":
+        steps.insert(1, ("nothing", "passthrough"))
+    model = Pipeline(steps).fit(X, y)
+    rows = X.head(7).to_numpy().tolist()
+    predictions, probabilities = ModelRunner(model, numeric).score(rows)
+    frame = pd.DataFrame(rows, columns=["a", "b"])
+    assert predictions == model.predict(frame).tolist()
+    assert probabilities == model.predict_proba(frame).tolist()
+
+
+def test_bearer_token_middleware_reads_its_variable_when_built(monkeypatch) -> None:
+    """It guards nothing without a token, and refuses to be built when one is required."""
+    from pipelines.serving.http import BearerTokenMiddleware
+
+    async def app(scope, receive, send) -> None:
+        return None
+
+    monkeypatch.delenv("MLOPS_TEST_LABELS_TOKEN", raising=False)
+    assert not BearerTokenMiddleware(
+        app, paths=("/labels",), variable="MLOPS_TEST_LABELS_TOKEN"
+    ).paths
+    with pytest.raises(RuntimeError, match=r"token_required is true but \$MLOPS_TEST_LABELS_TOKEN"):
+        BearerTokenMiddleware(
+            app, paths=("/labels",), variable="MLOPS_TEST_LABELS_TOKEN", required=True
+        )
+    monkeypatch.setenv("MLOPS_TEST_LABELS_TOKEN", "t")
+    guarded = BearerTokenMiddleware(app, paths=("/labels",), variable="MLOPS_TEST_LABELS_TOKEN")
+    assert guarded.paths == {"/labels"}
