@@ -12,6 +12,7 @@ import http.client
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,6 +27,9 @@ from pipelines.rollout.sources import LogSource, gateway_access_log, parse_acces
 from tests.integration.conftest import GOOD, Versions, assert_rolled_back, load, run_rollout
 
 pytestmark = pytest.mark.integration
+
+# These tests are about the traffic process, not speed: room for a busy machine's slow start.
+LONG_S = 400.0
 
 
 def _split(versions: Versions, env: str, canary_weight: float) -> reconcile.EnvStatus:
@@ -207,45 +211,54 @@ def _traffic_pids(env: str) -> set[int]:
     return found
 
 
+class Interrupted(Exception):
+    """Raised from the progress callback to break the rollout off."""
+
+
+@dataclass
+class TrafficWatch:
+    """A progress callback noting the traffic processes it sees (and raising, if asked)."""
+
+    env: str
+    interrupt_at_first_check: bool = False
+    seen: set[int] = field(default_factory=set)
+
+    def __call__(self, event: rollout.RolloutProgress) -> None:
+        self.seen.update(_traffic_pids(self.env))
+        if self.interrupt_at_first_check and event.check is not None:
+            raise Interrupted
+
+    def gone(self, timeout: float = 5.0) -> bool:
+        """Whether no traffic process for the environment is left (waiting ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while _traffic_pids(self.env) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not _traffic_pids(self.env)
+
+
 def test_the_traffic_runs_as_its_own_process_and_is_gone_after_the_rollout(
     versions: Versions, env_name: str
 ) -> None:
     """It sends the synthetic traffic from its own process, stopped at the end, totals kept."""
-    seen: set[int] = set()
-
-    def watch(event: rollout.RolloutProgress) -> None:
-        seen.update(_traffic_pids(env_name))
-
-    result = run_rollout(versions, env_name, GOOD, traffic=load(), progress=watch)
+    watch = TrafficWatch(env_name)
+    result = run_rollout(
+        versions, env_name, GOOD, traffic=load(), progress=watch, max_duration_s=LONG_S
+    )
     assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
-    assert seen and os.getpid() not in seen
-    assert not _traffic_pids(env_name)
+    assert watch.seen and os.getpid() not in watch.seen
+    assert watch.gone(timeout=0.0)
     assert result.traffic is not None and result.traffic.sent > 0
     assert result.traffic.by_version.get("2", 0) > 0 and result.traffic.labels_sent > 0
-
-
-class Interrupted(Exception):
-    """Raised from the progress callback to break the rollout off."""
 
 
 def test_the_traffic_process_is_stopped_when_the_rollout_raises(
     versions: Versions, env_name: str
 ) -> None:
     """It stops the traffic process when the rollout raises in the middle (no orphan load)."""
-    seen: set[int] = set()
-
-    def interrupt(event: rollout.RolloutProgress) -> None:
-        seen.update(_traffic_pids(env_name))
-        if event.check is not None:
-            raise Interrupted
-
+    watch = TrafficWatch(env_name, interrupt_at_first_check=True)
     with contextlib.suppress(Interrupted):
-        run_rollout(versions, env_name, GOOD, traffic=load(), progress=interrupt)
-    assert seen
-    deadline = time.monotonic() + 5.0
-    while _traffic_pids(env_name) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _traffic_pids(env_name)
+        run_rollout(versions, env_name, GOOD, traffic=load(), progress=watch)
+    assert watch.seen and watch.gone()
 
 
 def test_without_synthetic_traffic_a_plain_clients_errors_are_seen(
