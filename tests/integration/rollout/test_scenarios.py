@@ -36,7 +36,6 @@ from pipelines.environments.local import reconcile
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
-    LIVE_ROLLOUT,
     MAX_DURATION_S,
     Versions,
     assert_no_failed_requests,
@@ -47,7 +46,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.environments.local.conftest import MLOPS
 
-pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
+pytestmark = pytest.mark.integration
 
 # Every feature of the example data (30) shifted by the scenario's 2 standard deviations: the
 # drifted share of live inputs is then 100 %, far above the profile's 50 % bound whatever the
