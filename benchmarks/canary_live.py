@@ -31,6 +31,7 @@ targets hold (false rollbacks ≤ 2 %, each fault caught in ≥ 95 % of its runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -86,6 +87,7 @@ class Run:
     index: int
     busy_core: bool
     outcome: str
+    timed_out: bool
     decided_by: list[str]
     reason: str
     canary_requests: int
@@ -105,6 +107,7 @@ class Scratch:
     state: Workdir
     packages: dict[int, PackageResult]
     accuracy: float
+    max_duration_s: float = 600.0
 
 
 def _git(root: Path, *args: str) -> str:
@@ -180,7 +183,7 @@ def _rollout(
         version=version,
         traffic=traffic,
         check_interval_s=5.0,
-        max_duration_s=300.0,
+        max_duration_s=scratch.max_duration_s,
         bentoml_home=Path(os.environ.get("BENTOML_HOME") or scratch.state.root / "bentoml"),
     )
 
@@ -244,6 +247,7 @@ def live_run(
         index=index,
         busy_core=busy_core,
         outcome=result.outcome.value,
+        timed_out=result.timed_out,
         decided_by=list(result.decided_by),
         reason=result.reason,
         canary_requests=_canary_requests(result),
@@ -276,6 +280,7 @@ def summarize(kind: str, runs: list[Run]) -> dict[str, Any]:
         "rollbacks": len(rolled_back),
         "rollback_rate": len(rolled_back) / len(runs) if runs else None,
         "rollback_rate_upper95": wilson_upper(len(rolled_back), len(runs)) if runs else None,
+        "timed_out": sum(r.timed_out for r in runs),
         "caught_by_expected_signal": len(caught) if kind != "aa" else None,
         "busy_core_runs": sum(r.busy_core for r in runs),
         "busy_core_rollbacks": sum(r.busy_core for r in rolled_back),
@@ -325,7 +330,7 @@ def render(report: dict[str, Any]) -> str:
         f"{report['elapsed_s'] / 60:.0f} min on {os.cpu_count()} cores. "
         f"Latency fault: {report['latency_delay_ms']:.2f} ms added by the sidecar.",
         "",
-        "| scenario | live runs | rolled back | caught by its signal | busy-core runs "
+        "| scenario | live runs | rolled back (timed out) | caught by its signal | busy-core runs "
         "(rolled back) | live canary requests to decide | simulated rollback rate "
         "| simulated requests to decide |",
         "|---|---|---|---|---|---|---|---|",
@@ -335,7 +340,8 @@ def render(report: dict[str, Any]) -> str:
         caught = row["caught_by_expected_signal"]
         lines.append(
             f"| {report['labels'][kind]} | {row['runs']} | {row['rollbacks']} "
-            f"({_pct(row['rollback_rate'])}) | {'–' if caught is None else caught} "
+            f"({_pct(row['rollback_rate'])}; {row['timed_out']}) "
+            f"| {'–' if caught is None else caught} "
             f"| {row['busy_core_runs']} ({row['busy_core_rollbacks']}) "
             f"| {_num(row['median_canary_requests_to_decide'])} "
             f"| {_pct(sim.get('rollback_rate'))} "
@@ -358,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         help="The canary profile, relative to the repository (default: the fast local one; "
         "configs/canary.yaml takes minutes per step).",
     )
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=600.0,
+        help="Seconds before a rollout is rolled back as timed out (counted apart).",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".mlops" / "bench")
     args = parser.parse_args(argv)
     if args.aa_runs < 0 or args.fault_runs < 0 or args.sim_runs < 0:
@@ -366,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     started = time.monotonic()
     scratch = prepare(args.out / "canary-live", args.canary_config)
+    scratch = dataclasses.replace(scratch, max_duration_s=args.max_duration)
     runs: dict[str, list[Run]] = {"aa": [], "latency": [], "errors": [], "accuracy": []}
     for index in range(args.aa_runs):
         runs["aa"].append(live_run(scratch, "aa", index, _traffic(), busy_core=index % 2 == 1))

@@ -692,11 +692,13 @@ def main(argv: list[str] | None = None) -> int:
         watcher.start()
     resolve = None
     if spec.state_root is not None and spec.environment is not None:
-        from pipelines.environments.local import reconcile
-
         state_root, environment = Path(spec.state_root), spec.environment
 
         def resolve() -> dict[str, str]:
+            # Imported when first needed (a version started after the traffic): seconds of
+            # imports (configs, scikit-learn) that must not delay the first request.
+            from pipelines.environments.local import reconcile
+
             return {r.version: r.url for r in reconcile.status(environment, state_root).releases}
 
     result = replay(
