@@ -351,12 +351,21 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", READING, unparsable, ""])
 
 
+def _count(text: str) -> int:
+    """A run count: an integer ≥ 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a count must be ≥ 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the live benchmark; 0 when the targets hold, 1 otherwise."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--aa-runs", type=int, default=30)
-    parser.add_argument("--fault-runs", type=int, default=10)
-    parser.add_argument("--sim-runs", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / ".mlops" / "bench")
+    counts = {"--aa-runs": 30, "--fault-runs": 10, "--sim-runs": 200}
+    for flag, default in counts.items():
+        parser.add_argument(flag, type=_count, default=default, help=f"default {default}")
     parser.add_argument(
         "--canary-config",
         type=Path,
@@ -370,10 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         default=600.0,
         help="Seconds before a rollout is rolled back as timed out (counted apart).",
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / ".mlops" / "bench")
     args = parser.parse_args(argv)
-    if args.aa_runs < 0 or args.fault_runs < 0 or args.sim_runs < 0:
-        parser.error("run counts must be ≥ 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     started = time.monotonic()
