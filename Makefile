@@ -113,6 +113,10 @@ bench-serving: venv ## Bento as % of the floor (uvicorn+orjson+numpy) at c1/c32,
 bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, detection, requests to decide
 	$(VENV)/bin/python benchmarks/decision_quality.py
 
+.PHONY: bench-canary-live
+bench-canary-live: venv ## Live rollouts (A/A, half with a busy core; latency/error/accuracy faults) through the real gateway (.mlops/bench/canary_live.md)
+	$(VENV)/bin/python benchmarks/canary_live.py --aa-runs $(or $(AA_RUNS),30) --fault-runs $(or $(FAULT_RUNS),10)
+
 .PHONY: clean
 clean: ## Remove generated state (.mlops/), the virtual environment and the bootstrapped uv (.tools/)
 	rm -rf .mlops $(VENV) .tools

@@ -21,18 +21,26 @@ Scenarios:
   run (``slow_ms`` added to its ``/predict``; ``failing_rate`` of them answered 503), and
   removed afterwards. The model servers themselves are not changed.
 
-Loopback only, bounded by duration and by ``max_requests``. httpx's ``AsyncClient`` is the
-load loop: the run needs per-request bodies, attribution headers and follow-up label posts,
-which a closed-loop load tool (locust, wrk) would need more glue for than it saves.
+Loopback only, bounded by duration and by ``max_requests``. A rollout runs it as its own
+process (``python -m harness.traffic``, see :func:`main`), never as a thread of the process
+that judges: the judge reads requests, errors and latencies from the gateway's access log, and
+this process's own timings only go into its result (the client's view, for reference).
+httpx's ``AsyncClient`` is the load loop: the run needs per-request bodies, attribution headers
+and follow-up label posts, which a closed-loop load tool (locust, wrk) would need more glue for
+than it saves.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
+import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -46,10 +54,15 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.environments.local.gateway import UPSTREAM_HEADER, VERSION_HEADER
 from pipelines.serving.http import labels_auth_headers
 
 log = logging.getLogger(__name__)
+
+# The gateway's attribution headers (pipelines.environments.local.gateway, checked equal in
+# tests/unit/rollout/test_traffic_process.py). Not imported from there: that module pulls in
+# the configs and scikit-learn, seconds of imports before the traffic process could send.
+VERSION_HEADER = "X-Model-Version"
+UPSTREAM_HEADER = "X-Upstream"
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # A label due for a version not known yet looks the versions up again, at most this often.
@@ -93,6 +106,18 @@ class TrafficOptions(BaseModel):
     slow_ms: float = Field(default=300.0, ge=0.0, le=60_000.0)
     failing_rate: float = Field(default=0.3, ge=0.0, le=1.0)
     seed: int = Field(default=0, ge=0)
+    wrong_label_version: str | None = Field(
+        default=None,
+        description="The version whose answers get wrong labels (a quality fault on labelled "
+        "traffic only: its predictions, latency and errors are unchanged).",
+    )
+    wrong_label_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="The fraction of that version's correct answers labelled with another "
+        "class: its measured accuracy drops by about this rate times its accuracy.",
+    )
 
 
 class RequestOutcome(BaseModel):
@@ -182,6 +207,13 @@ class RowSource:
         self._pass: tuple[int, list[int]] = (-1, [])
         if options.scenario == Scenario.DRIFT:
             self.rows = drifted(rows, options.drift_features, options.drift_shift)
+
+    def other_label(self, label: Any) -> Any:
+        """A label of the holdout other than ``label`` (the next one in sorted order)."""
+        classes = sorted({str(v): v for v in self.labels}.items())
+        names = [name for name, _ in classes]
+        here = names.index(str(label)) if str(label) in names else -1
+        return classes[(here + 1) % len(classes)][1]
 
     def _index(self, position: int) -> int:
         """The row at ``position`` of the replay (pass ``position // len(rows)``)."""
@@ -273,6 +305,7 @@ async def _run(
     labels_sent = labels_failed = 0
     slots = asyncio.Semaphore(options.concurrency)
     label_rng = random.Random(options.seed + 1)
+    wrong_rng = random.Random(options.seed + 2)
     total = options.max_requests or int(options.rate * options.duration_s)
     outcomes_file.parent.mkdir(parents=True, exist_ok=True)
     sink = outcomes_file.open("wb")
@@ -311,7 +344,7 @@ async def _run(
             records, indices, corrupted = source.take(seq)
             user = f"user-{seq % options.users}"
             headers = {options.sticky_header: user} if options.sticky_header else {}
-            status = request_id = version = upstream = error = None
+            status = request_id = version = upstream = error = predicted = None
             body = orjson.dumps({"records": records})
             resent = False
             try:
@@ -336,6 +369,8 @@ async def _run(
                 upstream = response.headers.get(UPSTREAM_HEADER)
                 if status == 200:
                     request_id = response.headers.get("x-request-id")
+                    if version is not None and version == options.wrong_label_version:
+                        predicted = orjson.loads(response.content).get("predictions")
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -366,7 +401,15 @@ async def _run(
             ):
                 due = time.time() + options.label_delay_s
                 for offset, index in enumerate(indices):
-                    due_labels.append((due, version, request_id, (offset, source.labels[index])))
+                    label = source.labels[index]
+                    if (
+                        predicted is not None
+                        and offset < len(predicted)
+                        and predicted[offset] == label
+                        and wrong_rng.random() < options.wrong_label_rate
+                    ):
+                        label = source.other_label(label)
+                    due_labels.append((due, version, request_id, (offset, label)))
 
         async def post_labels(final: bool) -> None:
             nonlocal labels_sent, labels_failed
@@ -589,3 +632,92 @@ def run(
     finally:
         if fault is not None and canary is not None:
             reconcile.set_fault(environment, state_root, canary.version, None)
+
+
+class ProcessSpec(BaseModel):
+    """What ``python -m harness.traffic`` replays.
+
+    The process that starts it writes it to a file, rows and labels included, so the traffic
+    process needs no config of its own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gateway_url: str
+    rows: list[dict[str, Any]] = Field(min_length=1)
+    labels: list[Any]
+    options: TrafficOptions
+    version_urls: dict[str, str]
+    outcomes_file: str
+    state_root: str | None = Field(
+        default=None, description="With ``environment``: where to look up new versions' URLs."
+    )
+    environment: str | None = None
+
+
+def _watch_parent(parent: int, stop_event: threading.Event) -> None:
+    """Stop sending when the process that started this one is gone (no orphan load)."""
+    while not stop_event.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("the process that started the traffic (pid %d) is gone: stopping", parent)
+            stop_event.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay a :class:`ProcessSpec` until its duration ends or SIGTERM; write the result.
+
+    ``python -m harness.traffic --spec SPEC.json --result RESULT.json [--parent-pid PID]``.
+    SIGTERM (or SIGINT) stops sending; requests in flight finish, due labels are posted, and
+    the :class:`TrafficResult` is written to ``--result`` (atomically) before the exit.
+
+    Returns:
+        0 when the result was written; 2 for a spec that does not validate.
+    """
+    parser = argparse.ArgumentParser(prog="python -m harness.traffic")
+    parser.add_argument("--spec", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        spec = ProcessSpec.model_validate_json(args.spec.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.error("%s: %s", args.spec, exc)
+        return 2
+    stop_event = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_event.set())
+    if args.parent_pid is not None:
+        watcher = threading.Thread(
+            target=_watch_parent, args=(args.parent_pid, stop_event), daemon=True
+        )
+        watcher.start()
+    resolve = None
+    if spec.state_root is not None and spec.environment is not None:
+        state_root, environment = Path(spec.state_root), spec.environment
+
+        def resolve() -> dict[str, str]:
+            # Imported when first needed (a version started after the traffic): seconds of
+            # imports (configs, scikit-learn) that must not delay the first request.
+            from pipelines.environments.local import reconcile
+
+            return {r.version: r.url for r in reconcile.status(environment, state_root).releases}
+
+    result = replay(
+        spec.gateway_url,
+        spec.rows,
+        spec.labels,
+        spec.options,
+        version_urls=spec.version_urls,
+        outcomes_file=Path(spec.outcomes_file),
+        stop_event=stop_event,
+        resolve_version_urls=resolve,
+    )
+    partial = args.result.with_suffix(args.result.suffix + ".partial")
+    partial.write_bytes(orjson.dumps(result.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+    partial.replace(args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

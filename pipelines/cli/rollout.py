@@ -37,7 +37,11 @@ def rollout_command(
     canary_config: CanaryConfigOption = None,
     traffic: Annotated[
         str,
-        typer.Option(help="Synthetic clients: clean|drift|corrupt|slow_canary|failing_canary|none"),
+        typer.Option(
+            help="Synthetic clients, as a process of their own: "
+            "clean|drift|corrupt|slow_canary|failing_canary; none: judge whatever clients send "
+            "(the gateway's access log)"
+        ),
     ] = "clean",
     rate: Annotated[float, typer.Option(help="Synthetic requests per second.")] = 50.0,
     concurrency: Annotated[int, typer.Option(help="Synthetic requests in flight at most.")] = 8,

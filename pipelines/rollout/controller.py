@@ -68,7 +68,7 @@ from pipelines.rollout.result import (
     TransitionRecord,
     check_record,
 )
-from pipelines.rollout.sources import LogSource, ObservationSource
+from pipelines.rollout.sources import LogSource, ObservationSource, gateway_access_log
 from pipelines.rollout.strategies import MoveKind, Position
 from pipelines.rollout.traffic import TrafficDriver, fault_for
 from pipelines.workdir import Workdir
@@ -669,20 +669,23 @@ def _source(
         )
     mirror = Path(status.mirror_log) if p.mirrored and status.mirror_log else None
     stable = ctx.load().stable
+    # What the gateway answered, whoever sends the traffic (``driver`` or real clients).
+    gateway_log = gateway_access_log(ctx.state.root, ctx.env)
     return LogSource(
         status,
         str(stable.version) if stable else "",
         str(ctx.version),
+        gateway_log=gateway_log if gateway_log.is_file() else None,
         mirror_log=mirror,
-        clients=driver.drain if driver is not None else None,
         agreement=ctx.canary_config.agreement,
+        on_unparsable=ctx.evidence.append,
     )
 
 
 def _traffic_driver(
     ctx: _Context, status: reconcile.EnvStatus, traffic: synthetic.TrafficOptions
 ) -> TrafficDriver:
-    """Clients replaying the holdout rows, not started yet; outcomes under the env folder."""
+    """A traffic process replaying the holdout rows (not started yet; files in the env)."""
     rows, labels = synthetic.holdout_rows(ctx.config)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     outcomes_file = (
@@ -690,11 +693,13 @@ def _traffic_driver(
         / "traffic"
         / f"{stamp}-rollout-v{ctx.version}-{traffic.scenario}.jsonl"
     )
-    return TrafficDriver(status, rows, labels, traffic, outcomes_file, ctx.max_duration_s)
+    return TrafficDriver(
+        status, rows, labels, traffic, outcomes_file, ctx.max_duration_s, state_root=ctx.state.root
+    )
 
 
 def _start_traffic(ctx: _Context, loop: _Loop, traffic: synthetic.TrafficOptions) -> None:
-    """Inject the scenario's fault into the canary, then start the clients."""
+    """Inject the scenario's fault into the canary, then start the traffic process."""
     fault = fault_for(traffic)
     if fault is not None:
         reconcile.set_fault(ctx.env, ctx.state.root, str(ctx.version), fault, policy=ctx.policy)

@@ -7,12 +7,19 @@ mirrored copies). The loop only calls :meth:`ObservationSource.close_window` and
 :meth:`ObservationSource.observations`, so the servers' own telemetry or a Prometheus query
 can be added as sources without touching it.
 
-:class:`LogSource` is the first source: the clients' outcomes (synthetic traffic), each
-server's prediction log and labels log, and the gateway's mirror log, joined by request id.
+:class:`LogSource` is the first source: the gateway's access log (what each client was
+answered, by which version, and how long it took, as Caddy timed it), each server's prediction
+log and labels log, and the mirror log, joined by request id. Nothing here times a request: the
+judging process only reads what the serving side wrote, so a busy judge cannot make a version
+look slow, and the figures have the same form whoever sends the traffic.
+
+A line that cannot be parsed is not dropped silently: it is counted in its window
+(:attr:`LogSource.unparsable`) and reported through ``on_unparsable``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +29,6 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from harness import traffic as synthetic
 from pipelines.canary import (
     AgreementCounts,
     Labelled,
@@ -33,12 +39,23 @@ from pipelines.canary import (
 from pipelines.canary.observations import predictions_agree
 from pipelines.config.canary import AgreementSignal
 from pipelines.environments.local import reconcile
+from pipelines.environments.local.gateway import ACCESS_LOG, VERSION_HEADER
+
+log = logging.getLogger(__name__)
 
 # Input rows kept per version and window for Evidently's input drift (a sample is enough).
 MAX_INPUT_ROWS = 5_000
+# Answers whose prediction has not reached the server's log yet are kept this many at most.
+MAX_WAITING = 100_000
+REQUEST_ID_HEADER = "X-Request-Id"
 
-ClientOutcomes = Callable[[], list[synthetic.RequestOutcome]]
-"""The outcomes the clients saw since the last call (e.g. the traffic driver's ``drain``)."""
+Report = Callable[[str], None]
+"""Told once per read that found unparsable lines (e.g. appends to the rollout's evidence)."""
+
+
+def gateway_access_log(state_root: Path, environment: str) -> Path:
+    """The environment's gateway access log (written by the front Caddy)."""
+    return reconcile.env_dir(state_root, environment) / "gateway" / ACCESS_LOG
 
 
 class ObservationSource(Protocol):
@@ -53,18 +70,96 @@ class ObservationSource(Protocol):
         ...
 
 
-def _tail(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """The complete JSON lines of ``path`` after ``offset``, and the offset after them."""
+def _tail(path: Path, offset: int) -> tuple[list[dict[str, Any]], int, int]:
+    """The JSON lines of ``path`` after ``offset``, the offset after them, the bad lines.
+
+    Only complete lines are read; a line that is not a JSON object is counted as bad. A file
+    shorter than ``offset`` was truncated or replaced: it is read from the start.
+    """
     if not path.is_file():
-        return [], offset
+        return [], offset, 0
+    if path.stat().st_size < offset:
+        offset = 0
     with path.open("rb") as handle:
         handle.seek(offset)
         data = handle.read()
     end = data.rfind(b"\n")
     if end < 0:
-        return [], offset
-    records = [orjson.loads(line) for line in data[: end + 1].splitlines() if line.strip()]
-    return records, offset + end + 1
+        return [], offset, 0
+    records: list[dict[str, Any]] = []
+    bad = 0
+    for line in data[: end + 1].splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    return records, offset + end + 1, bad
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One client request as the gateway recorded it.
+
+    Attributes:
+        version: The version that answered (None: no server answered).
+        status: The status the client got (0: the connection was dropped).
+        latency_ms: Caddy's duration, from the request's arrival to its last byte written.
+        request_id: The server's request id (joins the prediction log and the labels).
+    """
+
+    version: str | None
+    status: int
+    latency_ms: float
+    request_id: str | None
+
+    @property
+    def failed(self) -> bool:
+        """No answer, or a 5xx (a 4xx is the client's error, not the version's)."""
+        return self.status == 0 or self.status >= 500
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """A response header's first value from Caddy's ``resp_headers`` (canonical names)."""
+    if not isinstance(headers, dict):
+        return None
+    values = headers.get(name)
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0] or None
+    return None
+
+
+def parse_access_line(record: dict[str, Any], path: str = "/predict") -> Answer | None:
+    """The :class:`Answer` in one access-log record, None for another endpoint.
+
+    Raises:
+        ValueError: The record lacks the request, status or duration of an access-log line.
+    """
+    request = record.get("request")
+    status = record.get("status")
+    duration = record.get("duration")
+    if (
+        not isinstance(request, dict)
+        or not isinstance(status, int)
+        or not isinstance(duration, int | float)
+    ):
+        raise ValueError("not an access-log record (request, status, duration)")
+    if request.get("method") != "POST" or str(request.get("uri", "")).split("?")[0] != path:
+        return None
+    headers = record.get("resp_headers")
+    version = _header(headers, VERSION_HEADER)
+    return Answer(
+        version=None if version in (None, "unknown") else version,
+        status=status,
+        latency_ms=float(duration) * 1000.0,
+        request_id=_header(headers, REQUEST_ID_HEADER),
+    )
 
 
 def _size(path: Path) -> int:
@@ -109,14 +204,14 @@ class _Buffer:
             else:
                 self.has_scores = False
 
-    def add_outcome(self, item: synthetic.RequestOutcome) -> None:
-        """Count one client request (its prediction is joined from the log later)."""
+    def add_answer(self, answer: Answer) -> None:
+        """Count one answer the gateway recorded (its prediction is joined from the log)."""
         self.requests += 1
-        if item.status is not None:
-            self.latencies.append(item.latency_ms)
-        if item.failed:
+        if answer.status != 0:
+            self.latencies.append(answer.latency_ms)
+        if answer.failed:
             self.gateway_errors += 1
-            if item.status is not None and item.status >= 500:
+            if answer.version is not None and answer.status >= 500:
                 self.server_errors += 1
 
     def window(self, labels: dict[str, Any], with_gateway: bool) -> VersionWindow:
@@ -146,16 +241,24 @@ class _Window:
     stable: _Buffer
     canary: _Buffer
     agreement: AgreementCounts | None = None
+    unparsable: int = 0
 
 
 class LogSource:
-    """Windows from client outcomes, prediction logs, labels logs and the mirror log.
+    """Windows from the gateway's access log, prediction logs, labels logs and the mirror log.
 
-    Without clients (real traffic) every logged prediction is a request and errors are not
-    observable. With a mirror (shadow, blue-green before the switch) the canary answers no
-    client: its requests, errors and latencies are what the mirror recorded for the copies it
-    sent, its predictions come from its own prediction log (joined by its request id), and its
-    labels through the stable request each copy was made from.
+    With the gateway's access log, every client request to ``/predict`` is counted for the
+    version that answered it (its ``X-Model-Version``), with the status the client got and
+    Caddy's duration; a 5xx or a dropped connection is an error, and one no version answered
+    (the gateway's own 502/503) counts against the canary, unless the canary answers no client.
+    Each answered request is joined by its request id with the prediction its version logged.
+    Without that log (a gateway started before it existed), every logged prediction is a
+    request, timed by the server itself, and errors are not observable.
+
+    With a mirror (shadow, blue-green before the switch) the canary answers no client: its
+    requests, errors and latencies are what the mirror recorded for the copies it sent, its
+    predictions come from its own prediction log (joined by its request id), and its labels
+    through the stable request each copy was made from.
     """
 
     def __init__(
@@ -164,14 +267,16 @@ class LogSource:
         stable: str,
         canary: str,
         *,
+        gateway_log: Path | None = None,
         mirror_log: Path | None = None,
-        clients: ClientOutcomes | None = None,
         agreement: AgreementSignal | None = None,
+        on_unparsable: Report | None = None,
     ) -> None:
         self.stable, self.canary = stable, canary
+        self.gateway_log = gateway_log
         self.mirror_log = mirror_log
         self.agreement = agreement or AgreementSignal()
-        self.clients = clients
+        self.on_unparsable = on_unparsable
         self.waiting_copies: list[tuple[str, str]] = []  # (canary id, stable id) not yet logged
         self.pred_logs: dict[str, Path] = {}
         self.label_logs: dict[str, Path] = {}
@@ -181,32 +286,73 @@ class LogSource:
                 self.pred_logs[item.version] = Path(item.prediction_log)
                 self.label_logs[item.version] = Path(item.labels_log)
         # Only what happens from now on counts: older lines belong to earlier rollouts.
-        mirror = (mirror_log,) if mirror_log is not None else ()
-        for path in (*self.pred_logs.values(), *self.label_logs.values(), *mirror):
+        extra = tuple(p for p in (gateway_log, mirror_log) if p is not None)
+        for path in (*self.pred_logs.values(), *self.label_logs.values(), *extra):
             self.offsets[path] = _size(path)
         self.labels: dict[str, dict[str, Any]] = {v: {} for v in (stable, canary)}
         self.logged: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in (stable, canary)}
         self.waiting: list[tuple[str, str]] = []  # (version, request id) not yet in the log
         self.windows: list[_Window] = []
+        self._bad = 0  # unparsable lines read since the last window closed
+
+    @property
+    def unparsable(self) -> int:
+        """Lines of any log read so far that could not be parsed (each window counts its own)."""
+        return sum(w.unparsable for w in self.windows) + self._bad
 
     def _read(self, path: Path) -> list[dict[str, Any]]:
-        records, self.offsets[path] = _tail(path, self.offsets.get(path, 0))
+        records, self.offsets[path], bad = _tail(path, self.offsets.get(path, 0))
+        self._count_bad(path, bad)
         return records
 
+    def _count_bad(self, path: Path, bad: int) -> None:
+        if not bad:
+            return
+        self._bad += bad
+        message = f"{bad} unparsable line(s) in {path}: not counted as requests"
+        log.warning("%s", message)
+        if self.on_unparsable is not None:
+            self.on_unparsable(message)
+
     def close_window(self, step_index: int, duration_s: float) -> None:
-        """Read the logs (and the clients' outcomes) since the last call into one window."""
-        # The outcomes first: every prediction they name is logged by the time of the read.
-        outcomes = self.clients() if self.clients is not None else None
+        """Read every log since the last call into one window."""
         buffers = {v: _Buffer() for v in (self.stable, self.canary)}
+        # The gateway's lines first: every prediction they name is logged by the time of the
+        # read (a server logs before it answers), so the join below finds it.
+        answers = self._read_answers() if self.gateway_log is not None else None
         self._read_logs()
         agreement = self._collect_copies(buffers[self.canary]) if self.mirror_log else None
-        if outcomes is None:
+        if answers is None:
             self._count_logged(buffers)
         else:
-            self._count_outcomes(buffers, outcomes)
+            self._count_answers(buffers, answers)
+        bad, self._bad = self._bad, 0
         self.windows.append(
-            _Window(step_index, duration_s, buffers[self.stable], buffers[self.canary], agreement)
+            _Window(
+                step_index,
+                duration_s,
+                buffers[self.stable],
+                buffers[self.canary],
+                agreement,
+                unparsable=bad,
+            )
         )
+
+    def _read_answers(self) -> list[Answer]:
+        assert self.gateway_log is not None
+        answers: list[Answer] = []
+        path = self.gateway_log
+        records, self.offsets[path], bad = _tail(path, self.offsets.get(path, 0))
+        for record in records:
+            try:
+                answer = parse_access_line(record)
+            except ValueError:
+                bad += 1
+                continue
+            if answer is not None:
+                answers.append(answer)
+        self._count_bad(path, bad)
+        return answers
 
     def _read_logs(self) -> None:
         for version, path in self.pred_logs.items():
@@ -219,7 +365,7 @@ class LogSource:
                 self.labels[version][key] = label.get("label")
 
     def _count_logged(self, buffers: dict[str, _Buffer]) -> None:
-        """Real traffic: every logged prediction is a request; errors are not observable."""
+        """No gateway log: every logged prediction is a request; errors are not observable."""
         for version, records in self.logged.items():
             if self.mirror_log is not None and version == self.canary:
                 continue  # its requests are the mirror's copies
@@ -229,21 +375,21 @@ class LogSource:
                 buffers[version].add_prediction(record)
             records.clear()
 
-    def _count_outcomes(
-        self, buffers: dict[str, _Buffer], outcomes: list[synthetic.RequestOutcome]
-    ) -> None:
-        """Synthetic clients: their outcomes, joined with the logged predictions."""
+    def _count_answers(self, buffers: dict[str, _Buffer], answers: list[Answer]) -> None:
+        """The gateway's answers, joined by request id with the logged predictions."""
         # An unattributed failure counts against the canary, unless it answers no client.
         blamed = self.stable if self.mirror_log is not None else self.canary
-        for item in outcomes:
-            version = item.version if item.version in buffers else None
+        for answer in answers:
+            version = answer.version if answer.version in buffers else None
             if version is None:
-                if not item.failed:
-                    continue
+                if not answer.failed:
+                    continue  # a version no longer judged (a retired one draining)
                 version = blamed
-            buffers[version].add_outcome(item)
-            if item.status == 200 and item.request_id:
-                self.waiting.append((version, item.request_id))
+            if self.mirror_log is not None and version == self.canary:
+                continue  # mirrored: the canary's requests are the mirror's copies
+            buffers[version].add_answer(answer)
+            if answer.status == 200 and answer.request_id:
+                self.waiting.append((version, answer.request_id))
         still: list[tuple[str, str]] = []
         for version, request_id in self.waiting:
             record = self.logged[version].pop(request_id, None)
@@ -251,7 +397,13 @@ class LogSource:
                 still.append((version, request_id))
             else:
                 buffers[version].add_prediction(record)
-        self.waiting = still[-100_000:]
+        self.waiting = still[-MAX_WAITING:]
+        # Predictions no answer named (a version called directly, not through the gateway)
+        # are not requests of this rollout's traffic; keep memory bounded.
+        for records in self.logged.values():
+            if len(records) > MAX_WAITING:
+                for key in list(records)[: len(records) - MAX_WAITING]:
+                    del records[key]
 
     def _collect_copies(self, target: _Buffer) -> AgreementCounts:
         """The mirror's copies since the last check into the canary's buffer; agreement."""
@@ -286,13 +438,13 @@ class LogSource:
                 still.append((copy_id, stable_id))
             else:
                 target.add_prediction(record, label_id=stable_id)
-        self.waiting_copies = still[-100_000:]
+        self.waiting_copies = still[-MAX_WAITING:]
         return AgreementCounts(pairs=pairs, agreed=agreed)
 
     def observations(self) -> list[WindowObservation]:
         """Every window so far, with the labels that have arrived by now."""
         mirrored = self.mirror_log is not None
-        with_gateway = self.clients is not None
+        with_gateway = self.gateway_log is not None
         # Clients label what they were answered: a copy's label is its stable request's.
         canary_labels = self.labels[self.stable] if mirrored else self.labels[self.canary]
         return [

@@ -91,6 +91,10 @@ BUCKET_HEADER = "X-Sticky-Bucket"
 # Sticky users are spread over this many buckets: a version's share moves in steps of 1 %.
 STICKY_BUCKETS = 100
 STICKY_SERVER = "sticky"
+# The front's structured access log (one JSON line per client request), in the gateway folder.
+ACCESS_LOG = "access.jsonl"
+# Caddy names a server's access logger ``http.log.access.<name>``; only that logger goes there.
+ACCESS_LOGGER = "mlops"
 # Endpoints whose POST may be repeated on another upstream after a mid-request failure.
 IDEMPOTENT_POSTS = ("/predict",)
 
@@ -542,7 +546,32 @@ def full_config(admin: str, spec: GatewaySpec) -> dict[str, Any]:
     }
 
 
-def front_config(port: int, inner_port: int, policy: GatewayPolicy) -> dict[str, Any]:
+def access_logging(access_log: Path) -> dict[str, Any]:
+    """Caddy's ``logging``: warnings to stderr, the access logger alone to ``access_log``.
+
+    Each line is Caddy's own record of one request: ``status`` (0 when the connection was
+    dropped), ``duration`` in seconds from the request's arrival to the last byte written,
+    and ``resp_headers`` with :data:`VERSION_HEADER` and the server's ``X-Request-Id``. The
+    file is never rolled: a reader keeps its offset, and a rolled file would move lines under
+    it.
+    """
+    logger = f"http.log.access.{ACCESS_LOGGER}"
+    return {
+        "logs": {
+            "default": {"level": "WARN", "exclude": [logger]},
+            "access": {
+                "writer": {"output": "file", "filename": str(access_log), "roll": False},
+                "encoder": {"format": "json"},
+                "level": "INFO",
+                "include": [logger],
+            },
+        }
+    }
+
+
+def front_config(
+    port: int, inner_port: int, policy: GatewayPolicy, access_log: Path | None = None
+) -> dict[str, Any]:
     """The static front Caddy: the client port, proxied to the inner (reloaded) Caddy.
 
     Its config is loaded once at start and never changes (no admin API), so the connections
@@ -551,15 +580,23 @@ def front_config(port: int, inner_port: int, policy: GatewayPolicy) -> dict[str,
     split retries (a request that still failed on that hop is sent again, its body
     buffered). No health checks: the inner Caddy is its only upstream, and a passive mark
     would turn one failed request into seconds of 503s.
+
+    With ``access_log``, the front writes one JSON line per client request (see
+    :func:`access_logging`): what each client was answered, after the inner Caddy's retries,
+    whoever sends the traffic. The inner Caddy's attribution headers pass through, so each
+    line names the version that answered.
     """
     handler = _proxy([_loopback(inner_port)], policy, {"policy": "first"}, keep_alive=False)
     del handler["health_checks"]
+    front = _server([_loopback(port)], [{"handle": [handler]}])
+    logging_config: dict[str, Any] = {"logs": {"default": {"level": "WARN"}}}
+    if access_log is not None:
+        front["logs"] = {"default_logger_name": ACCESS_LOGGER}
+        logging_config = access_logging(access_log)
     return {
         "admin": {"disabled": True, "config": {"persist": False}},
-        "logging": {"logs": {"default": {"level": "WARN"}}},
-        "apps": {
-            "http": {"servers": {"front": _server([_loopback(port)], [{"handle": [handler]}])}}
-        },
+        "logging": logging_config,
+        "apps": {"http": {"servers": {"front": front}}},
     }
 
 
@@ -613,6 +650,10 @@ class GatewayRecord(BaseModel):
     front: procs.ProcessRecord | None = Field(
         default=None, description="The static front Caddy (stopped with the inner one)."
     )
+    access_log: str | None = Field(
+        default=None,
+        description="The front's JSON access log (None: a gateway started without one).",
+    )
 
     @property
     def url(self) -> str:
@@ -647,7 +688,8 @@ def _start_front(
         GatewayError: The front did not listen in time.
     """
     config = workdir / "caddy-front.json"
-    config.write_text(json.dumps(front_config(spec.port, inner_port, spec.policy)))
+    access_log = workdir / ACCESS_LOG
+    config.write_text(json.dumps(front_config(spec.port, inner_port, spec.policy, access_log)))
     argv = [str(caddy_executable()), "run", "--config", str(config)]
     deadline = time.monotonic() + timeout
     while True:
@@ -721,7 +763,9 @@ class Gateway:
             gateway.close()
             procs.stop(process)
             raise
-        gateway.record = record.model_copy(update={"front": front})
+        gateway.record = record.model_copy(
+            update={"front": front, "access_log": str(workdir / ACCESS_LOG)}
+        )
         log.info(
             "gateway %s (front pid %d, caddy pid %d, admin %s)",
             record.url,

@@ -21,7 +21,6 @@ from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
-    LIVE_ROLLOUT,
     Versions,
     alias_version,
     assert_no_failed_requests,
@@ -31,7 +30,7 @@ from tests.integration.conftest import (
     run_rollout,
 )
 
-pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
+pytestmark = pytest.mark.integration
 
 
 def test_good_candidate_is_promoted_with_zero_failed_requests(

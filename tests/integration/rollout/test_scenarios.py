@@ -36,7 +36,6 @@ from pipelines.environments.local import reconcile
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
-    LIVE_ROLLOUT,
     MAX_DURATION_S,
     Versions,
     assert_no_failed_requests,
@@ -47,7 +46,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.environments.local.conftest import MLOPS
 
-pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
+pytestmark = pytest.mark.integration
 
 # Every feature of the example data (30) shifted by the scenario's 2 standard deviations: the
 # drifted share of live inputs is then 100 %, far above the profile's 50 % bound whatever the
@@ -224,10 +223,10 @@ def _read_labels(paths: set[str]) -> list[dict[str, Any]]:
 def test_real_traffic_is_judged_from_the_prediction_logs(
     versions: Versions, env_name: str, clients: _Clients, version: int, signals: set[str]
 ) -> None:
-    """``--traffic none``: the loop sees real clients only through the servers' logs.
+    """``--traffic none``: the loop sees real clients only through the serving side's logs.
 
-    Requests and predictions come from each server's prediction log, labels from its labels
-    log (the clients post each label to the version that answered, also to a canary started
+    Requests come from the gateway's access log, predictions from each server's prediction
+    log, labels from its labels log (the clients post each label to the version that answered, also to a canary started
     after they began). A good candidate is promoted; the crippled one is rolled back by a
     quality or prediction-drift signal. The clients see no failed request through the
     transitions, and lose only labels due after their version was retired.

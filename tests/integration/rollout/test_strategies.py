@@ -26,7 +26,6 @@ from pipelines.release.state import load_state
 from tests.integration.conftest import (
     CRIPPLED,
     GOOD,
-    LIVE_ROLLOUT,
     Versions,
     alias_version,
     assert_no_failed_requests,
@@ -36,7 +35,7 @@ from tests.integration.conftest import (
     run_rollout,
 )
 
-pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
+pytestmark = pytest.mark.integration
 
 # Two analysis steps on mirrored traffic (weight 0): copies of every request, so the step
 # minimums count mirrored requests.

@@ -1,4 +1,4 @@
-"""The log source: client outcomes and prediction, labels and mirror logs become windows."""
+"""The log source: prediction, labels and mirror logs become windows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harness.traffic import RequestOutcome
 from pipelines.config.canary import CanaryConfig
 from pipelines.environments.local.desired import Role
 from pipelines.environments.local.reconcile import EnvStatus, ReleaseStatus
@@ -64,21 +63,6 @@ def prediction(request_id: str, value: int, latency_ms: float = 5.0) -> dict:
     }
 
 
-def outcome(
-    seq: int, version: str | None, status_code: int | None, request_id: str
-) -> RequestOutcome:
-    """One client request through the gateway."""
-    return RequestOutcome(
-        seq=seq,
-        started_at=0.0,
-        latency_ms=10.0,
-        status=status_code,
-        version=version,
-        request_id=request_id,
-        row=seq,
-    )
-
-
 def test_only_lines_written_after_the_start_count(tmp_path: Path) -> None:
     """It ignores what the logs held before the rollout and joins labels that arrive late."""
     live = status(tmp_path)
@@ -89,28 +73,13 @@ def test_only_lines_written_after_the_start_count(tmp_path: Path) -> None:
     source.close_window(0, 5.0)
     (window,) = source.observations()
     assert (window.canary.requests, window.stable.requests) == (2, 1)
-    assert window.canary.gateway_errors is None  # no clients: errors are not observable
+    assert window.canary.gateway_errors is None  # no gateway log: errors not observable
     assert window.canary.labelled is not None and len(window.canary.labelled) == 0
     append(live.releases[1].labels_log, {"request_id": "c1", "row": 0, "label": 1})
     source.close_window(0, 5.0)  # the label arrives after its window closed
     window, later = source.observations()
     assert later.canary.requests == 0
     assert window.canary.labelled is not None and len(window.canary.labelled) == 1
-
-
-def test_client_outcomes_count_requests_and_blame_unattributed_failures_on_the_canary(
-    tmp_path: Path,
-) -> None:
-    """It counts each client's request per version, and a failure with no version as canary's."""
-    live = status(tmp_path)
-    outcomes = [outcome(1, "2", 200, "c1"), outcome(2, "1", 200, "s1"), outcome(3, None, None, "x")]
-    source = LogSource(live, "1", "2", clients=lambda: list(outcomes))
-    append(live.releases[1].prediction_log, prediction("c1", 1))
-    source.close_window(0, 5.0)
-    (window,) = source.observations()
-    assert (window.canary.requests, window.canary.gateway_errors) == (2, 1)
-    assert (window.stable.requests, window.stable.gateway_errors) == (1, 0)
-    assert window.canary.predictions is not None and len(window.canary.predictions.values) == 1
 
 
 def test_mirrored_copies_are_the_canarys_requests_labelled_through_stable(tmp_path: Path) -> None:
