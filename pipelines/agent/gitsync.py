@@ -188,11 +188,12 @@ def drop_to_remote(
     The old head is kept as ``refs/mlops/dropped/<env>/<time>-<sha>``, then the branch is moved
     to the remote-tracking ref (no fetch). Nothing is pushed. Refused, with the clone left as it
     was, when the work tree has uncommitted changes, when an unpushed commit was not made by
-    the agent (committer e-mail other than ``identity``'s, or git's ``user.email``), or when
-    the remote's ``deploy/<env>.yaml`` is invalid.
+    the agent (committer e-mail other than ``identity``'s, or git's ``user.email``) or
+    changes a file outside ``deploy/`` (a transition never does), or when the remote's
+    ``deploy/<env>.yaml`` is invalid.
 
     Raises:
-        SyncError: The work tree is not clean or a commit is not the agent's.
+        SyncError: The work tree is not clean, or a commit is not a transition of the agent's.
         ConfigError: The remote's state file is invalid (commit, file and field named).
     """
     dirty = git(root, "status", "--porcelain", "--untracked-files=no").strip()
@@ -209,6 +210,13 @@ def drop_to_remote(
         raise SyncError(
             f"cannot drop local commits for {remote.ref}: not made by the agent "
             f"({mine or 'no user.email'}): {', '.join(foreign)}; resolve the clone by hand"
+        )
+    touched = git(root, "log", "--format=", "--name-only", f"{remote.ref}..HEAD").split()
+    outside = sorted({path for path in touched if not path.startswith(f"{DEPLOY_DIR.as_posix()}/")})
+    if outside:
+        raise SyncError(
+            f"cannot drop local commits for {remote.ref}: they change files outside "
+            f"{DEPLOY_DIR.as_posix()}/ ({', '.join(outside)}); resolve the clone by hand"
         )
     target = git(root, "rev-parse", remote.ref).strip()
     state_at(root, target, env, model)

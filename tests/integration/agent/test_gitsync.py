@@ -174,6 +174,19 @@ def test_a_conflicting_commit_the_agent_did_not_make_is_never_dropped(
     _assert_kept(conflict.agent, conflict.mine)
 
 
+def test_a_commit_outside_deploy_is_never_dropped(
+    clones: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """It refuses to drop a commit that changed more than the state, even by its identity."""
+    _, agent, workflow = clones
+    _pushed_by_workflow(workflow, _state("X-Team"), "rollback v2 from a shell")
+    (agent / "README").write_text("a fix made on the host\n")
+    mine = _commit_state(agent, _state("X-User-Id"), "state and a readme")
+    with pytest.raises(gitsync.SyncError, match=r"outside deploy/ \(README\)"):
+        push_or_drop(agent, REMOTE, ENV, MODEL, _board(tmp_path), identity=AGENT)
+    _assert_kept(agent, mine)
+
+
 def test_a_clone_with_uncommitted_changes_is_never_reset(
     conflict: Conflict, tmp_path: Path
 ) -> None:
