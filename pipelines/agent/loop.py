@@ -13,7 +13,11 @@ One pass (:meth:`Agent.tick`), every ``interval_s`` seconds:
    not match is refused; a canary that does not match is rolled back with the reason.
 3. **Serve or drive.** Without a progressing rollout the environment is reconciled with the
    state (a dead stable server is restarted). With one, the rollout controller drives it on live
-   traffic; each transition commit is pushed as it happens.
+   traffic; each transition commit is pushed as it happens. When it conflicts with newer remote
+   commits in ``deploy/<env>.yaml`` (someone rolled back, promoted or started a rollout), the
+   remote wins: the agent's unpushed commits are kept under ``refs/mlops/dropped/<env>/``, the
+   clone moves to the remote's head and the agent acts on that state (a rollout of its own
+   that the state no longer holds ends "superseded").
 
 Git is the checkpoint: an agent killed mid-rollout resumes from the recorded step when it
 starts again. A lock file in ``.mlops/agent/<env>/`` keeps a second agent off the environment.
@@ -80,6 +84,38 @@ class AgentOptions(BaseModel):
 def backoff_s(interval_s: float, failures: int, max_s: float) -> float:
     """The interval, doubled for each fetch that failed in a row, never above ``max_s``."""
     return min(interval_s * 2 ** min(failures, 32), max(max_s, interval_s))
+
+
+def push_or_drop(
+    root: Path,
+    remote: gitsync.Remote,
+    env: str,
+    model: str,
+    board: StatusBoard,
+    *,
+    identity: GitIdentity | None = None,
+    attempts: int = 3,
+) -> int:
+    """Push the clone's commits; on a conflict with the remote's, the remote wins.
+
+    The agent's unpushed commits are dropped (:func:`gitsync.drop_to_remote`, kept under a
+    ref), the clone stands on the remote's head, and the status's ``dropped`` names them.
+
+    Returns:
+        The commits still unpushed, or -1 when they were dropped for the remote's.
+
+    Raises:
+        ConfigError: The state to push, or the remote's after a conflict, is invalid.
+        gitsync.SyncError: The commits conflict but cannot be dropped (not the agent's, or
+            uncommitted changes); the clone is left as it was.
+    """
+    try:
+        return gitsync.push(root, remote, env, model, identity=identity, attempts=attempts)
+    except gitsync.ConflictError as exc:
+        log.warning("%s: %s; the remote wins", env, exc)
+        dropped = gitsync.drop_to_remote(root, remote, env, model, identity)
+    board.update(dropped=dropped.summary, last_synced_commit=dropped.remote, unpushed_commits=0)
+    return -1
 
 
 class AgentLockedError(Exception):
@@ -224,24 +260,32 @@ class Agent:
         log.info("synced to %s", synced[:12])
         self.board.update(last_synced_commit=synced, refused_commit=None, last_error=None)
 
-    def _push(self) -> None:
+    def _push(self) -> bool:
+        """Push the unpushed commits; return whether they were dropped for the remote's."""
         try:
-            left = gitsync.push(
+            left = push_or_drop(
                 self.root,
                 self.remote,
                 self.options.env,
                 self.model,
+                self.board,
                 identity=self.identity,
                 attempts=self.options.push_attempts,
             )
         except ConfigError as exc:
             left = gitsync.unpushed(self.root, self.remote)
-            self._error(f"not pushed, the state would be refused: {exc}")
+            self._error(f"not pushed, a state is refused: {exc}")
+        except (gitsync.SyncError, GitOpsError) as exc:
+            left = gitsync.unpushed(self.root, self.remote)
+            self._error(f"not pushed, the clone keeps its commits: {exc}")
+        if left < 0:
+            return True
         self.board.update(unpushed_commits=left)
         if left:
             self._error(f"{left} commit(s) not pushed to {self.remote.ref} yet")
         else:
             self.board.update(last_synced_commit=gitsync.head(self.root))
+        return False
 
     def pushed_transition(self, transition: deploy.Transition) -> None:
         """Push a transition commit as soon as the controller made it."""
@@ -326,7 +370,9 @@ class Agent:
         verdict = f"v{version} {result.outcome.value}: {result.reason}"
         log.info("%s: %s", self.options.env, verdict)
         self.board.update(phase="serving", rollout=None, last_verdict=verdict)
-        self._push()
+        if self._push():
+            self._reconcile(load_state(self.root, self.options.env, self.model))
+            return
         self._record_running()
 
     def _reconcile(self, state: EnvState) -> None:

@@ -62,6 +62,11 @@ class AgentStatus(BaseModel):
     refused_commit: str | None = Field(
         default=None, description="The newest remote commit whose state file was refused."
     )
+    dropped: str | None = Field(
+        default=None,
+        description="The last unpushed commits given up for the remote's on a conflict: their "
+        "subjects, the remote commit that won, the ref that keeps them.",
+    )
 
 
 def agent_dir(state_root: Path, env: str) -> Path:
