@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,13 +141,12 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
-@pytest.fixture(scope="session")
-def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
-    """The packaged Bento running under ``bentoml serve`` for the session."""
-    logs = tmp_path_factory.mktemp("served")
+@contextmanager
+def serving(bento_tag: str, home: Path, logs: Path) -> Iterator[Server]:
+    """``bentoml serve`` of ``bento_tag`` with its prediction and labels logs under ``logs``."""
     server = start_server(
-        packaged.result.bento_tag,
-        packaged.bentoml_home,
+        bento_tag,
+        home,
         logs / "server.log",
         env={
             "MLOPS_PREDICTION_LOG": str(logs / "predictions.jsonl"),
@@ -158,6 +158,14 @@ def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
         yield server
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
+    """The packaged Bento running under ``bentoml serve`` for the session."""
+    logs = tmp_path_factory.mktemp("served")
+    with serving(packaged.result.bento_tag, packaged.bentoml_home, logs) as server:
+        yield server
 
 
 def copy_home(source: Path, target: Path) -> Path:
