@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
+from pipelines.cli import common
 from pipelines.cli.common import (
     CONFIGS,
     CanaryConfigOption,
@@ -14,18 +14,11 @@ from pipelines.cli.common import (
     EnvOption,
     OutputOption,
     PackageResultOption,
-    app,
-    console,
-    finish,
-    load,
-    read_result,
-    step_errors,
 )
 from pipelines.cli.release import refusals
-from pipelines.config.base import ConfigError
 
 
-@app.command("rollout")
+@common.app.command("rollout")
 def rollout_command(
     env: EnvOption,
     version: Annotated[
@@ -57,36 +50,31 @@ def rollout_command(
     """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.traffic import Scenario, TrafficOptions
     from pipelines import rollout as step
     from pipelines.environments.local import reconcile
     from pipelines.package import PackageResult
     from pipelines.release.commit import GitIdentity
 
-    with step_errors({**refusals(), reconcile.EnvError: "rollout failed"}):
-        config, workdir = load(configs, canary=canary_config)
+    with common.step_errors({**refusals(), reconcile.EnvError: "rollout failed"}):
+        config, workdir = common.load(configs, canary=canary_config)
         canary = config.canary
-        package = read_result(package_result or workdir.results / "package.json", PackageResult)
+        package = common.read_result(
+            package_result or workdir.results / "package.json", PackageResult
+        )
         wanted = version or int(package.model_version)
         if max_duration is None:
             max_duration = step.default_max_duration_s(canary)
         options = None
         if traffic != "none":
-            try:
-                options = TrafficOptions(
-                    scenario=Scenario(traffic),
-                    rate=rate,
-                    concurrency=concurrency,
-                    label_delay_s=0.5,
-                )
-            except (ValueError, ValidationError) as exc:
-                raise ConfigError(f"traffic options: {exc}") from None
+            options = common.traffic_options(
+                traffic, rate=rate, concurrency=concurrency, label_delay_s=0.5
+            )
         with Progress(
             TextColumn("[bold]{task.fields[where]}[/]"),
             BarColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.description}"),
-            console=console,
+            console=common.console,
             transient=False,
         ) as bar:
             task = bar.add_task("deploying", total=max_duration, where=f"{env} v{wanted}")
@@ -112,7 +100,7 @@ def rollout_command(
                 progress=show,
                 identity=GitIdentity.from_env(),
             )
-    finish(
+    common.finish(
         result,
         output or workdir.results / f"rollout-{env}.json",
         markdown=result.to_markdown(),
