@@ -314,17 +314,10 @@ def _drafts(
 ) -> tuple[EvidenceRecord, Transition]:
     """The evidence record and the transition a commit of ``plan`` will carry."""
     after = plan.after
-    common = dict(
-        action=plan.kind,
-        environment=after.environment,
-        model=after.model,
-        version=plan.version,
-        reason=plan.reason,
-        at=at,
-        from_state=before,
-        to_state=after,
-        registry=recorded,
-    )
+    what = {"action": plan.kind, "version": plan.version, "reason": plan.reason, "at": at}
+    where = {"environment": after.environment, "model": after.model}
+    states = {"from_state": before, "to_state": after, "registry": recorded}
+    common: dict[str, Any] = {**what, **where, **states}
     record = EvidenceRecord(**common, evidence=_payload_dict(payload))
     return record, Transition(**common, changed=True, summary=plan.subject)
 
@@ -437,7 +430,6 @@ def _apply_plan(
     workdir: Workdir | None,
     env: str,
     rule: Callable[[EnvState, datetime], Plan | Unchanged],
-    *,
     evidence: EvidencePayload,
     markdown: str | None,
     identity: GitIdentity | None,
@@ -552,18 +544,11 @@ def set_step(
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
     reason = reason or _payload_reason(evidence)
-    return _apply_plan(
-        config,
-        None,
-        env,
-        lambda current, at: rules.set_step(
-            current, version, step, weight, status=status, at=at, reason=reason
-        ),
-        evidence=evidence,
-        markdown=markdown,
-        identity=identity,
-        now=now,
-    )
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        return rules.set_step(current, version, step, weight, status=status, at=at, reason=reason)
+
+    return _apply_plan(config, None, env, rule, evidence, markdown, identity, now)
 
 
 def promote(
@@ -602,18 +587,13 @@ def promote(
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
     reason = reason or _payload_reason(evidence)
-    return _apply_plan(
-        config,
-        workdir,
-        env,
-        lambda current, at: rules.promote(
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        return rules.promote(
             current, version=version, at=at, move_aliases=move_aliases, reason=reason
-        ),
-        evidence=evidence,
-        markdown=markdown,
-        identity=identity,
-        now=now,
-    )
+        )
+
+    return _apply_plan(config, workdir, env, rule, evidence, markdown, identity, now)
 
 
 def rollback(
@@ -651,15 +631,10 @@ def rollback(
     Raises:
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    return _apply_plan(
-        config,
-        workdir,
-        env,
-        lambda current, at: rules.rollback(
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        return rules.rollback(
             current, reason=reason, version=version, at=at, update_registry=update_registry
-        ),
-        evidence=evidence,
-        markdown=markdown,
-        identity=identity,
-        now=now,
-    )
+        )
+
+    return _apply_plan(config, workdir, env, rule, evidence, markdown, identity, now)

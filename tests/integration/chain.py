@@ -29,13 +29,10 @@ def mlops(
     extra = {"BENTOML_DO_NOT_TRACK": "true", **env}
     if home is not None:
         extra["BENTOML_HOME"] = str(home)
+    command = [sys.executable, "-m", "pipelines", *args, "--configs", str(project.configs)]
+    env = {**os.environ, **extra}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args, "--configs", str(project.configs)],
-        capture_output=True,
-        text=True,
-        cwd=project.root,
-        timeout=600,
-        env={**os.environ, **extra},
+        command, cwd=project.root, env=env, capture_output=True, text=True, timeout=600
     )
 
 
