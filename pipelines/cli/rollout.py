@@ -7,27 +7,19 @@ from typing import Annotated
 import typer
 
 from pipelines.cli import common
-from pipelines.cli.common import (
-    CONFIGS,
-    CanaryConfigOption,
-    ConfigsOption,
-    EnvOption,
-    OutputOption,
-    PackageResultOption,
-)
 from pipelines.cli.release import refusals
 
 
 @common.app.command("rollout")
 def rollout_command(
-    env: EnvOption,
+    env: common.EnvOption,
     version: Annotated[
         int | None,
         typer.Option("--version", min=1, help="Registered version [from the package result]."),
     ] = None,
-    configs: ConfigsOption = CONFIGS,
-    package_result: PackageResultOption = None,
-    canary_config: CanaryConfigOption = None,
+    configs: common.ConfigsOption = common.CONFIGS,
+    package_result: common.PackageResultOption = None,
+    canary_config: common.CanaryConfigOption = None,
     traffic: Annotated[
         str,
         typer.Option(help="Synthetic clients: clean|drift|corrupt|slow_canary|failing_canary|none"),
@@ -45,7 +37,7 @@ def rollout_command(
             "[twice the profile's step durations + 300, at least 900].",
         ),
     ] = None,
-    output: OutputOption = None,
+    output: common.OutputOption = None,
 ) -> None:
     """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
