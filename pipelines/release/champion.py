@@ -123,8 +123,8 @@ def restore(config: ConfigSet, workdir: Workdir, environments: list[str]) -> Res
             f"{'uncommitted code' if stable.git_dirty else 'an unknown commit'}: not rebuildable"
         )
 
-    workdir = Path(tempfile.mkdtemp(prefix="champion-"))
-    tree = workdir / "tree"
+    scratch = Path(tempfile.mkdtemp(prefix="champion-"))
+    tree = scratch / "tree"
     try:
         old = _worktree_config(config, stable.git_commit, tree)
         if old.training_hash() != stable.config_hash:
@@ -167,7 +167,7 @@ def restore(config: ConfigSet, workdir: Workdir, environments: list[str]) -> Res
             ["git", "-C", str(config.root), "worktree", "remove", "--force", str(tree)],
             capture_output=True,
         )
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return RestoreResult(
         action=RestoreAction.REBUILT,
         environment=env,
