@@ -22,18 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.release.commit import GitIdentity
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 60.0
 
 
 def _git(root: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.com",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@example.com",
-    }
+    env = {**os.environ, **GitIdentity("bench", "bench@example.com").environ()}
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, env=env)
 
 

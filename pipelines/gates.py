@@ -59,6 +59,16 @@ def apply_mode(name: str, mode: GateMode, evaluate: Callable[[], GateResult]) ->
     return result.model_copy(update={"mode": mode})
 
 
+def _judged(
+    name: str, failed: bool, reasons: list[str], metrics: dict[str, Any], baseline: dict[str, Any]
+) -> GateResult:
+    """A gate that ran: failed or passed, what it measured and what it compared with."""
+    outcome = Outcome.FAILED if failed else Outcome.PASSED
+    return GateResult(
+        name=name, outcome=outcome, reasons=reasons, metrics=metrics, baseline=baseline
+    )
+
+
 def _fmt(value: MetricValue) -> str:
     if isinstance(value, Undefined):
         return str(value)
@@ -99,10 +109,10 @@ def holdout_gate(metrics: Mapping[str, MetricValue], thresholds: Mapping[str, Bo
             reasons.append(f"{name}: {_fmt(value)} is above the maximum {bound.max:g}")
         else:
             reasons.append(f"{name}: {_fmt(value)} within {bound.model_dump(exclude_none=True)}")
-    return GateResult(
-        name="holdout",
-        outcome=Outcome.FAILED if failed else Outcome.PASSED,
-        reasons=reasons,
+    return _judged(
+        "holdout",
+        failed,
+        reasons,
         metrics={k: metrics.get(k) for k in thresholds},
         baseline={k: b.model_dump(exclude_none=True) for k, b in thresholds.items()},
     )
@@ -227,10 +237,10 @@ def champion_gate(
             f"{ci.gain:+.4g} ({pct} CI {ci.low:+.4g} … {ci.high:+.4g}); "
             f"{'meets' if ok else 'does not meet'} {words}"
         )
-    return GateResult(
-        name="champion",
-        outcome=Outcome.FAILED if failed else Outcome.PASSED,
-        reasons=reasons,
+    return _judged(
+        "champion",
+        failed,
+        reasons,
         metrics=measured,
         baseline=baseline,
     )
@@ -309,10 +319,10 @@ def reproducibility_gate(
                 f"holdout predictions differ on {measured['differing_rows']} of {a.size} rows "
                 f"(max |Δ| {max_diff:.3g} > tolerance {tolerance:g}): the model is not reproducible"
             )
-    return GateResult(
-        name="reproducibility",
-        outcome=Outcome.FAILED if failed else Outcome.PASSED,
-        reasons=reasons,
+    return _judged(
+        "reproducibility",
+        failed,
+        reasons,
         metrics=measured,
         baseline={
             "git_commit": recorded.git_commit,
@@ -356,13 +366,8 @@ def schema_gate(candidate: Mapping[str, str], champion: Mapping[str, str] | None
     breaking = bool(removed or added or retyped)
     if not breaking:
         reasons.append(f"compatible: same {len(candidate)} input features and types")
-    return GateResult(
-        name="schema",
-        outcome=Outcome.FAILED if breaking else Outcome.PASSED,
-        reasons=reasons,
-        metrics={"removed": removed, "added": added, "retyped": retyped},
-        baseline={"features": dict(champion)},
-    )
+    changes = {"removed": removed, "added": added, "retyped": retyped}
+    return _judged("schema", breaking, reasons, changes, {"features": dict(champion)})
 
 
 # --------------------------------------------------------------------------- latency
@@ -385,13 +390,9 @@ def latency_gate(
         ok = not math.isnan(value) and value <= bound
         failed = failed or not ok
         reasons.append(f"{label}: median {value:.3g} ms {'≤' if ok else '>'} budget {bound:g} ms")
-    return GateResult(
-        name="latency",
-        outcome=Outcome.FAILED if failed else Outcome.PASSED,
-        reasons=reasons,
-        metrics={"single_row_ms": single_row_ms, "batch_ms": batch_ms, "batch_size": batch_size},
-        baseline={"max_single_row_ms": max_single_row_ms, "max_batch_ms": max_batch_ms},
-    )
+    measured = {"single_row_ms": single_row_ms, "batch_ms": batch_ms, "batch_size": batch_size}
+    budgets = {"max_single_row_ms": max_single_row_ms, "max_batch_ms": max_batch_ms}
+    return _judged("latency", failed, reasons, measured, budgets)
 
 
 # --------------------------------------------------------------------------- data checks
@@ -428,10 +429,10 @@ def data_checks_gate(
         reasons.append(f"missing values {missing_share:.2%} ≤ allowed {max_missing_share:.2%}")
     if report_path:
         reasons.append(f"report: {report_path}")
-    return GateResult(
-        name="data_checks",
-        outcome=Outcome.FAILED if failed else Outcome.PASSED,
-        reasons=reasons,
+    return _judged(
+        "data_checks",
+        failed,
+        reasons,
         metrics={
             "drifted_share": share,
             "drifted_features": drifted,

@@ -430,7 +430,7 @@ def _type_name(spec: Any) -> str:
 
 def run(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     input_path: Path,
     output_path: Path,
     *,
@@ -463,7 +463,7 @@ def run(
     if output_path.resolve() == input_path.resolve():
         raise ConfigError("--output must not be the input file")
     ref = resolve_model(config, version, env)
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     model = load_model(ref)
     id_column = config.data.schema_.id_column
     unit = "line" if fmt_in == "csv" else "row"

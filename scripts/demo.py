@@ -28,6 +28,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pipelines.release.commit import GitIdentity
+
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
 PROFILE = Path("configs/variants/local-demo/canary.yaml")
@@ -46,13 +48,7 @@ def run(args: list[str], cwd: Path, *, check: bool = True) -> int:
 
 def git(cwd: Path, *args: str) -> None:
     """Git in the scratch repository, with a demo identity (the user's own config is not needed)."""
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "mlops demo",
-        "GIT_AUTHOR_EMAIL": "demo@localhost",
-        "GIT_COMMITTER_NAME": "mlops demo",
-        "GIT_COMMITTER_EMAIL": "demo@localhost",
-    }
+    env = {**os.environ, **GitIdentity("mlops demo", "demo@localhost").environ()}
     subprocess.run(["git", "-C", str(cwd), *args], check=True, env=env, capture_output=True)
 
 

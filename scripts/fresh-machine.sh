@@ -68,32 +68,9 @@ if [ -n "$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no)" ]; then
   say "warning: uncommitted changes in $REPO_ROOT are not part of the clone (HEAD only)"
 fi
 
-# The first mirror of the configured apt sources that serves SUITE (deb822 *.sources files,
-# then one-line *.list files); the same lookup as scripts/make-base-image.sh.
-apt_mirror() {
-  local file
-  for file in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$file" ] || continue
-    awk -v suite="$1" '
-      function flush() {
-        if (uri != "" && enabled && types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " "))
-          { print uri; found = 1; exit }
-        uri = ""; suites = ""; types = ""; enabled = 1
-      }
-      BEGIN { enabled = 1 }
-      /^[[:space:]]*$/ { flush(); next }
-      /^URIs:/ { uri = $2 }
-      /^Suites:/ { $1 = ""; suites = $0 }
-      /^Types:/ { $1 = ""; types = $0 }
-      /^Enabled:[[:space:]]*no/ { enabled = 0 }
-      END { if (!found) flush() }
-    ' "$file"
-  done
-  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$file" ] || continue
-    sed -E 's/\[[^]]*\]//' "$file" | awk -v suite="$1" '$1 == "deb" && $3 == suite { print $2 }'
-  done
-}
+# The first mirror of the configured apt sources that serves a suite (shared lookup).
+# shellcheck source=scripts/lib/apt-mirror.sh
+source "$REPO_ROOT/scripts/lib/apt-mirror.sh"
 
 # ------------------------------------------------------------------ cleanup (any exit)
 WORKDIR="$(mktemp -d /var/tmp/fresh-machine.XXXXXX)"

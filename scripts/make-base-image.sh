@@ -78,36 +78,12 @@ fi
 [ "$(id -u)" -eq 0 ] || die "debootstrap needs root"
 command -v debootstrap >/dev/null || die "debootstrap is not installed (scripts/install-system-deps.sh)"
 
-# The first mirror of the configured apt sources that serves SUITE (deb822 *.sources files,
-# then one-line *.list files), so the image is built from the same mirror apt-get uses here.
-apt_mirror() {
-  local file
-  for file in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$file" ] || continue
-    awk -v suite="$SUITE" '
-      function flush() {
-        if (uri != "" && enabled && types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " "))
-          { print uri; found = 1; exit }
-        uri = ""; suites = ""; types = ""; enabled = 1
-      }
-      BEGIN { enabled = 1 }
-      /^[[:space:]]*$/ { flush(); next }
-      /^URIs:/ { uri = $2 }
-      /^Suites:/ { $1 = ""; suites = $0 }
-      /^Types:/ { $1 = ""; types = $0 }
-      /^Enabled:[[:space:]]*no/ { enabled = 0 }
-      END { if (!found) flush() }
-    ' "$file"
-  done
-  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$file" ] || continue
-    # deb [options] URI SUITE COMPONENTS...
-    sed -E 's/\[[^]]*\]//' "$file" | awk -v suite="$SUITE" '$1 == "deb" && $3 == suite { print $2 }'
-  done
-}
+# The first mirror of the configured apt sources that serves a suite (shared lookup).
+# shellcheck source=scripts/lib/apt-mirror.sh
+source "$REPO_ROOT/scripts/lib/apt-mirror.sh"
 
 if [ -z "$MIRROR" ]; then
-  MIRROR="$(apt_mirror | head -n 1)"
+  MIRROR="$(apt_mirror "$SUITE" | head -n 1)"
   MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 fi
 say "suite $SUITE from $MIRROR, engine $ENGINE, tag $TAG"

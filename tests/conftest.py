@@ -7,11 +7,17 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipelines.config.loader import ConfigSet, load_config_set
+from pipelines.release.commit import GitIdentity
+from pipelines.release.state import StableRelease, utc_now
 from pipelines.workdir import Workdir
+
+if TYPE_CHECKING:
+    from pipelines.train import TrainResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,15 +32,12 @@ def _isolated_environment() -> None:
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 
+TEST_IDENTITY = GitIdentity("test", "test@example.com")
+
+
 def git(root: Path, *args: str) -> str:
     """Run git in ``root`` with a fixed identity; return stdout."""
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
+    env = {**os.environ, **TEST_IDENTITY.environ()}
     return subprocess.run(
         ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
     ).stdout.strip()
@@ -98,3 +101,21 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory):
     project = make_project(tmp_path_factory.mktemp("trained") / "project")
     result = train.run(project.config(), project.state)
     return project, result
+
+
+def stable_release(trained: TrainResult, **fields: object) -> StableRelease:
+    """A stable release of ``trained`` with its provenance; ``fields`` add the Bento and the rest.
+
+    ``promoted_at`` defaults to now.
+    """
+    provenance = {
+        "version": int(trained.model_version),
+        "run_id": trained.run_id,
+        "git_commit": trained.git_commit,
+        "git_dirty": trained.git_dirty,
+        "config_hash": trained.config_hash,
+        "data_hash": trained.data_hash,
+        "predictions_sha256": trained.predictions_sha256,
+        "promoted_at": utc_now(),
+    }
+    return StableRelease.model_validate({**provenance, **fields})

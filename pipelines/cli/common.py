@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -24,6 +24,9 @@ from pipelines.config.base import ConfigError, format_validation_error
 from pipelines.config.loader import ConfigSet, load_config_set
 from pipelines.data import DataError
 from pipelines.workdir import Workdir, write_atomic, write_json
+
+if TYPE_CHECKING:
+    from harness.traffic import TrafficOptions
 
 HELP = """``mlops``: one command per step of the model-promotion pipeline.
 
@@ -122,6 +125,21 @@ def load(configs: Path, **overrides: Path | None) -> tuple[ConfigSet, Workdir]:
     """
     config = load_config_set(configs, overrides=overrides)
     return config, Workdir.for_project(config.root)
+
+
+def traffic_options(scenario: str, **options: object) -> TrafficOptions:
+    """Synthetic clients' options from the command line; a bad value is bad input (exit 2).
+
+    Args:
+        scenario: A :class:`harness.traffic.Scenario` value.
+        **options: The other fields of :class:`harness.traffic.TrafficOptions`.
+    """
+    from harness.traffic import Scenario, TrafficOptions
+
+    try:
+        return TrafficOptions(scenario=Scenario(scenario), **options)
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"traffic options: {exc}") from None
 
 
 def read_result(path: Path, model: type[M]) -> M:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from pipelines.cli.common import (
     CONFIGS,
@@ -20,9 +21,12 @@ from pipelines.cli.common import (
     load,
     say,
     step_errors,
+    traffic_options,
 )
-from pipelines.config.base import ConfigError
 from pipelines.workdir import write_atomic
+
+if TYPE_CHECKING:
+    from pipelines.environments.local.reconcile import EnvStatus
 
 env_app = typer.Typer(
     help="The local environment: Bento servers behind a Caddy gateway, as deploy/<env>.yaml says.",
@@ -86,15 +90,21 @@ def env_up(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
         say("no change: the environment already matches the state")
 
 
+def _on_env(configs: Path, call: Callable[[Path], EnvStatus]) -> EnvStatus:
+    """Run ``call`` on the .mlops/ folder's root, bad input exiting 2; print the status."""
+    with step_errors():
+        _, workdir = load(configs)
+        status = call(workdir.root)
+    print_env_status(status)
+    return status
+
+
 @env_app.command("status")
 def env_status(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
     """Show the gateway and servers of the environment; exit 1 if anything is not ready."""
     from pipelines.environments.local import reconcile
 
-    with step_errors():
-        _, workdir = load(configs)
-        status = reconcile.status(env, workdir.root)
-    print_env_status(status)
+    status = _on_env(configs, lambda root: reconcile.status(env, root))
     if status.gateway_url is not None and not status.healthy:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -104,10 +114,7 @@ def env_down(env: EnvOption, configs: ConfigsOption = CONFIGS) -> None:
     """Stop the gateway, sidecars and every server of the environment."""
     from pipelines.environments.local import reconcile
 
-    with step_errors():
-        _, workdir = load(configs)
-        status = reconcile.down(env, workdir.root)
-    print_env_status(status)
+    _on_env(configs, lambda root: reconcile.down(env, root))
 
 
 @app.command("traffic")
@@ -144,20 +151,17 @@ def traffic_command(
         config, workdir = load(configs)
         if sticky_header is None:
             sticky_header = reconcile.status(env, workdir.root).sticky_header
-        try:
-            options = traffic.TrafficOptions(
-                scenario=traffic.Scenario(scenario),
-                rate=rate,
-                concurrency=concurrency,
-                duration_s=duration,
-                max_requests=max_requests,
-                label_delay_s=label_delay,
-                drift_features=drift_features,
-                drift_shift=drift_shift,
-                sticky_header=sticky_header,
-            )
-        except (ValueError, ValidationError) as exc:
-            raise ConfigError(f"traffic options: {exc}") from None
+        options = traffic_options(
+            scenario,
+            rate=rate,
+            concurrency=concurrency,
+            duration_s=duration,
+            max_requests=max_requests,
+            label_delay_s=label_delay,
+            drift_features=drift_features,
+            drift_shift=drift_shift,
+            sticky_header=sticky_header,
+        )
         result = traffic.run(config, workdir.root, env, options)
     finish(
         result,

@@ -5,36 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from pipelines.cli.common import (
-    CONFIGS,
-    CanaryConfigOption,
-    ConfigsOption,
-    EnvOption,
-    OutputOption,
-    PackageResultOption,
-    app,
-    console,
-    finish,
-    load,
-    read_result,
-    step_errors,
-)
+from pipelines.cli import common
 from pipelines.cli.release import refusals
-from pipelines.config.base import ConfigError
 
 
-@app.command("rollout")
+@common.app.command("rollout")
 def rollout_command(
-    env: EnvOption,
+    env: common.EnvOption,
     version: Annotated[
         int | None,
         typer.Option("--version", min=1, help="Registered version [from the package result]."),
     ] = None,
-    configs: ConfigsOption = CONFIGS,
-    package_result: PackageResultOption = None,
-    canary_config: CanaryConfigOption = None,
+    configs: common.ConfigsOption = common.CONFIGS,
+    package_result: common.PackageResultOption = None,
+    canary_config: common.CanaryConfigOption = None,
     traffic: Annotated[
         str,
         typer.Option(
@@ -56,42 +41,37 @@ def rollout_command(
             "[twice the profile's step durations + 300, at least 900].",
         ),
     ] = None,
-    output: OutputOption = None,
+    output: common.OutputOption = None,
 ) -> None:
     """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.traffic import Scenario, TrafficOptions
     from pipelines import rollout as step
     from pipelines.environments.local import reconcile
     from pipelines.package import PackageResult
     from pipelines.release.commit import GitIdentity
 
     failed = {reconcile.EnvError: "rollout failed", step.RolloutError: "rollout failed"}
-    with step_errors({**refusals(), **failed}):
-        config, workdir = load(configs, canary=canary_config)
+    with common.step_errors({**refusals(), **failed}):
+        config, workdir = common.load(configs, canary=canary_config)
         canary = config.canary
-        package = read_result(package_result or workdir.results / "package.json", PackageResult)
+        package = common.read_result(
+            package_result or workdir.results / "package.json", PackageResult
+        )
         wanted = version or int(package.model_version)
         if max_duration is None:
             max_duration = step.default_max_duration_s(canary)
         options = None
         if traffic != "none":
-            try:
-                options = TrafficOptions(
-                    scenario=Scenario(traffic),
-                    rate=rate,
-                    concurrency=concurrency,
-                    label_delay_s=0.5,
-                )
-            except (ValueError, ValidationError) as exc:
-                raise ConfigError(f"traffic options: {exc}") from None
+            options = common.traffic_options(
+                traffic, rate=rate, concurrency=concurrency, label_delay_s=0.5
+            )
         with Progress(
             TextColumn("[bold]{task.fields[where]}[/]"),
             BarColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.description}"),
-            console=console,
+            console=common.console,
             transient=False,
         ) as bar:
             task = bar.add_task("deploying", total=max_duration, where=f"{env} v{wanted}")
@@ -117,7 +97,7 @@ def rollout_command(
                 progress=show,
                 identity=GitIdentity.from_env(),
             )
-    finish(
+    common.finish(
         result,
         output or workdir.results / f"rollout-{env}.json",
         markdown=result.to_markdown(),

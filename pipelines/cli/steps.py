@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pipelines.cli import common
 from pipelines.cli.common import (
     CONFIGS,
     EXIT_BAD_INPUT,
@@ -16,19 +17,13 @@ from pipelines.cli.common import (
     PackageResultOption,
     SummaryOption,
     TrainResultOption,
-    app,
-    finish,
-    load,
-    read_result,
-    say,
-    step_errors,
 )
 from pipelines.config.base import ConfigError
 from pipelines.config.loader import load_config_set, set_directories
 from pipelines.reporting.markdown import number, table
 
 config_app = typer.Typer(help="Check the YAML files in configs/.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
+common.app.add_typer(config_app, name="config")
 
 
 @config_app.command("check")
@@ -44,9 +39,9 @@ def config_check(configs: ConfigsOption = CONFIGS) -> None:
             config = load_config_set(directory)
         except ConfigError as exc:
             failed = True
-            say(f"[bold red]✗[/] {exc}")
+            common.say(f"[bold red]✗[/] {exc}")
             continue
-        say(
+        common.say(
             f"[green]✓[/] {directory}: model '{config.train.model}' → "
             f"'{config.train.registered_model_name}', config hash {config.training_hash()[:12]}"
         )
@@ -54,17 +49,17 @@ def config_check(configs: ConfigsOption = CONFIGS) -> None:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-@app.command()
+@common.app.command()
 def train(configs: ConfigsOption = CONFIGS, output: OutputOption = None) -> None:
     """Train the configured model, log it to MLflow and register a new version."""
     from pipelines import train as step
 
-    with step_errors():
-        config, workdir = load(configs)
+    with common.step_errors():
+        config, workdir = common.load(configs)
         result = step.run(config, workdir)
     holdout = result.metrics["holdout"]
     rows = table(["holdout metric", "value"], [[k, number(v)] for k, v in holdout.items()])
-    finish(
+    common.finish(
         result,
         output or workdir.results / "train.json",
         markdown=f"## Trained `{result.model_name}` v{result.model_version}\n\n"
@@ -75,7 +70,7 @@ def train(configs: ConfigsOption = CONFIGS, output: OutputOption = None) -> None
     )
 
 
-@app.command()
+@common.app.command()
 def validate(
     configs: ConfigsOption = CONFIGS,
     train_result: TrainResultOption = None,
@@ -87,11 +82,11 @@ def validate(
     from pipelines.train import TrainResult
     from pipelines.validate import decision_markdown
 
-    with step_errors():
-        config, workdir = load(configs)
-        candidate = read_result(train_result or workdir.results / "train.json", TrainResult)
+    with common.step_errors():
+        config, workdir = common.load(configs)
+        candidate = common.read_result(train_result or workdir.results / "train.json", TrainResult)
         decision = step.run(config, workdir, candidate, workdir.reports)
-    finish(
+    common.finish(
         decision,
         output or workdir.results / "validate.json",
         markdown=decision_markdown(decision),
@@ -101,7 +96,7 @@ def validate(
     )
 
 
-@app.command()
+@common.app.command()
 def package(
     configs: ConfigsOption = CONFIGS,
     version: Annotated[
@@ -119,8 +114,8 @@ def package(
     """Import one registered version into the BentoML store and build its Bento."""
     from pipelines import package as step
 
-    with step_errors():
-        config, workdir = load(configs, serve=serve_config)
+    with common.step_errors():
+        config, workdir = common.load(configs, serve=serve_config)
         # BentoML reads its home once, on first use: set it before anything imports bentoml.
         bentoml_home = Path(os.environ.setdefault("BENTOML_HOME", str(workdir.root / "bentoml")))
         try:
@@ -129,7 +124,7 @@ def package(
             )
         except step.PackageError as exc:
             raise ConfigError(str(exc)) from None
-    finish(
+    common.finish(
         result,
         output or workdir.results / "package.json",
         markdown=f"## Packaged `{result.model_name}` v{result.model_version}\n\n"
@@ -139,7 +134,7 @@ def package(
     )
 
 
-@app.command()
+@common.app.command()
 def image(
     configs: ConfigsOption = CONFIGS,
     image_config: Annotated[
@@ -153,11 +148,13 @@ def image(
     """Build the OCI image of the packaged Bento (Docker, else Podman, else Buildah)."""
     from pipelines import image as step
 
-    with step_errors({step.ImageError: "image build failed"}):
-        config, workdir = load(configs, image=image_config)
-        package = read_result(package_result or workdir.results / "package.json", step.PackageRef)
+    with common.step_errors({step.ImageError: "image build failed"}):
+        config, workdir = common.load(configs, image=image_config)
+        package = common.read_result(
+            package_result or workdir.results / "package.json", step.PackageRef
+        )
         result = step.run(config.image, package, workdir, config.root, force=force)
-    finish(
+    common.finish(
         result,
         output or workdir.results / "image.json",
         message=f"[green]{'reused' if result.reused else 'built'}[/] {result.image_ref} "
@@ -165,7 +162,7 @@ def image(
     )
 
 
-@app.command("predict-batch")
+@common.app.command("predict-batch")
 def predict_batch(
     input_file: Annotated[Path, typer.Option("--input", help="CSV or Parquet file to score.")],
     output_file: Annotated[
@@ -187,8 +184,8 @@ def predict_batch(
     """Score a file with one exact registered version; bad rows exit 2 and write nothing."""
     from pipelines import predict_batch as step
 
-    with step_errors():
-        config, workdir = load(configs)
+    with common.step_errors():
+        config, workdir = common.load(configs)
         result = step.run(
             config,
             workdir,
@@ -198,7 +195,7 @@ def predict_batch(
             env=env,
             chunk_size=chunk_size,
         )
-    finish(
+    common.finish(
         result,
         result_file or workdir.results / "predict_batch.json",
         message=f"[green]scored[/] {result.rows} rows with {result.model_uri} "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -166,16 +166,35 @@ def _payload_reason(payload: EvidencePayload) -> str | None:
 # --------------------------------------------------------------------------- registry
 
 
-def _configure(config: ConfigSet, state: Workdir) -> None:
+def _configure(config: ConfigSet, workdir: Workdir) -> None:
     # Imported here: MLflow takes seconds to import, and a rollback commits before it needs it.
     from pipelines import tracking
 
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
+
+
+def _provenance(config: ConfigSet, workdir: Workdir, version: int) -> tuple[dict[str, str], str]:
+    """The version's tags and run id, refused if the version lacks what ``mlops train`` sets."""
+    from mlflow.exceptions import MlflowException
+
+    name = config.train.registered_model_name
+    _configure(config, workdir)
+    try:
+        tags, run_id = registry.version_provenance(name, version)
+    except MlflowException:
+        raise ConfigError(f"registered model '{name}' has no version {version}") from None
+    missing = [t for t in ("git_commit", "config_hash") if not tags.get(t)]
+    if missing:
+        raise ConfigError(
+            f"models:/{name}/{version} lacks provenance tags {missing}: register it with "
+            "`mlops train` so the release can be rebuilt from git"
+        )
+    return tags, run_id
 
 
 def release_from_registry(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     package: PackageResult,
     version: int,
     image: str | None = None,
@@ -195,19 +214,7 @@ def release_from_registry(
             f"package result is for {package.model_name} v{package.model_version}, expected "
             f"{name} v{version}: run `mlops package --version {version}` first"
         )
-    from mlflow.exceptions import MlflowException
-
-    _configure(config, state)
-    try:
-        tags, run_id = registry.version_provenance(name, version)
-    except MlflowException:
-        raise ConfigError(f"registered model '{name}' has no version {version}") from None
-    missing = [t for t in ("git_commit", "config_hash") if not tags.get(t)]
-    if missing:
-        raise ConfigError(
-            f"models:/{name}/{version} lacks provenance tags {missing}: register it with "
-            "`mlops train` so the release can be rebuilt from git"
-        )
+    tags, run_id = _provenance(config, workdir, version)
     warnings = []
     if tags.get("rejected") == "true":
         warnings.append(
@@ -298,6 +305,23 @@ def _challenger_moves(plan: Plan, model: str) -> list[RegistryChange]:
     )
 
 
+def _drafts(
+    before: EnvState,
+    plan: Plan,
+    at: datetime,
+    payload: EvidencePayload,
+    recorded: list[RegistryChange],
+) -> tuple[EvidenceRecord, Transition]:
+    """The evidence record and the transition a commit of ``plan`` will carry."""
+    after = plan.after
+    what = {"action": plan.kind, "version": plan.version, "reason": plan.reason, "at": at}
+    where = {"environment": after.environment, "model": after.model}
+    states = {"from_state": before, "to_state": after, "registry": recorded}
+    common: dict[str, Any] = {**what, **where, **states}
+    record = EvidenceRecord(**common, evidence=_payload_dict(payload))
+    return record, Transition(**common, changed=True, summary=plan.subject)
+
+
 def _commit(
     config: ConfigSet,
     before: EnvState,
@@ -315,38 +339,13 @@ def _commit(
     ``recorded`` are the moves the evidence names. The writes are undone if the commit fails.
     """
     root, after = config.root, plan.after
-    env = after.environment
-    record = EvidenceRecord(
-        action=plan.kind,
-        environment=env,
-        model=after.model,
-        version=plan.version,
-        reason=plan.reason,
-        at=at,
-        from_state=before,
-        to_state=after,
-        registry=recorded,
-        evidence=_payload_dict(payload),
-    )
-    draft = Transition(
-        action=plan.kind,
-        environment=env,
-        model=after.model,
-        version=plan.version,
-        changed=True,
-        summary=plan.subject,
-        reason=plan.reason,
-        at=at,
-        from_state=before,
-        to_state=after,
-        registry=recorded,
-    )
+    record, draft = _drafts(before, plan, at, payload, recorded)
     detail = _payload_markdown(payload, markdown)
     report = draft.to_markdown() + ("\n" + detail if detail else "")
-    evidence_id = _evidence_id(root, env, at, plan.kind, plan.version)
+    evidence_id = _evidence_id(root, after.environment, at, plan.kind, plan.version)
     if moves:
         registry.apply(after.model, moves)
-    written = gitcommit.write_evidence(root, env, evidence_id, record, report)
+    written = gitcommit.write_evidence(root, after.environment, evidence_id, record, report)
     written.insert(0, save_state(root, after))
     relative = [p.relative_to(root).as_posix() for p in written]
     body = (
@@ -366,7 +365,7 @@ def _commit(
 
 def _apply(
     config: ConfigSet,
-    state: Workdir | None,
+    workdir: Workdir | None,
     current: EnvState,
     plan: Plan,
     at: datetime,
@@ -378,8 +377,8 @@ def _apply(
     """Commit ``plan`` with its registry moves: those before the commit, then those after."""
     moves: list[RegistryChange] = []
     if plan.moves_before_commit or plan.clear_challenger == "before_commit":
-        assert state is not None
-        _configure(config, state)
+        assert workdir is not None
+        _configure(config, workdir)
         moves = _challenger_moves(plan, current.model)
     transition = _commit(
         config,
@@ -392,19 +391,19 @@ def _apply(
         moves=moves,
         recorded=moves + plan.moves_after_commit,
     )
-    if plan.clear_challenger != "after_commit" or state is None:
+    if plan.clear_challenger != "after_commit" or workdir is None:
         return transition
-    return _after_commit(config, state, plan, transition)
+    return _after_commit(config, workdir, plan, transition)
 
 
 def _after_commit(
-    config: ConfigSet, state: Workdir, plan: Plan, transition: Transition
+    config: ConfigSet, workdir: Workdir, plan: Plan, transition: Transition
 ) -> Transition:
     """Best effort: a failure becomes a warning, the committed transition stands."""
     applied: list[RegistryChange] = []
     model = plan.after.model
     try:
-        _configure(config, state)
+        _configure(config, workdir)
         assert plan.version is not None
         moves = rules.with_challenger_cleared(
             plan.moves_after_commit,
@@ -426,12 +425,33 @@ def _after_commit(
     return transition.model_copy(update={"registry": applied})
 
 
+def _apply_plan(
+    config: ConfigSet,
+    workdir: Workdir | None,
+    env: str,
+    rule: Callable[[EnvState, datetime], Plan | Unchanged],
+    evidence: EvidencePayload,
+    markdown: str | None,
+    identity: GitIdentity | None,
+    now: datetime | None,
+) -> Transition:
+    """Load ``env``'s committed state, ask ``rule`` for a plan and commit it, or say unchanged."""
+    at = now or utc_now()
+    current = _load(config, env)
+    plan = rule(current, at)
+    if isinstance(plan, Unchanged):
+        return _unchanged(current, plan, at)
+    return _apply(
+        config, workdir, current, plan, at, payload=evidence, markdown=markdown, identity=identity
+    )
+
+
 # --------------------------------------------------------------------------- transitions
 
 
 def start(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     env: str,
     version: int,
     package: PackageResult,
@@ -449,7 +469,7 @@ def start(
 
     Args:
         config: The project's configs (root, registered model name, tracking store).
-        state: The state folder (MLflow store).
+        workdir: The working folder (MLflow store).
         env: The environment (``deploy/<env>.yaml`` must exist).
         version: The registered version to roll out.
         package: ``mlops package``'s result for that version (Bento tag, artifact sha256).
@@ -477,11 +497,11 @@ def start(
     unchanged = rules.check_start(current, version, strategy, weight)
     if unchanged is not None:
         return _unchanged(current, unchanged, at)
-    release, warnings = release_from_registry(config, state, package, version, image)
+    release, warnings = release_from_registry(config, workdir, package, version, image)
     plan = rules.start(current, release, strategy=strategy, weight=weight, at=at, reason=reason)
     assert isinstance(plan, Plan)
     transition = _apply(
-        config, state, current, plan, at, payload=evidence, markdown=markdown, identity=identity
+        config, workdir, current, plan, at, payload=evidence, markdown=markdown, identity=identity
     )
     return transition.model_copy(update={"warnings": warnings})
 
@@ -523,27 +543,17 @@ def set_step(
         ConfigError: A weight outside the strategy's range.
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    at = now or utc_now()
-    current = _load(config, env)
-    plan = rules.set_step(
-        current,
-        version,
-        step,
-        weight,
-        status=status,
-        at=at,
-        reason=reason or _payload_reason(evidence),
-    )
-    if isinstance(plan, Unchanged):
-        return _unchanged(current, plan, at)
-    return _apply(
-        config, None, current, plan, at, payload=evidence, markdown=markdown, identity=identity
-    )
+    reason = reason or _payload_reason(evidence)
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        return rules.set_step(current, version, step, weight, status=status, at=at, reason=reason)
+
+    return _apply_plan(config, None, env, rule, evidence, markdown, identity, now)
 
 
 def promote(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     env: str,
     *,
     version: int | None = None,
@@ -562,7 +572,7 @@ def promote(
 
     Args:
         config: The project's configs.
-        state: The state folder (MLflow store).
+        workdir: The working folder (MLflow store).
         env: The environment.
         version: The canary version the caller means; None promotes whatever is rolling out.
         reason: Why (default: the verdict's reasons).
@@ -576,25 +586,19 @@ def promote(
         RefusedError: No rollout in progress, or it rolls out another version.
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    at = now or utc_now()
-    current = _load(config, env)
-    plan = rules.promote(
-        current,
-        version=version,
-        at=at,
-        move_aliases=move_aliases,
-        reason=reason or _payload_reason(evidence),
-    )
-    if isinstance(plan, Unchanged):
-        return _unchanged(current, plan, at)
-    return _apply(
-        config, state, current, plan, at, payload=evidence, markdown=markdown, identity=identity
-    )
+    reason = reason or _payload_reason(evidence)
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        return rules.promote(
+            current, version=version, at=at, move_aliases=move_aliases, reason=reason
+        )
+
+    return _apply_plan(config, workdir, env, rule, evidence, markdown, identity, now)
 
 
 def rollback(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     env: str,
     *,
     reason: str,
@@ -613,7 +617,7 @@ def rollback(
 
     Args:
         config: The project's configs.
-        state: The state folder (MLflow store).
+        workdir: The working folder (MLflow store).
         env: The environment.
         reason: Why, for the commit, the evidence and the ``rejected_reason`` tag.
         version: The canary version the caller means; if another version (or none) is rolling
@@ -627,13 +631,10 @@ def rollback(
     Raises:
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    at = now or utc_now()
-    current = _load(config, env)
-    plan = rules.rollback(
-        current, reason=reason, version=version, at=at, update_registry=update_registry
-    )
-    if isinstance(plan, Unchanged):
-        return _unchanged(current, plan, at)
-    return _apply(
-        config, state, current, plan, at, payload=evidence, markdown=markdown, identity=identity
-    )
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        return rules.rollback(
+            current, reason=reason, version=version, at=at, update_registry=update_registry
+        )
+
+    return _apply_plan(config, workdir, env, rule, evidence, markdown, identity, now)

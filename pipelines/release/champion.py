@@ -80,12 +80,12 @@ def _worktree_config(config: ConfigSet, commit: str, into: Path) -> ConfigSet:
     return load_config_set(into / config.directory.relative_to(root), root=into)
 
 
-def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> RestoreResult:
+def restore(config: ConfigSet, workdir: Workdir, environments: list[str]) -> RestoreResult:
     """Make alias ``champion`` point at the stable release of the first environment that has one.
 
     Args:
         config: The current checkout's configs (names the model and the project root).
-        state: The state folder whose MLflow store receives the rebuilt model.
+        workdir: The working folder whose MLflow store receives the rebuilt model.
         environments: Deploy-state environments to look in, in order (e.g. production, staging).
 
     Raises:
@@ -106,7 +106,7 @@ def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> Resto
             detail=f"no stable release in {environments}: no champion yet",
         )
 
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     current = registry.version_by_alias(name, registry.CHAMPION)
     if current is not None and _matches(registry.version_tags(name, current), stable):
         return RestoreResult(
@@ -123,8 +123,8 @@ def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> Resto
             f"{'uncommitted code' if stable.git_dirty else 'an unknown commit'}: not rebuildable"
         )
 
-    workdir = Path(tempfile.mkdtemp(prefix="champion-"))
-    tree = workdir / "tree"
+    scratch = Path(tempfile.mkdtemp(prefix="champion-"))
+    tree = scratch / "tree"
     try:
         old = _worktree_config(config, stable.git_commit, tree)
         if old.training_hash() != stable.config_hash:
@@ -139,7 +139,7 @@ def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> Resto
             env,
             stable.git_commit[:12],
         )
-        rebuilt = train.run(old, state)
+        rebuilt = train.run(old, workdir)
         problems = []
         if stable.data_hash and rebuilt.data_hash != stable.data_hash:
             problems.append(f"data hash {rebuilt.data_hash[:12]} != {stable.data_hash[:12]}")
@@ -167,7 +167,7 @@ def restore(config: ConfigSet, state: Workdir, environments: list[str]) -> Resto
             ["git", "-C", str(config.root), "worktree", "remove", "--force", str(tree)],
             capture_output=True,
         )
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return RestoreResult(
         action=RestoreAction.REBUILT,
         environment=env,

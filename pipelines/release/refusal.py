@@ -47,13 +47,7 @@ def record_refusal(
     folder = config.root / gitcommit.EVIDENCE_DIR / env
     existing = [folder / f"{evidence_id}.md", folder / f"{evidence_id}.json"]
     if all(p.is_file() for p in existing):
-        return RefusalRecord(
-            environment=env,
-            version=version,
-            commit=None,
-            evidence=[str(p) for p in existing],
-            changed=False,
-        )
+        return _record(env, version, None, existing)
     paths = gitcommit.write_evidence(
         config.root, env, evidence_id, decision, decision_markdown(decision)
     )
@@ -74,10 +68,15 @@ def record_refusal(
     except gitcommit.GitOpsError:
         gitcommit.discard(config.root, paths)
         raise
+    return _record(env, version, commit, paths)
+
+
+def _record(env: str, version: str, commit: str | None, paths: list[Path]) -> RefusalRecord:
+    """The refusal on record: a new commit, or None when the evidence was already there."""
     return RefusalRecord(
         environment=env,
         version=version,
         commit=commit,
         evidence=[str(p) for p in paths],
-        changed=True,
+        changed=commit is not None,
     )

@@ -259,21 +259,27 @@ def set_step(
     moved = rollout.model_copy(
         update={"step": step, "weight": weight, "status": status, "updated_at": at}
     )
-    verb = "pause" if status is RolloutStatus.PAUSED else "advance"
-    subject = (
-        f"deploy({env}): {verb} canary {current.model} v{version} to {pct(weight)} (step {step})"
-    )
-    if switch and current.stable is not None:
-        subject = (
-            f"deploy({env}): switch blue-green {current.model} to v{version} at 100% "
-            f"(v{current.stable.version} on standby)"
-        )
     return Plan(
         kind=TransitionKind.ADVANCE,
         version=version,
         after=current.model_copy(update={"rollout": moved}),
-        subject=subject,
+        subject=_step_subject(current, moved, switch),
         reason=reason or f"step {rollout.step} passed",
+    )
+
+
+def _step_subject(current: EnvState, moved: Rollout, switch: bool) -> str:
+    """The commit subject of a step: advance, pause, or the blue-green switch."""
+    env, version = current.environment, moved.canary.version
+    if switch and current.stable is not None:
+        return (
+            f"deploy({env}): switch blue-green {current.model} to v{version} at 100% "
+            f"(v{current.stable.version} on standby)"
+        )
+    verb = "pause" if moved.status is RolloutStatus.PAUSED else "advance"
+    return (
+        f"deploy({env}): {verb} canary {current.model} v{version} to {pct(moved.weight)} "
+        f"(step {moved.step})"
     )
 
 
@@ -311,11 +317,7 @@ def promote(
             f"{env}: v{rollout.canary.version} is rolling out, not v{version}; nothing promoted"
         )
     new, old = rollout.canary.version, current.stable
-    moves: list[RegistryChange] = []
-    if move_aliases:
-        moves.append(RegistryChange(op="set_alias", key=CHAMPION, version=new))
-        if old is not None and old.version != new:
-            moves.append(RegistryChange(op="set_alias", key=PREVIOUS, version=old.version))
+    moves = _promotion_moves(new, old) if move_aliases else []
     was = f" (was v{old.version})" if old else ""
     return Plan(
         kind=TransitionKind.PROMOTE,
@@ -331,6 +333,14 @@ def promote(
         moves_before_commit=moves,
         clear_challenger="before_commit" if move_aliases else None,
     )
+
+
+def _promotion_moves(new: int, old: StableRelease | None) -> list[RegistryChange]:
+    """``champion`` → the new version, ``previous`` → the old stable if it is another."""
+    moves = [RegistryChange(op="set_alias", key=CHAMPION, version=new)]
+    if old is not None and old.version != new:
+        moves.append(RegistryChange(op="set_alias", key=PREVIOUS, version=old.version))
+    return moves
 
 
 def rollback(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness import traffic as synthetic
 from pipelines.canary import Action, SignalStatus, Verdict, WindowObservation
 from pipelines.release.apply import Transition, TransitionKind
+from pipelines.reporting import markdown
 
 
 class RolloutOutcome(StrEnum):
@@ -202,21 +203,22 @@ class RolloutResult(BaseModel):
     def _checks_table(self) -> list[str]:
         if not self.checks:
             return []
-        lines = [
-            "| check | t (s) | step | weight | canary req / err / p99 | "
-            "stable req / err / p99 | labels c/s | verdict |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {c.check} | {c.elapsed_s:.0f} | {c.step_index + 1} | {c.weight:g} % "
-            f"| {_metrics_text(c.canary)} | {_metrics_text(c.stable)} "
-            f"| {c.labels.get('canary', 0)}/{c.labels.get('stable', 0)} "
-            f"| {c.action.value}"
-            + (f" ({', '.join(c.failed_signals)})" if c.failed_signals else "")
-            + " |"
+        headers = ["check", "t (s)", "step", "weight", "canary req / err / p99"]
+        headers += ["stable req / err / p99", "labels c/s", "verdict"]
+        rows = [
+            [
+                c.check,
+                f"{c.elapsed_s:.0f}",
+                c.step_index + 1,
+                f"{c.weight:g} %",
+                _metrics_text(c.canary),
+                _metrics_text(c.stable),
+                f"{c.labels.get('canary', 0)}/{c.labels.get('stable', 0)}",
+                c.action.value + (f" ({', '.join(c.failed_signals)})" if c.failed_signals else ""),
+            ]
             for c in self.checks
         ]
-        return [*lines, ""]
+        return [*markdown.table(headers, rows), ""]
 
 
 def _metrics_text(m: VersionMetrics) -> str:

@@ -24,9 +24,9 @@ from pipelines.environments.local import reconcile
 from pipelines.environments.local.desired import DesiredEnv, desired_from_state
 from pipelines.environments.local.gateway import VERSION_HEADER
 from pipelines.environments.local.servers import ENV_LABEL, RUNTIME_VARIABLE, Runtime, kill_server
-from pipelines.release.state import EnvState, StableRelease
+from pipelines.release.state import EnvState
 from pipelines.train import TrainResult
-from tests.conftest import Project
+from tests.conftest import Project, stable_release
 from tests.e2e.test_image import mlops, podman, require_tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -46,17 +46,11 @@ class ImageRelease:
     def desired(self, image: str | None = None) -> DesiredEnv:
         """The environment with this version as its only (stable) release."""
         trained = self.trained
-        stable = StableRelease(
-            version=int(trained.model_version),
+        stable = stable_release(
+            trained,
             bento_tag=self.package["bento_tag"],
             image=image or self.image,
             artifact_sha256=self.package["artifact_sha256"],
-            run_id=trained.run_id,
-            git_commit=trained.git_commit,
-            git_dirty=trained.git_dirty,
-            config_hash=trained.config_hash,
-            data_hash=trained.data_hash,
-            predictions_sha256=trained.predictions_sha256,
             promoted_at=datetime.now(UTC),
         )
         return desired_from_state(

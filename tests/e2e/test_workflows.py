@@ -47,14 +47,9 @@ def clone(tmp_path: Path) -> Path:
     return repo
 
 
-def run_act(repo: Path, event: str, payload: dict, *extra: str, env: dict[str, str]) -> str:
-    """Run ``act <event>`` in ``repo``; return its combined output (asserting it succeeded)."""
-    event_file = repo.parent / "event.json"
-    event_file.write_text(json.dumps(payload))
-    args = [str(ACT), event, "-e", str(event_file), "--env-file", "/dev/null", *extra]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
-    done = subprocess.run(
+def act(repo: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``act`` with ``args`` in ``repo`` (no job summary file), capturing its output."""
+    return subprocess.run(
         args,
         cwd=repo,
         capture_output=True,
@@ -62,6 +57,16 @@ def run_act(repo: Path, event: str, payload: dict, *extra: str, env: dict[str, s
         timeout=1800,
         env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
     )
+
+
+def run_act(repo: Path, event: str, payload: dict, *extra: str, env: dict[str, str]) -> str:
+    """Run ``act <event>`` in ``repo``; return its combined output (asserting it succeeded)."""
+    event_file = repo.parent / "event.json"
+    event_file.write_text(json.dumps(payload))
+    args = [str(ACT), event, "-e", str(event_file), "--env-file", "/dev/null", *extra]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    done = act(repo, args)
     output = done.stdout + done.stderr
     (repo.parent / f"act-{event}.log").write_text(output)
     assert done.returncode == 0, output[-6000:]
@@ -114,7 +119,8 @@ def push_run(repo: Path, tmp_path: Path) -> tuple[int, str]:
     event.write_text(
         json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/models"}})
     )
-    done = subprocess.run(
+    done = act(
+        repo,
         [
             str(ACT),
             "push",
@@ -135,11 +141,6 @@ def push_run(repo: Path, tmp_path: Path) -> tuple[int, str]:
             "--env",
             f"MLOPS_ACT_CACHE={tmp_path / 'cache'}",
         ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "GITHUB_STEP_SUMMARY": ""},
     )
     output = done.stdout + done.stderr
     runs = len(list(tmp_path.glob("act-push-*.log")))

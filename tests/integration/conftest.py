@@ -20,9 +20,9 @@ from pipelines.config.canary import CanaryConfig
 from pipelines.config.loader import load_config_set
 from pipelines.environments.local import reconcile
 from pipelines.package import PackageResult
-from pipelines.release.state import EnvState, load_state, render_state, state_path
+from pipelines.release.state import load_state
 from tests.conftest import REPO_ROOT, Project, git, make_project
-from tests.integration.environments.local.conftest import _mlops
+from tests.integration import chain
 
 PROFILE = REPO_ROOT / "configs" / "variants" / "local-demo" / "canary.yaml"
 # A live rollout is judged on latencies its own in-process clients measure, and a stall of the
@@ -51,28 +51,13 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
     v3 is trained with a regularisation so strong that it predicts (nearly) the majority
     class: valid, servable, and clearly worse on labelled traffic.
     """
-    from pipelines import train
-
     project = make_project(tmp_path_factory.mktemp("rollout") / "project")
     home = project.root / "bentoml-home"
     git(project.root, "config", "user.name", "test")
     git(project.root, "config", "user.email", "test@example.com")
-    (project.root / ".gitignore").write_text(".mlops/\n__pycache__/\nbentoml-home/\n")
+    (project.root / ".gitignore").write_text(chain.IGNORED)
     project.commit("ignore the BentoML home")
-    packages: dict[int, PackageResult] = {}
-    for number in (1, 2, 3):
-        config = project.config()
-        if number == CRIPPLED:
-            params = {**config.train.params, "C": 1e-5}
-            config = config.model_copy(
-                update={"train": config.train.model_copy(update={"params": params})}
-            )
-        result = train.run(config, project.state)
-        assert result.model_version == str(number)
-        _mlops(project, home, "package", "--version", str(number))
-        packages[number] = PackageResult.model_validate_json(
-            (project.state.results / "package.json").read_text()
-        )
+    packages = chain.train_and_package(project, home, {1: {}, GOOD: {}, CRIPPLED: {"C": 1e-5}})
     canary = load_config_set(project.configs, overrides={"canary": PROFILE}).canary
     return Versions(project, home, packages, canary)
 
@@ -82,12 +67,7 @@ def env_name(versions: Versions, request: pytest.FixtureRequest) -> Iterator[str
     """A fresh environment for one test, released with v1; stopped afterwards, even on failure."""
     name = f"r{zlib.crc32(request.node.nodeid.encode()):08x}"
     project = versions.project
-    model = project.config().train.registered_model_name
-    path = state_path(project.root, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_state(EnvState(environment=name, model=model)))
-    git(project.root, "add", str(path))
-    git(project.root, "commit", "-q", "-m", f"create environment {name}")
+    chain.create_environment(project, name, project.config().train.registered_model_name)
     try:
         initial = run_rollout(versions, name, 1, traffic=None)
         assert initial.outcome is rollout.RolloutOutcome.PROMOTED

@@ -11,10 +11,8 @@ variant set (with the shared serve, image and canary files) and whose data is th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,34 +26,18 @@ import yaml
 from pipelines import rollout
 from pipelines.config.canary import load_canary_config
 from pipelines.environments.local import reconcile
-from pipelines.package import PackageResult
-from pipelines.release.state import EnvState, render_state, state_path
 from pipelines.serving.predlog import read_jsonl
-from tests.conftest import REPO_ROOT, Project, git, make_project
+from tests.conftest import REPO_ROOT, Project, make_project
+from tests.integration import chain as helpers
+from tests.integration.chain import create_environment, mlops
 from tests.integration.conftest import LIVE_ROLLOUT, PROFILE, Versions, load, run_rollout
-from tests.integration.environments.local.conftest import _mlops
-from tests.integration.serving.conftest import start_server, stop_server, wait_ready
+from tests.integration.serving.conftest import serving
 
 pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 
 VARIANT = REPO_ROOT / "configs" / "variants" / "penguins-multiclass"
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 FEATURES = ["island", "sex", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
-
-
-def mlops(project: Project, *args: str, home: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess against the project's configs."""
-    env = {"BENTOML_DO_NOT_TRACK": "true"}
-    if home is not None:
-        env["BENTOML_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args, "--configs", str(project.configs)],
-        capture_output=True,
-        text=True,
-        cwd=project.root,
-        timeout=600,
-        env={**os.environ, **env},
-    )
 
 
 def penguin_project(root: Path) -> Project:
@@ -65,24 +47,25 @@ def penguin_project(root: Path) -> Project:
         shutil.copy(VARIANT / name, project.configs / name)
     (project.root / "data").mkdir()
     shutil.copy(REPO_ROOT / "data" / "penguins.csv", project.root / "data" / "penguins.csv")
-    (project.root / ".gitignore").write_text(".mlops/\n__pycache__/\nbentoml-home/\n")
+    (project.root / ".gitignore").write_text(helpers.IGNORED)
     project.commit("penguins")
     return project
 
 
 @dataclass(frozen=True)
-class Chain:
-    """The trained, validated and packaged penguin classifier (v1 and v2)."""
+class Chain(Versions):
+    """The trained, validated and packaged penguin classifier (v1 and v2), and v1's train.json."""
 
-    project: Project
-    home: Path
-    packages: dict[int, PackageResult]
     train_json: dict
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    """Train, validate and package two versions through the CLI, once for the module."""
+    """Train, validate and package two versions through the CLI, once for the module.
+
+    Its canary profile is the fast local one with room for a pandas column transformer's p99
+    on a machine shared with other test runs: the rollout test is about the k-class signals.
+    """
     project = penguin_project(tmp_path_factory.mktemp("penguins") / "project")
     home = project.root / "bentoml-home"
     packages = {}
@@ -93,11 +76,18 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
             assert done.returncode == 0, done.stdout + done.stderr
         if number == 1:
             train_json = json.loads((project.state.results / "train.json").read_text())
-        _mlops(project, home, "package", "--version", str(number))
-        packages[number] = PackageResult.model_validate_json(
-            (project.state.results / "package.json").read_text()
-        )
-    return Chain(project, home, packages, train_json)
+        packages[number] = helpers.package(project, home, number)
+    profile = load_canary_config(PROFILE)
+    limits = profile.hard_limits.model_copy(update={"max_p99_latency_ms": 5000})
+    canary = profile.model_copy(update={"hard_limits": limits})
+    return Chain(project, home, packages, canary, train_json)
+
+
+def score_file(project: Project, source: Path, target: Path) -> subprocess.CompletedProcess[str]:
+    """``mlops predict-batch`` of ``source`` into ``target`` with version 1."""
+    return mlops(
+        project, "predict-batch", "--input", str(source), "--output", str(target), "--version", "1"
+    )
 
 
 def holdout(project: Project) -> tuple[pd.DataFrame, list[str]]:
@@ -124,20 +114,8 @@ def test_train_and_validate_report_multiclass_metrics_and_undefined_reasons(chai
 def server(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """Version 1 under a real ``bentoml serve``; yields its URL and prediction log."""
     logs = tmp_path_factory.mktemp("penguin-serve")
-    server = start_server(
-        chain.packages[1].bento_tag,
-        chain.home,
-        logs / "server.log",
-        env={
-            "MLOPS_PREDICTION_LOG": str(logs / "predictions.jsonl"),
-            "MLOPS_LABELS_LOG": str(logs / "labels.jsonl"),
-        },
-    )
-    try:
-        wait_ready(server)
+    with serving(chain.packages[1].bento_tag, chain.bentoml_home, logs) as server:
         yield server.url, logs / "predictions.jsonl"
-    finally:
-        stop_server(server)
 
 
 def _row(**change: object) -> dict[str, object]:
@@ -213,16 +191,7 @@ def test_predict_batch_writes_a_probability_column_per_class(chain: Chain, tmp_p
     source, target = tmp_path / "in.csv", tmp_path / "out.csv"
     X.assign(penguin_id=[f"h{i}" for i in range(len(X))]).to_csv(source, index=False)
     assert X.isna().any().any()
-    done = mlops(
-        chain.project,
-        "predict-batch",
-        "--input",
-        str(source),
-        "--output",
-        str(target),
-        "--version",
-        "1",
-    )
+    done = score_file(chain.project, source, target)
     assert done.returncode == 0, done.stdout + done.stderr
     out = pd.read_csv(target)
     columns = [f"probability_{c}" for c in CLASSES]
@@ -241,16 +210,7 @@ def test_predict_batch_refuses_an_unknown_category_naming_the_line(
     frame.loc[2, "island"] = "Atlantis"
     source, target = tmp_path / "in.csv", tmp_path / "out.csv"
     frame.to_csv(source, index=False)
-    done = mlops(
-        chain.project,
-        "predict-batch",
-        "--input",
-        str(source),
-        "--output",
-        str(target),
-        "--version",
-        "1",
-    )
+    done = score_file(chain.project, source, target)
     assert done.returncode == 2, done.stdout + done.stderr
     text = " ".join((done.stdout + done.stderr).split())
     assert "line 4, column 'island': unknown category" in text and "Torgersen" in text
@@ -261,23 +221,12 @@ def test_canary_rollout_judges_string_labels_for_k_classes(chain: Chain) -> None
     """A canary of v2 under labelled traffic is promoted, judged on k-class quality signals."""
     project = chain.project
     env = "penguins"
-    path = state_path(project.root, env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_state(EnvState(environment=env, model="penguin-classifier")))
-    git(project.root, "add", str(path))
-    git(project.root, "commit", "-q", "-m", f"create environment {env}")
-    profile = load_canary_config(PROFILE)
-    # The fast local profile, with room for a pandas column transformer's p99 on a machine
-    # shared with other test runs: this test is about the k-class signals, not latency.
-    canary = profile.model_copy(
-        update={"hard_limits": profile.hard_limits.model_copy(update={"max_p99_latency_ms": 5000})}
-    )
-    versions = Versions(project, chain.home, chain.packages, canary)
+    create_environment(project, env, "penguin-classifier")
     try:
-        first = run_rollout(versions, env, 1, traffic=None)
+        first = run_rollout(chain, env, 1, traffic=None)
         assert first.outcome is rollout.RolloutOutcome.PROMOTED, first.to_markdown()
         traffic = load().model_copy(update={"rate": 30.0})
-        result = run_rollout(versions, env, 2, traffic=traffic)
+        result = run_rollout(chain, env, 2, traffic=traffic)
         assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
         evidence = "".join((project.root / p).read_text() for p in result.evidence)
         text = result.to_markdown() + evidence

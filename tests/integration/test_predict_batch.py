@@ -8,7 +8,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pipelines import predict_batch, tracking
 from pipelines.cli import app
@@ -52,6 +52,14 @@ def assert_matches(output: pd.DataFrame, reference: pd.DataFrame) -> None:
     np.testing.assert_array_equal(output["prediction"].to_numpy(), reference["prediction"])
     np.testing.assert_allclose(
         output["probability"].to_numpy(), reference["probability"], rtol=1e-12, atol=0
+    )
+
+
+def predict_batch_cli(project: Project, source: Path, target: Path, *args: str) -> Result:
+    """``mlops predict-batch`` in process, from ``source`` to ``target``, with more options."""
+    command = ["predict-batch", "--configs", str(project.configs)]
+    return CliRunner().invoke(
+        app, [*command, "--input", str(source), "--output", str(target), *args]
     )
 
 
@@ -132,23 +140,16 @@ def test_bad_rows_exit_2_with_line_numbers_and_write_nothing(
     frame.iloc[250, 2] = None  # line 252, in the third chunk of 100
     source, target = tmp_path / "bad.csv", tmp_path / "out.csv"
     frame.to_csv(source, index=False)
-    outcome = CliRunner().invoke(
-        app,
-        [
-            "predict-batch",
-            "--configs",
-            str(project.configs),
-            "--input",
-            str(source),
-            "--output",
-            str(target),
-            "--version",
-            trained.model_version,
-            "--chunk-size",
-            "100",
-            "--result",
-            str(tmp_path / "result.json"),
-        ],
+    outcome = predict_batch_cli(
+        project,
+        source,
+        target,
+        "--version",
+        trained.model_version,
+        "--chunk-size",
+        "100",
+        "--result",
+        str(tmp_path / "result.json"),
     )
     assert outcome.exit_code == 2, outcome.output
     text = " ".join(outcome.output.split())
@@ -173,19 +174,6 @@ def test_env_without_deploy_state_exits_2(trained_project, tmp_path: Path) -> No
     project, _ = trained_project
     source = tmp_path / "in.csv"
     pd.DataFrame({"a": [1.0]}).to_csv(source, index=False)
-    outcome = CliRunner().invoke(
-        app,
-        [
-            "predict-batch",
-            "--configs",
-            str(project.configs),
-            "--input",
-            str(source),
-            "--output",
-            str(tmp_path / "out.csv"),
-            "--env",
-            "staging",
-        ],
-    )
+    outcome = predict_batch_cli(project, source, tmp_path / "out.csv", "--env", "staging")
     assert outcome.exit_code == 2
     assert "no deploy state for env 'staging' yet" in " ".join(outcome.output.split())

@@ -25,10 +25,10 @@ from pipelines.data import load_dataset
 from pipelines.environments.local import reconcile
 from pipelines.inference import predict
 from pipelines.metrics import Task
-from pipelines.package import PackageResult
 from pipelines.release.state import load_state
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, make_project
+from tests.integration import chain
 from tests.integration.conftest import (
     LIVE_ROLLOUT,
     PROFILE,
@@ -40,8 +40,7 @@ from tests.integration.conftest import (
     load,
     run_rollout,
 )
-from tests.integration.environments.local.conftest import _mlops
-from tests.integration.serving.conftest import start_server, stop_server, wait_ready
+from tests.integration.serving.conftest import serving
 
 pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 
@@ -76,26 +75,12 @@ def regressor_configs(target: Path) -> None:
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
     """Three registered regressor versions, each packaged into a Bento by ``mlops package``."""
-    from pipelines import train
-
     project = make_project(tmp_path_factory.mktemp("regression") / "project")
     regressor_configs(project.configs)
     home = project.root / "bentoml-home"
-    (project.root / ".gitignore").write_text(".mlops/\n__pycache__/\nbentoml-home/\n")
+    (project.root / ".gitignore").write_text(chain.IGNORED)
     project.commit("the diabetes regressor's config set")
-    packages: dict[int, PackageResult] = {}
-    for number in (1, SIMILAR, WORSE):
-        config = project.config()
-        params = {**config.train.params, **PARAMS.get(number, {})}
-        config = config.model_copy(
-            update={"train": config.train.model_copy(update={"params": params})}
-        )
-        result = train.run(config, project.state)
-        assert result.model_version == str(number)
-        _mlops(project, home, "package", "--version", str(number))
-        packages[number] = PackageResult.model_validate_json(
-            (project.state.results / "package.json").read_text()
-        )
+    packages = chain.train_and_package(project, home, {1: {}, **PARAMS})
     canary = project.config().canary
     return Versions(project, home, packages, canary)
 
@@ -117,17 +102,7 @@ def test_served_regressor_answers_values(versions: Versions, holdout, tmp_path: 
     No classes or probabilities; float labels are recorded; bad rows and labels get a 4xx.
     """
     features, expected = holdout
-    server = start_server(
-        versions.packages[1].bento_tag,
-        versions.bentoml_home,
-        tmp_path / "server.log",
-        env={
-            "MLOPS_PREDICTION_LOG": str(tmp_path / "predictions.jsonl"),
-            "MLOPS_LABELS_LOG": str(tmp_path / "labels.jsonl"),
-        },
-    )
-    try:
-        wait_ready(server)
+    with serving(versions.packages[1].bento_tag, versions.bentoml_home, tmp_path) as server:
         rows = orjson.loads(features.head(5).to_json(orient="records"))
         response = httpx.post(f"{server.url}/predict", json={"records": rows}, timeout=30)
         assert response.status_code == 200, response.text
@@ -156,8 +131,6 @@ def test_served_regressor_answers_values(versions: Versions, holdout, tmp_path: 
         wrong_label = [{"request_id": body["request_id"], "row": 0, "label": "high"}]
         refused = httpx.post(f"{server.url}/labels", json={"labels": wrong_label}, timeout=30)
         assert 400 <= refused.status_code < 500, refused.text
-    finally:
-        stop_server(server)
     logged = list(read_jsonl(tmp_path / "predictions.jsonl"))
     assert [r["request_id"] for r in logged] == [body["request_id"]]
     assert logged[0]["outputs"] == {"predictions": body["predictions"]}

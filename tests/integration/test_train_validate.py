@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,10 +16,9 @@ from pipelines import registry, tracking, train, validate
 from pipelines.config.loader import load_config_set
 from pipelines.data import DataError
 from tests.conftest import Project, git
+from tests.integration.chain import mlops
 
 pytestmark = pytest.mark.integration
-
-MLOPS = [sys.executable, "-m", "pipelines"]
 
 
 def edit(path: Path, change) -> None:
@@ -30,18 +26,6 @@ def edit(path: Path, change) -> None:
     data = yaml.safe_load(path.read_text())
     change(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def mlops(project: Project, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess against the project's configs."""
-    return subprocess.run(
-        [*MLOPS, *args, "--configs", str(project.configs)],
-        capture_output=True,
-        text=True,
-        cwd=project.root,
-        timeout=600,
-        env={**os.environ, **env},
-    )
 
 
 def test_train_then_validate_sets_challenger(project: Project) -> None:

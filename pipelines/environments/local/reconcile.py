@@ -157,9 +157,9 @@ class EnvStatus(BaseModel):
         raise KeyError(version)
 
 
-def env_dir(state_root: Path, environment: str) -> Path:
+def env_dir(workdir_root: Path, environment: str) -> Path:
     """``<state>/env/<environment>``."""
-    return state_root / "env" / environment
+    return workdir_root / "env" / environment
 
 
 @contextlib.contextmanager
@@ -336,7 +336,7 @@ def _retire_mirror(gateway: Gateway, old: SidecarRecord | None) -> None:
 
 def up(
     desired: DesiredEnv,
-    state_root: Path,
+    workdir_root: Path,
     bentoml_home: Path,
     *,
     project_root: Path,
@@ -347,7 +347,8 @@ def up(
 
     Args:
         desired: The live releases, weights, strategy and sticky header.
-        state_root: The state folder (``.mlops``); the environment lives in ``env/<name>/``.
+        workdir_root: The working folder (``.mlops``, not the deploy state); the environment
+            lives in ``env/<name>/``.
         bentoml_home: The BentoML store holding every release's Bento.
         project_root: Working directory of the servers.
         policy: Gateway health checks and retries (defaults are for loopback).
@@ -362,7 +363,7 @@ def up(
     except ServerError as exc:
         raise EnvError(str(exc)) from exc
     policy = policy or GatewayPolicy()
-    folder = env_dir(state_root, desired.environment)
+    folder = env_dir(workdir_root, desired.environment)
     changes: list[str] = []
     with _locked(folder):
         record = _read(folder, desired.environment)
@@ -557,15 +558,15 @@ def _status(record: EnvRecord, changes: list[str]) -> EnvStatus:
     )
 
 
-def status(environment: str, state_root: Path) -> EnvStatus:
+def status(environment: str, workdir_root: Path) -> EnvStatus:
     """The environment as recorded and probed now (changes nothing)."""
-    folder = env_dir(state_root, environment)
+    folder = env_dir(workdir_root, environment)
     return _status(_read(folder, environment), [])
 
 
-def down(environment: str, state_root: Path) -> EnvStatus:
+def down(environment: str, workdir_root: Path) -> EnvStatus:
     """Stop the gateway, the sidecars and every server of the environment."""
-    folder = env_dir(state_root, environment)
+    folder = env_dir(workdir_root, environment)
     changes: list[str] = []
     with _locked(folder):
         record = _read(folder, environment)
@@ -590,7 +591,7 @@ def down(environment: str, state_root: Path) -> EnvStatus:
 
 def set_fault(
     environment: str,
-    state_root: Path,
+    workdir_root: Path,
     version: str,
     fault: FaultSpec | None,
     *,
@@ -605,7 +606,7 @@ def set_fault(
         EnvError: The environment is not up, or does not run ``version``.
     """
     policy = policy or GatewayPolicy()
-    folder = env_dir(state_root, environment)
+    folder = env_dir(workdir_root, environment)
     changes: list[str] = []
     with _locked(folder):
         record = _read(folder, environment)

@@ -31,6 +31,7 @@ from pipelines.release import commit as gitcommit
 from pipelines.release.commit import GitIdentity, GitOpsError
 from pipelines.release.state import load_state, state_path
 from tests.conftest import REPO_ROOT, Project, git, make_project
+from tests.integration import chain
 
 pytestmark = pytest.mark.integration
 
@@ -415,14 +416,7 @@ def test_git_log_tells_the_history_of_the_environment(proj: Project) -> None:
 
 def mlops(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess, as a bot."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args, "--configs", str(project.configs)],
-        capture_output=True,
-        text=True,
-        cwd=project.root,
-        timeout=600,
-        env={**os.environ, "MLOPS_GIT_NAME": "ci-bot", "MLOPS_GIT_EMAIL": "ci@example.com"},
-    )
+    return chain.mlops(project, *args, MLOPS_GIT_NAME="ci-bot", MLOPS_GIT_EMAIL="ci@example.com")
 
 
 def test_cli_deploy_rollback_and_show(proj: Project) -> None:

@@ -7,26 +7,19 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import registry, tracking, train
 from pipelines.release.champion import RestoreAction, RestoreError, restore
-from pipelines.release.state import EnvState, StableRelease, save_state, utc_now
+from pipelines.release.state import EnvState, save_state
 from pipelines.workdir import Workdir
-from tests.conftest import Project
+from tests.conftest import Project, stable_release
 
 pytestmark = pytest.mark.integration
 
 
 def record_stable(project: Project, result: train.TrainResult, **overrides: object) -> None:
     """Write deploy/production.yaml with ``result`` as the stable release and commit it."""
-    release = StableRelease(
-        version=int(result.model_version),
+    release = stable_release(
+        result,
         bento_tag="breast-cancer-classifier-svc:v1",
         artifact_sha256="a" * 64,
-        run_id=result.run_id,
-        git_commit=result.git_commit,
-        git_dirty=result.git_dirty,
-        config_hash=result.config_hash,
-        data_hash=result.data_hash,
-        predictions_sha256=result.predictions_sha256,
-        promoted_at=utc_now(),
         **overrides,
     )
     save_state(

@@ -18,17 +18,9 @@ from pipelines import rollout
 from pipelines.environments.local import reconcile
 from pipelines.environments.local.servers import kill_server
 from pipelines.release.state import load_state
-from tests.integration.conftest import (
-    CRIPPLED,
-    GOOD,
-    Versions,
-    alias_version,
-    assert_no_failed_requests,
-    assert_rolled_back,
-    commit_subjects,
-    load,
-    run_rollout,
-)
+from tests.integration import conftest as live
+from tests.integration.conftest import CRIPPLED, GOOD, Versions
+from tests.integration.rollout.conftest import promoted_under_load
 
 pytestmark = pytest.mark.integration
 
@@ -43,18 +35,18 @@ def test_good_candidate_is_promoted_with_zero_failed_requests(
     """
     project = versions.project
     old = reconcile.status(env_name, project.state.root).release("1")
-    result = run_rollout(versions, env_name, GOOD, traffic=load())
-
-    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
-    assert_no_failed_requests(result)
+    result = promoted_under_load(versions, env_name, GOOD)
     assert result.traffic is not None and result.traffic.by_version.get("2", 0) > 0
-    subjects = commit_subjects(project, env_name)
+    subjects = live.commit_subjects(project, env_name)
     assert "initial release" in subjects[1]
     assert "start canary" in subjects[2]
     assert sum("advance canary" in s for s in subjects) == len(versions.canary.steps) - 1
     assert "promote" in subjects[-1]
     assert len(result.commits) == len(versions.canary.steps) + 1
-    assert alias_version(project, "champion") == GOOD and alias_version(project, "previous") == 1
+    assert (
+        live.alias_version(project, "champion") == GOOD
+        and live.alias_version(project, "previous") == 1
+    )
     status = reconcile.status(env_name, project.state.root)
     assert [(r.version, r.role, r.weight) for r in status.releases] == [("2", "stable", 100.0)]
     assert not Path(f"/proc/{old.pid}").exists() or not _is_bentoml(old.pid)
@@ -85,16 +77,16 @@ def test_bad_canary_is_rolled_back_naming_the_signal(
     The canary is stopped, stable keeps 100 %, the version is tagged rejected and the
     rollback commit's evidence holds the verdict with the deciding signal.
     """
-    result = run_rollout(versions, env_name, version, traffic=load(scenario))
+    result = live.run_rollout(versions, env_name, version, traffic=live.load(scenario))
 
-    assert_rolled_back(versions, env_name, result)
+    live.assert_rolled_back(versions, env_name, result)
     assert set(result.decided_by) & signals, result.to_markdown()
     evidence = [p for p in result.evidence if "rollback" in p and p.endswith(".json")]
     assert evidence, result.evidence
     text = (versions.project.root / evidence[0]).read_text()
     assert any(name in text for name in set(result.decided_by) & signals)
     if scenario is Scenario.CLEAN:
-        assert_no_failed_requests(result)
+        live.assert_no_failed_requests(result)
 
 
 def test_kill_9_of_the_canary_rolls_back_without_failed_requests(
@@ -116,12 +108,14 @@ def test_kill_9_of_the_canary_rolls_back_without_failed_requests(
             killer.append(timer)
             timer.start()
 
-    result = run_rollout(versions, env_name, GOOD, traffic=load(), progress=kill_canary_soon)
+    result = live.run_rollout(
+        versions, env_name, GOOD, traffic=live.load(), progress=kill_canary_soon
+    )
 
     assert killer, "the loop never reached a check"
-    assert_rolled_back(versions, env_name, result)
+    live.assert_rolled_back(versions, env_name, result)
     assert result.decided_by == ["canary_down"], result.to_markdown()
-    assert_no_failed_requests(result)
+    live.assert_no_failed_requests(result)
 
 
 class _Interrupted(BaseException):
@@ -140,18 +134,20 @@ def test_interrupted_rollout_resumes_from_the_git_state(versions: Versions, env_
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        run_rollout(versions, env_name, GOOD, traffic=load(), progress=stop_after_first_advance)
+        live.run_rollout(
+            versions, env_name, GOOD, traffic=live.load(), progress=stop_after_first_advance
+        )
     state = load_state(project.root, env_name)
     assert state.rollout is not None and state.rollout.step == 1
     canary_pid = reconcile.status(env_name, project.state.root).release("2").pid
 
-    result = run_rollout(versions, env_name, GOOD, traffic=load())
+    result = live.run_rollout(versions, env_name, GOOD, traffic=live.load())
 
     assert result.resumed_from_step == 1
     assert result.transitions[0].changed is False  # start found the rollout in git
     assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     assert result.checks[0].step_index == 1
     assert reconcile.status(env_name, project.state.root).release("2").pid == canary_pid
-    subjects = commit_subjects(project, env_name)
+    subjects = live.commit_subjects(project, env_name)
     assert sum("start canary" in s for s in subjects) == 1
-    assert_no_failed_requests(result)
+    live.assert_no_failed_requests(result)

@@ -33,17 +33,8 @@ from pipelines import rollout
 from pipelines.canary import Action, SignalResult, SignalStatus, Verdict
 from pipelines.config.base import GateMode
 from pipelines.environments.local import reconcile
-from tests.integration.conftest import (
-    CRIPPLED,
-    GOOD,
-    MAX_DURATION_S,
-    Versions,
-    assert_no_failed_requests,
-    assert_rolled_back,
-    commit_subjects,
-    load,
-    run_rollout,
-)
+from tests.integration import conftest as live
+from tests.integration.conftest import CRIPPLED, GOOD, MAX_DURATION_S, Versions
 from tests.integration.environments.local.conftest import MLOPS
 
 pytestmark = pytest.mark.integration
@@ -86,7 +77,7 @@ def test_corrupted_requests_are_refused_by_both_versions_and_the_candidate_promo
     corrupted one 4xx (never a 5xx, never unanswered), and no check counts an error against
     either version.
     """
-    result = run_rollout(versions, env_name, GOOD, traffic=load(Scenario.CORRUPT))
+    result = live.run_rollout(versions, env_name, GOOD, traffic=live.load(Scenario.CORRUPT))
 
     assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
     totals = result.traffic
@@ -120,10 +111,10 @@ def test_drifted_live_inputs_are_reported_or_hold_the_rollout(
     canary = versions.canary.model_copy(
         update={"input_drift": spec.model_copy(update={"mode": mode})}
     )
-    drift = load(Scenario.DRIFT).model_copy(update={"drift_features": ALL_FEATURES})
+    drift = live.load(Scenario.DRIFT).model_copy(update={"drift_features": ALL_FEATURES})
     enabled = mode is GateMode.ENABLED
 
-    result = run_rollout(
+    result = live.run_rollout(
         versions,
         env_name,
         GOOD,
@@ -132,7 +123,7 @@ def test_drifted_live_inputs_are_reported_or_hold_the_rollout(
         max_duration_s=HELD_ROLLOUT_S if enabled else MAX_DURATION_S,
     )
 
-    assert_no_failed_requests(result)
+    live.assert_no_failed_requests(result)
     signal = _signal(_verdict(result), "input_drift")
     assert signal.mode is mode and signal.status is SignalStatus.FAILED, result.to_markdown()
     assert signal.canary is not None and signal.canary > spec.max_drifted_share, signal
@@ -146,13 +137,13 @@ def test_drifted_live_inputs_are_reported_or_hold_the_rollout(
         assert promoted, result.evidence
         assert "input_drift" in (versions.project.root / promoted[0]).read_text()
         return
-    assert_rolled_back(versions, env_name, result)
+    live.assert_rolled_back(versions, env_name, result)
     assert result.decided_by == ["timeout"] and result.timed_out, result.to_markdown()
     assert "live inputs drifted from the training data" in result.reason
     held = result.checks[-1]
     assert held.action is Action.HOLD and "input_drift" in held.failed_signals, held
     assert any("live inputs drifted" in r for r in held.reasons), held
-    assert not any("promote" in s for s in commit_subjects(versions.project, env_name))
+    assert not any("promote" in s for s in live.commit_subjects(versions.project, env_name))
 
 
 # --------------------------------------------------------------------------- --traffic none
@@ -239,7 +230,7 @@ def test_real_traffic_is_judged_from_the_prediction_logs(
             status = reconcile.status(env_name, project.state.root)
             labels_logs.update(r.labels_log for r in status.releases)
 
-    result = run_rollout(versions, env_name, version, traffic=None, progress=note_labels_logs)
+    result = live.run_rollout(versions, env_name, version, traffic=None, progress=note_labels_logs)
     sent = clients.finish()
 
     assert result.traffic is None and result.failed_requests is None
@@ -247,7 +238,7 @@ def test_real_traffic_is_judged_from_the_prediction_logs(
     last = result.checks[-1]
     assert last.labels["canary"] > 0 and last.labels["stable"] > 0, result.to_markdown()
     if signals:
-        assert_rolled_back(versions, env_name, result)
+        live.assert_rolled_back(versions, env_name, result)
         assert set(result.decided_by) & signals, result.to_markdown()
     else:
         assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()

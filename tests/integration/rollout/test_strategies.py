@@ -23,17 +23,9 @@ from pipelines.config.canary import CanaryConfig
 from pipelines.environments.local import reconcile
 from pipelines.environments.local.servers import kill_server
 from pipelines.release.state import load_state
-from tests.integration.conftest import (
-    CRIPPLED,
-    GOOD,
-    Versions,
-    alias_version,
-    assert_no_failed_requests,
-    assert_rolled_back,
-    commit_subjects,
-    load,
-    run_rollout,
-)
+from tests.integration import conftest as live
+from tests.integration.conftest import CRIPPLED, GOOD, Versions
+from tests.integration.rollout.conftest import promoted_under_load
 
 pytestmark = pytest.mark.integration
 
@@ -94,17 +86,9 @@ def test_shadow_candidate_is_judged_on_mirrored_traffic_and_promoted(
         if event.check is not None and event.check.action is Action.PROMOTE:
             decided.append(time.time())  # before the promotion commit and the new weights
 
-    result = run_rollout(
-        versions,
-        env_name,
-        GOOD,
-        traffic=load(),
-        canary=_profile(versions, "shadow"),
-        progress=note_decision,
+    result = promoted_under_load(
+        versions, env_name, GOOD, canary=_profile(versions, "shadow"), progress=note_decision
     )
-
-    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
-    assert_no_failed_requests(result)
     assert result.traffic is not None and decided
     before = _answered_by(result, until=decided[0])
     assert set(before) == {"1"}, before  # clients never saw the shadow's answers
@@ -118,10 +102,10 @@ def test_shadow_candidate_is_judged_on_mirrored_traffic_and_promoted(
     accuracy = _signal(result, "quality.accuracy")
     assert accuracy["status"] == SignalStatus.PASSED.value
     assert result.checks[-1].labels["canary"] >= versions.canary.quality.min_labels
-    subjects = commit_subjects(project, env_name)
+    subjects = live.commit_subjects(project, env_name)
     assert "start shadow" in subjects[2] and "on mirrored traffic" in subjects[2]
     assert "promote" in subjects[-1]
-    assert alias_version(project, "champion") == GOOD
+    assert live.alias_version(project, "champion") == GOOD
     status = reconcile.status(env_name, project.state.root)
     assert [(r.version, r.weight) for r in status.releases] == [("2", 100.0)]
     assert status.mirror_log is None  # the mirror left with the rollout
@@ -131,12 +115,12 @@ def test_worse_shadow_candidate_is_rolled_back_without_touching_clients(
     versions: Versions, env_name: str
 ) -> None:
     """A crippled shadow candidate disagrees with stable: rolled back, no client affected."""
-    result = run_rollout(
-        versions, env_name, CRIPPLED, traffic=load(), canary=_profile(versions, "shadow")
+    result = live.run_rollout(
+        versions, env_name, CRIPPLED, traffic=live.load(), canary=_profile(versions, "shadow")
     )
 
-    assert_rolled_back(versions, env_name, result)
-    assert_no_failed_requests(result)
+    live.assert_rolled_back(versions, env_name, result)
+    live.assert_no_failed_requests(result)
     assert result.traffic is not None and result.traffic.by_version.get("3", 0) == 0
     assert {line["shadow_version"] for line in _mirror_lines(versions, env_name, CRIPPLED)} == {"3"}
     deciding = {"agreement", "quality.accuracy", "quality.roc_auc", "prediction_drift"}
@@ -160,17 +144,9 @@ def test_blue_green_switches_at_once_keeps_blue_warm_then_retires_it(
         if "switch blue-green" in event.message and not during_standby:
             during_standby.append(reconcile.status(env_name, project.state.root))
 
-    result = run_rollout(
-        versions,
-        env_name,
-        GOOD,
-        traffic=load(),
-        canary=_profile(versions, "blue_green"),
-        progress=watch,
+    result = promoted_under_load(
+        versions, env_name, GOOD, canary=_profile(versions, "blue_green"), progress=watch
     )
-
-    assert result.outcome is rollout.RolloutOutcome.PROMOTED, result.to_markdown()
-    assert_no_failed_requests(result)
     assert during_standby, "the loop never switched"
     standby = during_standby[0]
     assert {(r.version, r.weight, r.alive) for r in standby.releases} == {
@@ -179,7 +155,7 @@ def test_blue_green_switches_at_once_keeps_blue_warm_then_retires_it(
     }
     assert standby.release("1").pid == blue_pid
     assert standby.mirror_log is None
-    subjects = commit_subjects(project, env_name)
+    subjects = live.commit_subjects(project, env_name)
     assert "start blue-green" in subjects[2]
     assert "switch blue-green" in subjects[-2] and "v1 on standby" in subjects[-2]
     assert "promote" in subjects[-1]
@@ -209,12 +185,17 @@ def test_blue_green_breach_in_standby_switches_back_to_the_warm_blue(
             faulted.append(True)
 
     profile = _long_standby(versions)
-    result = run_rollout(
-        versions, env_name, GOOD, traffic=load(Scenario.CLEAN), canary=profile, progress=break_green
+    result = live.run_rollout(
+        versions,
+        env_name,
+        GOOD,
+        traffic=live.load(Scenario.CLEAN),
+        canary=profile,
+        progress=break_green,
     )
 
     assert faulted, "the loop never switched"
-    assert_rolled_back(versions, env_name, result)
+    live.assert_rolled_back(versions, env_name, result)
     assert "hard_limit.error_rate" in result.decided_by, result.to_markdown()
     assert "switch back to blue" in result.reason
     status = reconcile.status(env_name, project.state.root)
@@ -245,12 +226,12 @@ def test_blue_green_green_killed_in_standby_fails_over_to_blue(
             timer.start()
 
     profile = _long_standby(versions)
-    result = run_rollout(
-        versions, env_name, GOOD, traffic=load(), canary=profile, progress=kill_green
+    result = live.run_rollout(
+        versions, env_name, GOOD, traffic=live.load(), canary=profile, progress=kill_green
     )
 
     assert killed, "the loop never switched"
-    assert_rolled_back(versions, env_name, result)
+    live.assert_rolled_back(versions, env_name, result)
     assert result.decided_by == ["canary_down"], result.to_markdown()
     assert result.traffic is not None and result.traffic.failed <= 10, result.traffic
     assert reconcile.status(env_name, project.state.root).release("1").pid == blue_pid

@@ -6,7 +6,6 @@ before any test touches BentoML (as ``mlops package`` does in its entry point).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -14,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,12 +141,17 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
-@contextlib.contextmanager
-def serving(packaged: Packaged, logs: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """The packaged Bento under ``bentoml serve``, ready, its logs in ``logs``; then stopped."""
+@contextmanager
+def serving(
+    bento_tag: str, home: Path, logs: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """``bentoml serve`` of ``bento_tag``, ready, its prediction and labels logs under ``logs``.
+
+    ``env`` adds to the server's environment (e.g. a labels token). Stopped on exit.
+    """
     server = start_server(
-        packaged.result.bento_tag,
-        packaged.bentoml_home,
+        bento_tag,
+        home,
         logs / "server.log",
         env={
             "MLOPS_PREDICTION_LOG": str(logs / "predictions.jsonl"),
@@ -164,7 +169,8 @@ def serving(packaged: Packaged, logs: Path, env: dict[str, str] | None = None) -
 @pytest.fixture(scope="session")
 def served(packaged: Packaged, tmp_path_factory) -> Iterator[Server]:
     """The packaged Bento running under ``bentoml serve`` for the session."""
-    with serving(packaged, tmp_path_factory.mktemp("served")) as server:
+    logs = tmp_path_factory.mktemp("served")
+    with serving(packaged.result.bento_tag, packaged.bentoml_home, logs) as server:
         yield server
 
 

@@ -28,9 +28,9 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def guarded(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The packaged Bento served with a labels token set in its environment."""
-    with serving(
-        packaged, tmp_path_factory.mktemp("guarded"), {"MLOPS_LABELS_TOKEN": TOKEN}
-    ) as server:
+    logs = tmp_path_factory.mktemp("guarded")
+    env = {"MLOPS_LABELS_TOKEN": TOKEN}
+    with serving(packaged.result.bento_tag, packaged.bentoml_home, logs, env) as server:
         yield server
 
 

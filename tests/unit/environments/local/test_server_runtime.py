@@ -24,6 +24,13 @@ from pipelines.environments.local.servers import (
 pytestmark = pytest.mark.unit
 
 IMAGE = "localhost/model-server:v3-abc"
+SERVER_V3 = {
+    "version": "3",
+    "bento_tag": "model-server:v3-abc",
+    "port": 4003,
+    "prediction_log": "/p.jsonl",
+    "labels_log": "/l.jsonl",
+}
 
 
 @dataclass
@@ -41,6 +48,19 @@ class FakeEngine:
     def has_image(self, ref: str) -> bool:
         self.asked.append(f"image {ref}")
         return ref in self.images
+
+
+def container_impossible(down: str) -> pytest.MarkDecorator:
+    """The three things that stop a container: no image recorded, the engine down, no image."""
+    return pytest.mark.parametrize(
+        ("image", "engine", "reason"),
+        [
+            (None, FakeEngine(), "no image is recorded for v3"),
+            (IMAGE, FakeEngine(down=down), down),
+            (IMAGE, FakeEngine(images=set()), f"image {IMAGE} is not in podman's local store"),
+        ],
+        ids=["no-image", "engine-down", "image-absent"],
+    )
 
 
 def release(image: str | None = IMAGE) -> LiveRelease:
@@ -82,15 +102,7 @@ def test_auto_runs_the_image_when_podman_answers_and_has_it() -> None:
     assert IMAGE in choice.reason
 
 
-@pytest.mark.parametrize(
-    ("image", "engine", "reason"),
-    [
-        (None, FakeEngine(), "no image is recorded for v3"),
-        (IMAGE, FakeEngine(down="'podman info' failed: no runtime"), "no runtime"),
-        (IMAGE, FakeEngine(images=set()), f"image {IMAGE} is not in podman's local store"),
-    ],
-    ids=["no-image", "engine-down", "image-absent"],
-)
+@container_impossible("'podman info' failed: no runtime")
 def test_auto_falls_back_to_the_bento_with_the_reason(
     image: str | None, engine: FakeEngine, reason: str
 ) -> None:
@@ -122,15 +134,7 @@ def test_container_when_forced_and_possible() -> None:
     assert choice.runtime is Runtime.CONTAINER
 
 
-@pytest.mark.parametrize(
-    ("image", "engine", "reason"),
-    [
-        (None, FakeEngine(), "no image is recorded for v3"),
-        (IMAGE, FakeEngine(down="podman is not installed"), "podman is not installed"),
-        (IMAGE, FakeEngine(images=set()), f"image {IMAGE} is not in podman's local store"),
-    ],
-    ids=["no-image", "engine-down", "image-absent"],
-)
+@container_impossible("podman is not installed")
 def test_container_when_forced_but_impossible_fails_naming_why(
     image: str | None, engine: FakeEngine, reason: str
 ) -> None:
@@ -193,11 +197,7 @@ def test_a_server_recorded_before_containers_loads_as_bento() -> None:
 def test_a_container_server_round_trips_and_names_its_container() -> None:
     """A container server is recorded with its container, and found by name."""
     record = ServerRecord(
-        version="3",
-        bento_tag="model-server:v3-abc",
-        port=4003,
-        prediction_log="/p.jsonl",
-        labels_log="/l.jsonl",
+        **SERVER_V3,
         runtime=Runtime.CONTAINER,
         runtime_reason="test",
         container={
@@ -216,22 +216,9 @@ def test_a_container_server_round_trips_and_names_its_container() -> None:
 def test_a_server_with_the_wrong_handle_for_its_runtime_is_refused() -> None:
     """A container server without a container (or a Bento one without a process) is invalid."""
     with pytest.raises(ValueError, match="container server"):
-        ServerRecord(
-            version="3",
-            bento_tag="model-server:v3-abc",
-            port=4003,
-            prediction_log="/p.jsonl",
-            labels_log="/l.jsonl",
-            runtime=Runtime.CONTAINER,
-        )
+        ServerRecord(**SERVER_V3, runtime=Runtime.CONTAINER)
     with pytest.raises(ValueError, match="bento server"):
-        ServerRecord(
-            version="3",
-            bento_tag="model-server:v3-abc",
-            port=4003,
-            prediction_log="/p.jsonl",
-            labels_log="/l.jsonl",
-        )
+        ServerRecord(**SERVER_V3)
 
 
 def test_env_up_refuses_a_bad_setting_before_changing_anything(
