@@ -56,18 +56,29 @@ def test_tail_finishes_the_rotated_file_then_reads_the_new_one(tmp_path: Path) -
     assert _ids(_tail(log, cursor)[0]) == ["e"]
 
 
-def test_tail_reads_every_file_rotated_between_two_reads(tmp_path: Path) -> None:
-    """It reads the rest of ``.3``, then ``.2`` and ``.1`` whole, then the live file, in order."""
+@pytest.mark.parametrize(
+    ("keep_files", "expected"), [(5, ["b", "c", "d", "e", "f"]), (1, ["e", "f"])]
+)
+def test_tail_reads_every_file_rotated_between_two_reads(
+    tmp_path: Path, keep_files: int, expected: list[str]
+) -> None:
+    """It reads the rest of ``.3``, then ``.2`` and ``.1`` whole, then the live file, in order.
+
+    When the cursor's file was already deleted (``keep_files`` 1), it reads the files still
+    there from their start (a later file may reuse the deleted file's inode: its first bytes
+    tell them apart).
+    """
     log = tmp_path / "predictions.jsonl"
-    rotation = Rotation(max_bytes=1, keep_files=5)
+    rotation = Rotation(max_bytes=1, keep_files=keep_files)
     _append(log, "a")
     cursor = _cursor_at_end(log)
     for batch in (("b",), ("c", "d"), ("e",)):
         _append(log, *batch)
         rotation.rotate(log)
     _append(log, "f")
+    assert rotated_name(log, 2).exists() == (keep_files > 1)
     records, cursor, _ = _tail(log, cursor)
-    assert _ids(records) == ["b", "c", "d", "e", "f"]
+    assert _ids(records) == expected
     assert _tail(log, cursor)[0] == []
 
 
@@ -82,21 +93,6 @@ def test_tail_after_a_rotation_with_no_new_file_yet(tmp_path: Path) -> None:
     assert _ids(records) == ["b"]
     _append(log, "c")
     assert _ids(_tail(log, cursor)[0]) == ["c"]
-
-
-def test_tail_when_the_old_file_was_already_deleted(tmp_path: Path) -> None:
-    """It reads the files still there from their start when the cursor's file is gone."""
-    log = tmp_path / "predictions.jsonl"
-    rotation = Rotation(max_bytes=1, keep_files=1)
-    _append(log, "a")
-    cursor = _cursor_at_end(log)
-    for batch in ("b", "c"):
-        _append(log, batch)
-        rotation.rotate(log)
-    _append(log, "d")
-    assert not rotated_name(log, 2).exists()
-    records, _, _ = _tail(log, cursor)
-    assert _ids(records) == ["c", "d"]
 
 
 def test_tail_rereads_a_truncated_file_from_the_start(tmp_path: Path) -> None:

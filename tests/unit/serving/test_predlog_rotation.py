@@ -12,15 +12,8 @@ from pydantic import ValidationError
 from pipelines.config.base import ConfigError
 from pipelines.config.serve import PredictionLogConfig, load_serve_config
 from pipelines.monitoring.window import log_files, read_all
-from pipelines.serving.predlog import (
-    PredictionLog,
-    Rotation,
-    append_labels,
-    expired,
-    read_jsonl,
-    rotated_files,
-    rotated_name,
-)
+from pipelines.serving import predlog
+from pipelines.serving.predlog import PredictionLog, Rotation, read_jsonl, rotated_files
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[3]
@@ -48,7 +41,7 @@ def _log(path: Path, rotation: Rotation) -> PredictionLog:
 def test_rotated_names_are_numbered_siblings_newest_first(tmp_path: Path) -> None:
     """It names rotated files ``<name>.N`` and lists the numbered ones only, newest first."""
     live = tmp_path / "predictions.jsonl"
-    assert rotated_name(live, 1) == tmp_path / "predictions.jsonl.1"
+    assert predlog.rotated_name(live, 1) == tmp_path / "predictions.jsonl.1"
     for name in ("predictions.jsonl.10", "predictions.jsonl.2", "predictions.jsonl.1"):
         _write(tmp_path / name, "{}\n")
     for name in ("predictions.jsonl.01", "predictions.jsonl.tmp", "labels.jsonl.1"):
@@ -59,7 +52,7 @@ def test_rotated_names_are_numbered_siblings_newest_first(tmp_path: Path) -> Non
         "predictions.jsonl.10",
     ]
     with pytest.raises(ValueError, match="starts at 1"):
-        rotated_name(live, 0)
+        predlog.rotated_name(live, 0)
 
 
 def test_expired_drops_files_beyond_the_count_and_the_half_age(tmp_path: Path) -> None:
@@ -69,9 +62,9 @@ def test_expired_drops_files_beyond_the_count_and_the_half_age(tmp_path: Path) -
     older = _write(tmp_path / "p.2", "b\n", now - 60)
     oldest = _write(tmp_path / "p.3", "c\n", now - 70)
     files = [newest, older, oldest]
-    assert expired(files, 2, None, now) == [oldest]
-    assert expired(files, 3, 100.0, now) == [older, oldest]
-    assert expired(files, 0, None, now) == files
+    assert predlog.expired(files, 2, None, now) == [oldest]
+    assert predlog.expired(files, 3, 100.0, now) == [older, oldest]
+    assert predlog.expired(files, 0, None, now) == files
 
 
 def test_rotation_due_by_size_or_half_age() -> None:
@@ -155,11 +148,11 @@ def test_writer_rotates_and_deletes_by_age(tmp_path: Path) -> None:
         os.utime(live, (start + 40, start + 40))  # its last line came at +40
         assert not writer.retain(now=start + 49)
         assert writer.retain(now=start + 51)
-        assert [r["request_id"] for r in read_jsonl(rotated_name(live, 1))] == ["old"]
+        assert [r["request_id"] for r in read_jsonl(predlog.rotated_name(live, 1))] == ["old"]
         writer.record("new", start + 52, [[1.0]], [0], None, 1.0)
         writer.flush()
         assert not writer.retain(now=start + 89)
-        assert rotated_files(live) == [rotated_name(live, 1)]
+        assert rotated_files(live) == [predlog.rotated_name(live, 1)]
         assert not writer.retain(now=start + 91)  # +40 is more than half the age ago
         assert rotated_files(live) == []
         assert [r["request_id"] for r in read_jsonl(live)] == ["new"]
@@ -176,7 +169,7 @@ def test_writer_ages_an_existing_file_by_its_first_line(tmp_path: Path) -> None:
         assert writer.retain()
     finally:
         writer.close()
-    assert [r["request_id"] for r in read_jsonl(rotated_name(live, 1))] == ["left"]
+    assert [r["request_id"] for r in read_jsonl(predlog.rotated_name(live, 1))] == ["left"]
 
 
 def test_labels_log_rotates_before_an_append_when_due(tmp_path: Path) -> None:
@@ -184,7 +177,7 @@ def test_labels_log_rotates_before_an_append_when_due(tmp_path: Path) -> None:
     path = tmp_path / "labels.jsonl"
     rotation = Rotation(max_bytes=150, keep_files=10)
     for i in range(12):
-        append_labels(path, [{"request_id": f"r{i}", "row": 0, "label": 1}], rotation)
+        predlog.append_labels(path, [{"request_id": f"r{i}", "row": 0, "label": 1}], rotation)
     assert len(rotated_files(path)) >= 3
     in_order = [*reversed(rotated_files(path)), path]
     assert [r["request_id"] for f in in_order for r in read_jsonl(f)] == [
