@@ -240,6 +240,8 @@ class PredictionLog:
             if not items:
                 return 0
             data = b"".join(self._line(item) for item in items)
+            if self._size == 0:
+                self._born = time.time()  # a file's age counts from its first line
             _append(self._fd, data)
             self._size += len(data)
             if self._dropped:

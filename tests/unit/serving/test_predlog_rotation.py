@@ -149,12 +149,12 @@ def test_writer_rotates_and_deletes_by_age(tmp_path: Path) -> None:
         assert not writer.retain(now=start + 49)
         assert writer.retain(now=start + 51)
         assert [r["request_id"] for r in read_jsonl(predlog.rotated_name(live, 1))] == ["old"]
-        writer.record("new", start + 52, [[1.0]], [0], None, 1.0)
-        writer.flush()
         assert not writer.retain(now=start + 89)
         assert rotated_files(live) == [predlog.rotated_name(live, 1)]
         assert not writer.retain(now=start + 91)  # +40 is more than half the age ago
         assert rotated_files(live) == []
+        writer.record("new", start + 92, [[1.0]], [0], None, 1.0)
+        writer.flush()
         assert [r["request_id"] for r in read_jsonl(live)] == ["new"]
     finally:
         writer.close()
@@ -170,6 +170,21 @@ def test_writer_ages_an_existing_file_by_its_first_line(tmp_path: Path) -> None:
     finally:
         writer.close()
     assert [r["request_id"] for r in read_jsonl(predlog.rotated_name(live, 1))] == ["left"]
+
+
+def test_writer_ages_a_file_from_its_first_line_not_from_opening(tmp_path: Path) -> None:
+    """It does not rotate a file that stayed empty for long as soon as its first line comes."""
+    live = tmp_path / "predictions.jsonl"
+    writer = _log(live, Rotation(max_bytes=1 << 20, keep_files=1, max_age_s=100.0))
+    try:
+        opened = time.time()
+        assert not writer.retain(now=opened + 500)
+        writer.record("first", opened + 500, [[1.0]], [0], None, 1.0)
+        writer.flush()
+        assert not writer.retain(now=time.time() + 10)
+        assert rotated_files(live) == []
+    finally:
+        writer.close()
 
 
 def test_labels_log_rotates_before_an_append_when_due(tmp_path: Path) -> None:
