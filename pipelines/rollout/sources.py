@@ -130,11 +130,14 @@ def _parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
     return records, end + 1, bad
 
 
-def _rotated_tail(path: Path, cursor: Cursor, live: tuple[int, bytes] | None) -> list[bytes]:
+def _rotated_tail(
+    path: Path, cursor: Cursor, live: tuple[int, bytes] | None
+) -> list[tuple[Cursor, bytes]]:
     """What was appended since ``cursor`` to files rotated away from ``path``, oldest first.
 
     The rest of the cursor's file (found among the rotated siblings), then every newer
-    rotated file whole, up to (not including) the live file (``live``: its identity).
+    rotated file whole, up to (not including) the live file (``live``: its identity); each
+    with the cursor where its bytes start.
     """
     handles = []  # open at once: a rotation meanwhile renames them, they stay the same files
     try:
@@ -147,7 +150,7 @@ def _rotated_tail(path: Path, cursor: Cursor, live: tuple[int, bytes] | None) ->
         found = [i for i, ident in enumerate(idents) if cursor.names(*ident)]
         if found:
             handles[found[0]].seek(cursor.offset)
-            chunks = [handles[found[0]].read()]
+            chunks = [(cursor, handles[found[0]].read())]
             newer = found[0]
         else:
             log.warning("%s was rotated and its old file deleted before it was all read", path)
@@ -155,7 +158,7 @@ def _rotated_tail(path: Path, cursor: Cursor, live: tuple[int, bytes] | None) ->
         for handle, ident in reversed(list(zip(handles[:newer], idents, strict=False))):
             if live is not None and Cursor(live[0], 0, live[1]).names(*ident):
                 break  # rotated after it was opened as the live file: read from there
-            chunks.append(handle.read())
+            chunks.append((Cursor(ident[0], 0, ident[1]), handle.read()))
         return chunks
     finally:
         for handle in handles:
@@ -177,7 +180,7 @@ def _tail(path: Path, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor, int
         handle = None
     try:
         live = None if handle is None else _identity(handle.fileno())
-        chunks: list[bytes] = []
+        chunks: list[tuple[Cursor, bytes]] = []
         offset = cursor.offset
         if cursor.inode is not None and (live is None or not cursor.names(*live)):
             chunks = _rotated_tail(path, cursor, live)
@@ -186,12 +189,15 @@ def _tail(path: Path, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor, int
             offset = 0
         records: list[dict[str, Any]] = []
         bad = 0
-        for chunk in chunks:
-            got, _, got_bad = _parse_lines(chunk)
+        for start, chunk in chunks:
+            got, used, got_bad = _parse_lines(chunk)
             records += got
             bad += got_bad
+            cursor = Cursor(start.inode, start.offset + used, start.head)
         if handle is None:
-            return records, Cursor(None, 0), bad
+            # Between the rename and the new file: stay on the last rotated file read, so
+            # the files rotated before the next read are found from it.
+            return records, cursor, bad
         handle.seek(offset)
         got, used, got_bad = _parse_lines(handle.read())
         inode, head = _identity(handle.fileno())

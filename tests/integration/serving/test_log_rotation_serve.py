@@ -76,17 +76,19 @@ def test_server_rotates_its_logs_under_traffic_and_readers_see_every_line(
                     assert http.post("/labels", json={"labels": [label]}).status_code == 200
             return ids
 
-        reader = threading.Thread(target=tail)
+        reader = threading.Thread(target=tail, daemon=True)
         reader.start()
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            answered = [i for ids in pool.map(client, range(CLIENTS)) for i in ids]
-        # The writer flushes every 10 ms: wait until every answered request is on disk.
-        for _ in range(200):
-            if len(read_all(predictions)) >= len(answered):
-                break
-            done.wait(0.05)
-        done.set()
-        reader.join(timeout=30)
+        try:
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                answered = [i for ids in pool.map(client, range(CLIENTS)) for i in ids]
+            # The writer flushes every 10 ms: wait until the tail has read every request.
+            for _ in range(200):
+                if len(tailed) >= len(answered):
+                    break
+                threading.Event().wait(0.05)
+        finally:
+            done.set()
+            reader.join(timeout=30)
 
     assert len(answered) == CLIENTS * REQUESTS == len(set(answered))
     rotated = rotated_files(predictions)

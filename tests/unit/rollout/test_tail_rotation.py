@@ -83,16 +83,23 @@ def test_tail_reads_every_file_rotated_between_two_reads(
 
 
 def test_tail_after_a_rotation_with_no_new_file_yet(tmp_path: Path) -> None:
-    """It reads the rotated rest when the writer has not reopened the file yet, then the new one."""
+    """It reads the rotated rest when the writer has not reopened the file yet.
+
+    Its cursor stays on that rotated file, so a whole file written and rotated before the
+    next read is not skipped.
+    """
     log = tmp_path / "predictions.jsonl"
+    rotation = Rotation(max_bytes=1, keep_files=5)
     _append(log, "a")
     cursor = _cursor_at_end(log)
     _append(log, "b")
-    Rotation(max_bytes=1, keep_files=1).rotate(log)
+    rotation.rotate(log)
     records, cursor, _ = _tail(log, cursor)
     assert _ids(records) == ["b"]
     _append(log, "c")
-    assert _ids(_tail(log, cursor)[0]) == ["c"]
+    rotation.rotate(log)
+    _append(log, "d")
+    assert _ids(_tail(log, cursor)[0]) == ["c", "d"]
 
 
 def test_tail_rereads_a_truncated_file_from_the_start(tmp_path: Path) -> None:
