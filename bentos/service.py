@@ -137,6 +137,7 @@ class ModelServer:
                 classes=self.runner.classes,
                 flush_interval_ms=log_config.flush_interval_ms,
                 max_pending=log_config.max_pending,
+                rotation=log_config.rotation(),
             )
             if log_config.enabled and os.environ.get("MLOPS_PREDICTION_LOG") != "off"
             else None
@@ -230,6 +231,7 @@ class ModelServer:
                 }
                 for item in posted
             ],
+            MANIFEST.serve.labels.rotation(),
         )
         self._label_book.commit(posted)
         return Response(orjson.dumps({"recorded": recorded}), media_type=_JSON)

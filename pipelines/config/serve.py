@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.config.base import Strict, load_file
+from pipelines.serving.predlog import Rotation
 
 
 class ApiConfig(Strict):
@@ -40,7 +41,38 @@ class BatchingConfig(Strict):
     )
 
 
-class PredictionLogConfig(Strict):
+class RotationFields(Strict):
+    """Retention of a log that holds raw inputs: rotated by size and age, then deleted.
+
+    The live file is renamed ``<name>.1`` (older ones shift to ``.2``...) once it reaches
+    ``rotate_bytes`` or half of ``max_age_days``; rotated files beyond ``keep_files``, or
+    last written more than half of ``max_age_days`` ago, are deleted. A log thus keeps at most
+    ``rotate_bytes * (keep_files + 1)`` bytes and no line older than ``max_age_days``.
+    """
+
+    rotate_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=4096,
+        le=1 << 40,
+        description="The live file is rotated once it holds this many bytes.",
+    )
+    keep_files: int = Field(
+        default=4, ge=0, le=1000, description="Rotated files kept; older ones are deleted."
+    )
+    max_age_days: float | None = Field(
+        default=7.0,
+        gt=0.0,
+        le=3650.0,
+        description="No line is kept longer than this; null: kept until size pushes it out.",
+    )
+
+    def rotation(self) -> Rotation:
+        """The writer's :class:`~pipelines.serving.predlog.Rotation` for these settings."""
+        max_age_s = None if self.max_age_days is None else self.max_age_days * 86_400.0
+        return Rotation(self.rotate_bytes, self.keep_files, max_age_s)
+
+
+class PredictionLogConfig(RotationFields):
     """The structured prediction log (JSON lines), written off the request path."""
 
     enabled: bool = True
@@ -54,7 +86,7 @@ class PredictionLogConfig(Strict):
     )
 
 
-class LabelsConfig(Strict):
+class LabelsConfig(RotationFields):
     """Delayed ground-truth labels: who may post them, for which ids, and where they go.
 
     A label is accepted only for a request id this server process answered among its last

@@ -20,6 +20,7 @@ A line that cannot be parsed is not dropped silently: it is counted in its windo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from pipelines.canary.observations import predictions_agree
 from pipelines.config.canary import AgreementSignal
 from pipelines.environments.local import reconcile
 from pipelines.environments.local.gateway import ACCESS_LOG, VERSION_HEADER
+from pipelines.serving.predlog import rotated_files
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +72,47 @@ class ObservationSource(Protocol):
         ...
 
 
-def _tail(path: Path, offset: int) -> tuple[list[dict[str, Any]], int, int]:
-    """The JSON lines of ``path`` after ``offset``, the offset after them, the bad lines.
+@dataclass(frozen=True)
+class Cursor:
+    """Where reading a log stopped: the file (by inode) and the byte offset in it.
 
-    Only complete lines are read; a line that is not a JSON object is counted as bad. A file
-    shorter than ``offset`` was truncated or replaced: it is read from the start.
+    The inode follows the file through a rotation by rename: when ``predictions.jsonl`` has
+    become ``predictions.jsonl.1``, its unread tail is still found there. The file's first
+    bytes (``head``) tell it from a later file that reuses a deleted file's inode.
     """
-    if not path.is_file():
-        return [], offset, 0
-    if path.stat().st_size < offset:
-        offset = 0
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read()
+
+    inode: int | None
+    offset: int
+    head: bytes = b""
+
+    def names(self, inode: int, head: bytes) -> bool:
+        """Whether the file of ``inode`` starting with ``head`` is the cursor's file."""
+        return inode == self.inode and head[: len(self.head)] == self.head
+
+
+_HEAD_BYTES = 64
+
+
+def _identity(fd: int) -> tuple[int, bytes]:
+    """A file's inode and first bytes."""
+    return os.fstat(fd).st_ino, os.pread(fd, _HEAD_BYTES, 0)
+
+
+def _cursor_at_end(path: Path) -> Cursor:
+    """A cursor after the last byte of ``path`` (offset 0 of a file not yet there)."""
+    try:
+        with path.open("rb") as handle:
+            inode, head = _identity(handle.fileno())
+            return Cursor(inode, os.fstat(handle.fileno()).st_size, head)
+    except FileNotFoundError:
+        return Cursor(None, 0)
+
+
+def _parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
+    """The JSON objects of ``data``'s complete lines, the bytes they take, the bad lines."""
     end = data.rfind(b"\n")
     if end < 0:
-        return [], offset, 0
+        return [], 0, 0
     records: list[dict[str, Any]] = []
     bad = 0
     for line in data[: end + 1].splitlines():
@@ -100,7 +127,84 @@ def _tail(path: Path, offset: int) -> tuple[list[dict[str, Any]], int, int]:
             records.append(record)
         else:
             bad += 1
-    return records, offset + end + 1, bad
+    return records, end + 1, bad
+
+
+def _rotated_tail(
+    path: Path, cursor: Cursor, live: tuple[int, bytes] | None
+) -> list[tuple[Cursor, bytes]]:
+    """What was appended since ``cursor`` to files rotated away from ``path``, oldest first.
+
+    The rest of the cursor's file (found among the rotated siblings), then every newer
+    rotated file whole, up to (not including) the live file (``live``: its identity); each
+    with the cursor where its bytes start.
+    """
+    handles = []  # open at once: a rotation meanwhile renames them, they stay the same files
+    try:
+        for sibling in rotated_files(path):  # newest first
+            try:
+                handles.append(sibling.open("rb"))
+            except FileNotFoundError:
+                continue
+        idents = [_identity(h.fileno()) for h in handles]
+        found = [i for i, ident in enumerate(idents) if cursor.names(*ident)]
+        if found:
+            handles[found[0]].seek(cursor.offset)
+            chunks = [(cursor, handles[found[0]].read())]
+            newer = found[0]
+        else:
+            log.warning("%s was rotated and its old file deleted before it was all read", path)
+            chunks, newer = [], len(handles)
+        for handle, ident in reversed(list(zip(handles[:newer], idents, strict=False))):
+            if live is not None and Cursor(live[0], 0, live[1]).names(*ident):
+                break  # rotated after it was opened as the live file: read from there
+            chunks.append((Cursor(ident[0], 0, ident[1]), handle.read()))
+        return chunks
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _tail(path: Path, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor, int]:
+    """The JSON lines of ``path`` after ``cursor``, the cursor after them, the bad lines.
+
+    Only complete lines are read; a line that is not a JSON object is counted as bad. When
+    the file at ``path`` is no longer the one the cursor points into (rotated by rename), the
+    rest of the old file is read from its rotated sibling (``<name>.1``, ``.2``...), then every
+    newer rotated file and the new file from their start: no line is lost or read twice. The
+    same file shorter than the offset was truncated: it is read from the start.
+    """
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        handle = None
+    try:
+        live = None if handle is None else _identity(handle.fileno())
+        chunks: list[tuple[Cursor, bytes]] = []
+        offset = cursor.offset
+        if cursor.inode is not None and (live is None or not cursor.names(*live)):
+            chunks = _rotated_tail(path, cursor, live)
+            offset = 0
+        elif handle is not None and os.fstat(handle.fileno()).st_size < offset:
+            offset = 0
+        records: list[dict[str, Any]] = []
+        bad = 0
+        for start, chunk in chunks:
+            got, used, got_bad = _parse_lines(chunk)
+            records += got
+            bad += got_bad
+            cursor = Cursor(start.inode, start.offset + used, start.head)
+        if handle is None:
+            # Between the rename and the new file: stay on the last rotated file read, so
+            # the files rotated before the next read are found from it.
+            return records, cursor, bad
+        handle.seek(offset)
+        got, used, got_bad = _parse_lines(handle.read())
+        inode, head = _identity(handle.fileno())
+        return records + got, Cursor(inode, offset + used, head), bad + got_bad
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 @dataclass(frozen=True)
@@ -160,10 +264,6 @@ def parse_access_line(record: dict[str, Any], path: str = "/predict") -> Answer 
         latency_ms=float(duration) * 1000.0,
         request_id=_header(headers, REQUEST_ID_HEADER),
     )
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
 
 
 @dataclass
@@ -280,7 +380,7 @@ class LogSource:
         self.waiting_copies: list[tuple[str, str]] = []  # (canary id, stable id) not yet logged
         self.pred_logs: dict[str, Path] = {}
         self.label_logs: dict[str, Path] = {}
-        self.offsets: dict[Path, int] = {}
+        self.offsets: dict[Path, Cursor] = {}
         for item in status.releases:
             if item.version in (stable, canary):
                 self.pred_logs[item.version] = Path(item.prediction_log)
@@ -288,7 +388,7 @@ class LogSource:
         # Only what happens from now on counts: older lines belong to earlier rollouts.
         extra = tuple(p for p in (gateway_log, mirror_log) if p is not None)
         for path in (*self.pred_logs.values(), *self.label_logs.values(), *extra):
-            self.offsets[path] = _size(path)
+            self.offsets[path] = _cursor_at_end(path)
         self.labels: dict[str, dict[str, Any]] = {v: {} for v in (stable, canary)}
         self.logged: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in (stable, canary)}
         self.waiting: list[tuple[str, str]] = []  # (version, request id) not yet in the log
@@ -301,7 +401,7 @@ class LogSource:
         return sum(w.unparsable for w in self.windows) + self._bad
 
     def _read(self, path: Path) -> list[dict[str, Any]]:
-        records, self.offsets[path], bad = _tail(path, self.offsets.get(path, 0))
+        records, self.offsets[path], bad = _tail(path, self.offsets.get(path, Cursor(None, 0)))
         self._count_bad(path, bad)
         return records
 
@@ -342,7 +442,7 @@ class LogSource:
         assert self.gateway_log is not None
         answers: list[Answer] = []
         path = self.gateway_log
-        records, self.offsets[path], bad = _tail(path, self.offsets.get(path, 0))
+        records, self.offsets[path], bad = _tail(path, self.offsets.get(path, Cursor(None, 0)))
         for record in records:
             try:
                 answer = parse_access_line(record)

@@ -15,6 +15,14 @@ per-request allocation beyond the id itself. :class:`LabelBook` checks a ``POST 
 against that memory before anything is written, and remembers the labels it accepted (for ids
 still remembered) to refuse a duplicate or a conflicting label. A body is accepted whole or
 refused whole: a refusal lists every label at fault, and nothing of it is recorded.
+
+Retention (:class:`Rotation`): a log holds raw inputs, so it is rotated by rename. When the
+file reaches ``max_bytes``, or is older than half of ``max_age_s``, it becomes ``<name>.1``
+(``.1`` becomes ``.2``, and so on) and a new file is started; rotated files beyond
+``keep_files``, or last written more than half of ``max_age_s`` ago, are deleted. So a log keeps
+at most ``max_bytes * (keep_files + 1)`` bytes, and no line older than ``max_age_s``
+(give or take a check interval). The prediction log's writer thread rotates between flushes,
+never on the request path.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +56,117 @@ def _open_append(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
+def rotated_name(path: Path, index: int) -> Path:
+    """The ``index``-th rotated sibling of ``path`` (1 is the most recent): ``<name>.<index>``."""
+    if index < 1:
+        raise ValueError("a rotated file's index starts at 1")
+    return path.with_name(f"{path.name}.{index}")
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """The numbered rotated siblings of ``path`` that exist, newest first (``.1``, ``.2``...)."""
+    found: list[tuple[int, Path]] = []
+    for sibling in path.parent.glob(f"{path.name}.*"):
+        suffix = sibling.name[len(path.name) + 1 :]
+        if suffix.isdigit() and suffix[0] != "0" and sibling.is_file():
+            found.append((int(suffix), sibling))
+    return [sibling for _, sibling in sorted(found)]
+
+
+def expired(
+    files: Sequence[Path], keep_files: int, max_age_s: float | None, now: float
+) -> list[Path]:
+    """Which rotated ``files`` (newest first) retention deletes.
+
+    Those beyond the first ``keep_files``, and those last written more than ``max_age_s / 2``
+    ago (their lines were all written before that; the live file is rotated at half the age
+    too, so no line outlives ``max_age_s``).
+    """
+    doomed = list(files[keep_files:])
+    if max_age_s is not None:
+        horizon = now - max_age_s / 2
+        doomed += [f for f in files[:keep_files] if f.stat().st_mtime < horizon]
+    return doomed
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """When a log is rotated and how much of it is kept.
+
+    Attributes:
+        max_bytes: The live file is rotated once it holds this many bytes.
+        keep_files: How many rotated files are kept (older ones are deleted).
+        max_age_s: No line is kept longer than this (None: no age limit).
+    """
+
+    max_bytes: int
+    keep_files: int
+    max_age_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.keep_files < 0:
+            raise ValueError("max_bytes must be at least 1 and keep_files at least 0")
+        if self.max_age_s is not None and self.max_age_s <= 0:
+            raise ValueError("max_age_s must be positive")
+
+    def due(self, size: int, born: float, now: float) -> bool:
+        """Whether a live file of ``size`` bytes, started at ``born``, is to be rotated now."""
+        if size == 0:
+            return False
+        if size >= self.max_bytes:
+            return True
+        return self.max_age_s is not None and now - born >= self.max_age_s / 2
+
+    def rotate(self, path: Path) -> None:
+        """Rename ``path`` to ``.1`` (shifting the rotated ones) and delete what retention drops.
+
+        The caller reopens ``path`` afterwards (a writer holding the old descriptor would
+        keep appending to ``.1``).
+        """
+        for sibling in reversed(rotated_files(path)):
+            index = int(sibling.name[len(path.name) + 1 :])
+            target = rotated_name(path, index + 1)
+            if index + 1 > self.keep_files:
+                sibling.unlink(missing_ok=True)
+            else:
+                sibling.rename(target)
+        if self.keep_files == 0:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            path.rename(rotated_name(path, 1))
+        log.info("rotated %s (keeping %d rotated files)", path, self.keep_files)
+
+    def prune(self, path: Path, now: float) -> list[Path]:
+        """Delete the rotated files of ``path`` that retention drops; return them."""
+        doomed = expired(rotated_files(path), self.keep_files, self.max_age_s, now)
+        for old in doomed:
+            old.unlink(missing_ok=True)
+        if doomed:
+            log.info("deleted %d expired rotated file(s) of %s", len(doomed), path)
+        return doomed
+
+
+def _born(path: Path, now: float) -> float:
+    """When the live file's first line was written: its ``timestamp`` / ``received_at``.
+
+    ``now`` for a missing or empty file; the file's modification time when the first line
+    carries no readable time.
+    """
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        return now
+    if not first.endswith(b"\n"):
+        return now if not first else os.stat(path).st_mtime
+    try:
+        record = orjson.loads(first)
+        stamp = record.get("timestamp") or record.get("received_at")
+        return datetime.fromisoformat(stamp).timestamp()
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return os.stat(path).st_mtime
+
+
 class PredictionLog:
     """Buffered, non-blocking writer of one JSON line per prediction request."""
 
@@ -60,8 +180,10 @@ class PredictionLog:
         classes: Sequence[Any] | None = None,
         flush_interval_ms: float = 50.0,
         max_pending: int = 100_000,
+        rotation: Rotation | None = None,
     ) -> None:
         self.path = path
+        self.rotation = rotation
         self._model = {"name": model_name, "version": model_version}
         self._features = list(feature_names)
         self._classes = None if classes is None else list(classes)
@@ -71,6 +193,9 @@ class PredictionLog:
         self._dropped = 0
         self._lock = threading.Lock()  # serializes flushes (thread and close), not appends
         self._fd = _open_append(path)
+        self._born = _born(path, time.time())
+        self._size = os.fstat(self._fd).st_size
+        self._next_prune = 0.0  # expired rotated files are looked for at most once a second
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -114,16 +239,45 @@ class PredictionLog:
                 items.append(self._pending.popleft())
             if not items:
                 return 0
-            _append(self._fd, b"".join(self._line(item) for item in items))
+            data = b"".join(self._line(item) for item in items)
+            if self._size == 0:
+                self._born = time.time()  # a file's age counts from its first line
+            _append(self._fd, data)
+            self._size += len(data)
             if self._dropped:
                 log.warning("prediction log over capacity: dropped %d records", self._dropped)
                 self._dropped = 0
             return len(items)
 
+    def retain(self, now: float | None = None) -> bool:
+        """Rotate the live file if it is due, and delete expired rotated files.
+
+        Called by the writer thread after each flush (never on the request path).
+
+        Returns:
+            Whether the live file was rotated.
+        """
+        if self.rotation is None:
+            return False
+        now = time.time() if now is None else now
+        with self._lock:
+            rotated = self.rotation.due(self._size, self._born, now)
+            if rotated:
+                os.close(self._fd)
+                self.rotation.rotate(self.path)
+                self._fd = _open_append(self.path)
+                self._size = os.fstat(self._fd).st_size
+                self._born = now
+            if rotated or now >= self._next_prune:
+                self.rotation.prune(self.path, now)
+                self._next_prune = now + 1.0
+            return rotated
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
                 self.flush()
+                self.retain()
             except OSError:
                 log.exception("writing the prediction log %s failed", self.path)
 
@@ -135,9 +289,20 @@ class PredictionLog:
         os.close(self._fd)
 
 
-def append_labels(path: Path, labels: Sequence[dict[str, Any]]) -> int:
-    """Append ground-truth labels as JSON lines, each stamped with when it was received."""
-    received = datetime.now(UTC).isoformat()
+def append_labels(
+    path: Path, labels: Sequence[dict[str, Any]], rotation: Rotation | None = None
+) -> int:
+    """Append ground-truth labels as JSON lines, each stamped with when it was received.
+
+    With ``rotation``, the labels log is rotated first when it is due (labels are rare, and a
+    rename is cheap), and its expired rotated files are deleted.
+    """
+    now = time.time()
+    if rotation is not None and path.is_file():
+        if rotation.due(path.stat().st_size, _born(path, now), now):
+            rotation.rotate(path)
+        rotation.prune(path, now)
+    received = datetime.fromtimestamp(now, UTC).isoformat()
     data = b"".join(orjson.dumps({**label, "received_at": received}) + b"\n" for label in labels)
     fd = _open_append(path)
     try:
