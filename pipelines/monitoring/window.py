@@ -26,20 +26,46 @@ log = logging.getLogger(__name__)
 ROTATED_SUFFIX = re.compile(r"^\.[0-9][0-9A-Za-z:_-]*$")
 
 
+def _generation(path: Path, file: Path) -> int:
+    """How many rotations ago ``file`` was the live file (a timestamped sibling counts 0)."""
+    suffix = file.name[len(path.name) + 1 :]
+    return int(suffix) if suffix.isdigit() and len(suffix) <= 4 else 0
+
+
 def log_files(path: Path) -> list[Path]:
-    """``path`` and its rotated siblings that exist, oldest first (by modification time)."""
-    siblings = [
+    """``path`` and its rotated siblings that exist, oldest first.
+
+    Ordered by modification time; within one clock tick ``.2`` before ``.1`` before the live
+    file. A file the server rotates away or deletes while this lists them is left out.
+    """
+    candidates = [
         p
         for p in path.parent.glob(f"{path.name}.*")
-        if p.is_file() and ROTATED_SUFFIX.fullmatch(p.name[len(path.name) :])
+        if ROTATED_SUFFIX.fullmatch(p.name[len(path.name) :])
     ]
-    files = [*siblings, *([path] if path.is_file() else [])]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name != path.name, p.name))
+    entries = []
+    for file in [*candidates, path]:
+        try:
+            modified = file.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        entries.append((modified, -_generation(path, file), file.name, file))
+    return [file for *_, file in sorted(entries)]
 
 
 def read_all(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of ``path`` and its rotated siblings."""
-    return [record for file in log_files(path) for record in read_jsonl(file)]
+    """Every complete record of ``path`` and its rotated siblings.
+
+    A file deleted by the server's retention between the listing and the read is skipped,
+    with a warning: its records are past the retention the server was configured with.
+    """
+    records: list[dict[str, Any]] = []
+    for file in log_files(path):
+        try:
+            records.extend(read_jsonl(file))
+        except FileNotFoundError:
+            log.warning("%s was rotated away while being read: skipped", file)
+    return records
 
 
 @dataclass(frozen=True)

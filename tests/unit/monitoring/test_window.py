@@ -51,6 +51,18 @@ def test_rotated_siblings_are_read_oldest_first(tmp_path: Path) -> None:
     ]
 
 
+def test_files_rotated_within_one_clock_tick_keep_their_rotation_order(tmp_path: Path) -> None:
+    """It reads .2 before .1 before the live file when their modification times are equal."""
+    log = tmp_path / "predictions.jsonl"
+    for name in ("predictions.jsonl", "predictions.jsonl.1", "predictions.jsonl.2"):
+        _write(tmp_path / name, [], 0)
+    assert [p.name for p in log_files(log)] == [
+        "predictions.jsonl.2",
+        "predictions.jsonl.1",
+        "predictions.jsonl",
+    ]
+
+
 def test_window_keeps_its_version_and_time_and_joins_labels(tmp_path: Path) -> None:
     """It keeps the serving version's requests inside the window and joins their labels."""
     log = tmp_path / "predictions.jsonl"
