@@ -65,7 +65,7 @@ def regressor_configs(target: Path) -> None:
     The variant holds only what differs from ``configs/``; the canary config is the fast local
     profile with the regressor's error metric in place of the classifier's.
     """
-    for name in ("data.yaml", "train.yaml", "validate.yaml"):
+    for name in ("data.yaml", "train.yaml", "validate.yaml", "monitor.yaml"):
         shutil.copy(VARIANT / name, target / name)
     profile = yaml.safe_load(PROFILE.read_text())
     profile["quality"]["metrics"] = QUALITY

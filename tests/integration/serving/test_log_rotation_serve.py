@@ -49,7 +49,8 @@ def test_server_rotates_its_logs_under_traffic_and_readers_see_every_line(
     rows = load_dataset(config.data, config.root).X.head(3).to_dict(orient="records")
     logs = tmp_path / "logs"
     logs.mkdir()
-    with serving(packaged, logs, {"MLOPS_SERVING_MANIFEST": str(manifest)}) as server:
+    env = {"MLOPS_SERVING_MANIFEST": str(manifest)}
+    with serving(packaged.result.bento_tag, packaged.bentoml_home, logs, env) as server:
         predictions = logs / "predictions.jsonl"
         tailed: list[str] = []
         done = threading.Event()
