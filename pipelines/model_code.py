@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,11 @@ class ModelCode:
     def build(self, params: dict[str, Any], seed: int) -> Any:
         """Validate ``params`` and return an unfitted estimator."""
         return self.module.build(self.params_model.model_validate(params), seed)
+
+
+# One import at a time: a second thread importing the same package would replace the module in
+# ``sys.modules`` while the first one's ``Params`` still resolves its annotations through it.
+_IMPORT_LOCK = threading.Lock()
 
 
 def available_models(models_dir: Path) -> list[str]:
@@ -69,12 +75,13 @@ def load_model_code(models_dir: Path, name: str, config_file: Path | None = None
     if spec is None or spec.loader is None:
         raise ConfigError(f"{where}: cannot import {package}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ConfigError(f"{package}: importing the model package failed: {exc!r}") from exc
+    with _IMPORT_LOCK:
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise ConfigError(f"{package}: importing the model package failed: {exc!r}") from exc
 
     missing = [attr for attr in ("TASK", "Params", "build") if not hasattr(module, attr)]
     if missing:
@@ -87,6 +94,12 @@ def load_model_code(models_dir: Path, name: str, config_file: Path | None = None
         ) from None
     if not (isinstance(module.Params, type) and issubclass(module.Params, BaseModel)):
         raise ConfigError(f"{package}: Params must be a pydantic BaseModel subclass")
+    # Resolve string annotations (``from __future__ import annotations``) against this module's
+    # own names now, not later through whatever ``sys.modules`` holds under its name by then.
+    try:
+        module.Params.model_rebuild(force=True, _types_namespace=dict(vars(module)))
+    except Exception as exc:
+        raise ConfigError(f"{package}: Params cannot be built: {exc}") from exc
     return ModelCode(
         name=name, path=package.parent, task=task, params_model=module.Params, module=module
     )

@@ -67,3 +67,45 @@ def test_unknown_model_lists_the_available_ones(tmp_path: Path) -> None:
     write_model(tmp_path, "alpha", "")
     with pytest.raises(ConfigError, match=r"no model package 'beta' .*\(available: alpha\)"):
         load_model_code(tmp_path, "beta")
+
+
+def test_threads_loading_the_same_model_each_get_a_usable_params(tmp_path: Path) -> None:
+    """The live controller and the main thread load the model at once: both validate params.
+
+    A model whose ``Params`` names a ``Literal`` under postponed annotations must validate in
+    every thread, however the imports interleave (a CI run once failed with "Params is not
+    fully defined" when a second import replaced the module under the first).
+    """
+    import threading
+
+    models = write_model(
+        tmp_path,
+        "slow_import",
+        "from __future__ import annotations\n"
+        "import time\n"
+        "time.sleep(0.01)\n"
+        "from typing import Literal\n"
+        "from pydantic import BaseModel, ConfigDict\n"
+        "TASK = 'classification'\n"
+        "class Params(BaseModel):\n"
+        "    model_config = ConfigDict(extra='forbid')\n"
+        "    mode: Literal['a', 'b'] | None = None\n"
+        "def build(params, seed):\n"
+        "    return params\n",
+    )
+    failures: list[BaseException] = []
+
+    def load_and_validate() -> None:
+        try:
+            for _ in range(5):
+                code = load_model_code(models, "slow_import")
+                assert code.params_model.model_validate({"mode": "a"}).mode == "a"
+        except BaseException as exc:  # collected and reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=load_and_validate) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
