@@ -117,6 +117,10 @@ bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, det
 bench-canary-live: venv ## Live rollouts (A/A, half with a busy core; latency/error/accuracy faults) through the real gateway (.mlops/bench/canary_live.md)
 	$(VENV)/bin/python benchmarks/canary_live.py --aa-runs $(or $(AA_RUNS),30) --fault-runs $(or $(FAULT_RUNS),10)
 
+.PHONY: bench-demo-repeat
+bench-demo-repeat: venv ## make demo 10 times in a row, every other run with a busy core (.mlops/bench/demo_repeat.md)
+	$(VENV)/bin/python benchmarks/demo_repeat.py --runs $(or $(RUNS),10)
+
 .PHONY: clean
 clean: ## Remove generated state (.mlops/), the virtual environment and the bootstrapped uv (.tools/)
 	rm -rf .mlops $(VENV) .tools

@@ -11,8 +11,10 @@ access log, and git commits for every transition.
 * **Faults**, ``--fault-runs`` each, injected live:
 
   - latency +50 %: the fault sidecar in front of the canary delays each ``/predict`` by half of
-    stable's median gateway latency, measured in the A/A runs (the sidecar's own hop adds to
-    it: the canary/stable median ratio the gateway saw is reported);
+    stable's median gateway latency. The sidecar is a proxy hop of its own, so in the latency
+    and error runs stable goes through a pass-through sidecar too, and the delay is half of
+    stable's median through it, measured in a calibration rollout (both sidecars at 0 ms)
+    before the fault runs; the canary/stable median ratio the gateway saw is reported;
   - errors +2 points: the sidecar answers 2 % of the canary's ``/predict`` with a 503;
   - accuracy −5 points on labelled traffic only: the traffic process labels a share of the
     canary's correct answers with another class (predictions, latency and errors unchanged).
@@ -62,9 +64,10 @@ from pipelines.workdir import Workdir  # noqa: E402
 log = logging.getLogger("canary_live")
 
 MLOPS = str(Path(sys.executable).with_name("mlops"))
-PROFILE = Path("configs/variants/local-demo/canary.yaml")
-RATE, CONCURRENCY, LABEL_DELAY_S = 50.0, 8, 0.5
+PROFILE = Path("configs/variants/live-bench/canary.yaml")
+RATE, CONCURRENCY, LABEL_DELAY_S = 200.0, 16, 0.5
 ERROR_POINTS, LATENCY_FACTOR, ACCURACY_POINTS = 0.02, 1.5, 0.05
+CALIBRATION_RUNS = 2  # rollouts with 0 ms sidecars on both versions, before the fault runs
 EXPECTED = {
     "latency": ("latency", "hard_limit.p99_latency_ms"),
     "errors": ("error_rate", "hard_limit.error_rate"),
@@ -224,12 +227,19 @@ def live_run(
     *,
     busy_core: bool = False,
     fault: dict[str, Any] | None = None,
+    stable_sidecar: bool = False,
 ) -> Run:
-    """One rollout of v2 in a fresh environment, torn down afterwards."""
+    """One rollout of v2 in a fresh environment, torn down afterwards.
+
+    ``stable_sidecar`` puts a pass-through fault sidecar (0 ms, no errors) in front of stable,
+    so that a fault sidecar's own hop in front of the canary is not part of the fault.
+    """
     env = f"live-{kind}-{index:03d}-{int(time.time()) % 100_000}"
     spinner = None
     try:
         _fresh_env(scratch, env)
+        if stable_sidecar:
+            reconcile.set_fault(env, scratch.state.root, "1", reconcile.FaultSpec())
         access_log = gateway_access_log(scratch.state.root, env)
         offset = access_log.stat().st_size if access_log.is_file() else 0
         spinner = _spinner() if busy_core else None
@@ -286,6 +296,13 @@ def summarize(kind: str, runs: list[Run]) -> dict[str, Any]:
         "busy_core_rollbacks": sum(r.busy_core for r in rolled_back),
         "median_canary_requests_to_decide": _median([r.canary_requests for r in decided]),
         "median_seconds": _median([r.seconds for r in runs]),
+        "median_gateway_ratio": _median(
+            [
+                r.gateway_median_ms["2"] / r.gateway_median_ms["1"]
+                for r in runs
+                if r.gateway_median_ms.get("1") and "2" in r.gateway_median_ms
+            ]
+        ),
         "signals": sorted({s for r in rolled_back for s in r.decided_by}),
         "unparsable_lines": sum(r.unparsable_lines for r in runs),
     }
@@ -299,6 +316,7 @@ def simulated(canary: CanaryConfig, runs: int) -> dict[str, dict[str, Any]]:
         error_increase=ERROR_POINTS,
         latency_factor=LATENCY_FACTOR,
         accuracy_drop=ACCURACY_POINTS,
+        label_fraction=1.0,  # the live traffic labels every answer
     )
     out: dict[str, dict[str, Any]] = {}
     for kind, fault in SIMULATED.items():
@@ -317,6 +335,10 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
@@ -327,13 +349,15 @@ def render(report: dict[str, Any]) -> str:
         "# Live canary decision quality",
         "",
         f"Profile `{report['profile']}`, {report['rate']:g} requests/s, "
-        f"{report['elapsed_s'] / 60:.0f} min on {os.cpu_count()} cores. "
-        f"Latency fault: {report['latency_delay_ms']:.2f} ms added by the sidecar.",
+        f"{report['elapsed_s'] / 60:.0f} min on {os.cpu_count()} cores, "
+        f"{report['runs_done']} of {report['runs_planned']} planned runs. "
+        f"Latency fault: {report['latency_delay_ms']:.2f} ms added by the sidecar (half of "
+        "stable's median through a 0 ms sidecar in the calibration rollouts).",
         "",
         "| scenario | live runs | rolled back (timed out) | caught by its signal | busy-core runs "
         "(rolled back) | live canary requests to decide | simulated rollback rate "
-        "| simulated requests to decide |",
-        "|---|---|---|---|---|---|---|---|",
+        "| simulated requests to decide | canary/stable median latency |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, row in report["live"].items():
         sim = report["simulated"].get(kind, {})
@@ -345,10 +369,35 @@ def render(report: dict[str, Any]) -> str:
             f"| {row['busy_core_runs']} ({row['busy_core_rollbacks']}) "
             f"| {_num(row['median_canary_requests_to_decide'])} "
             f"| {_pct(sim.get('rollback_rate'))} "
-            f"| {_num(sim.get('median_canary_requests_to_decide'))} |"
+            f"| {_num(sim.get('median_canary_requests_to_decide'))} "
+            f"| {_ratio(row['median_gateway_ratio'])} |"
         )
     unparsable = f"Unparsable gateway or server log lines seen: {report['unparsable_lines']}."
     return "\n".join([*lines, "", READING, unparsable, ""])
+
+
+LABELS = {
+    "aa": "A/A (identical retrained model)",
+    "latency": "latency +50 % (sidecar delay)",
+    "errors": "errors +2 points (sidecar 503s)",
+    "accuracy": "accuracy −5 points, labelled traffic only",
+}
+
+
+def interleave(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Every kind's runs spread evenly over the schedule (a run stopped early stays balanced)."""
+    items = [(kind, index) for kind, count in counts.items() for index in range(count)]
+    order = list(counts)
+    return sorted(items, key=lambda it: ((it[1] + 0.5) / counts[it[0]], order.index(it[0])))
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """JSON and markdown, rewritten after every run (a stopped benchmark keeps its runs)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("json", json.dumps(report, indent=2) + "\n"), ("md", render(report))):
+        partial = out / f"canary_live.{name}.tmp"
+        partial.write_text(text)
+        partial.replace(out / f"canary_live.{name}")
 
 
 def _count(text: str) -> int:
@@ -385,13 +434,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     scratch = prepare(args.out / "canary-live", args.canary_config)
     scratch = dataclasses.replace(scratch, max_duration_s=args.max_duration)
-    runs: dict[str, list[Run]] = {"aa": [], "latency": [], "errors": [], "accuracy": []}
-    for index in range(args.aa_runs):
-        runs["aa"].append(live_run(scratch, "aa", index, _traffic(), busy_core=index % 2 == 1))
-    stable_medians = [r.gateway_median_ms["1"] for r in runs["aa"] if "1" in r.gateway_median_ms]
+    sim = simulated(scratch.canary, args.sim_runs)
+    calibration = [
+        live_run(
+            scratch,
+            "calibration",
+            index,
+            _traffic(scenario=Scenario.SLOW_CANARY, slow_ms=0.0),
+            stable_sidecar=True,
+        )
+        for index in range(args.fault_runs and CALIBRATION_RUNS)
+    ]
+    stable_medians = [r.gateway_median_ms["1"] for r in calibration if "1" in r.gateway_median_ms]
     delay_ms = (LATENCY_FACTOR - 1) * (_median(stable_medians) or 5.0)
     wrong_rate = min(1.0, ACCURACY_POINTS / scratch.accuracy)
-    faults = {
+    plans = {
+        "aa": (_traffic(), {}),
         "latency": (
             _traffic(scenario=Scenario.SLOW_CANARY, slow_ms=delay_ms),
             {"delay_ms": round(delay_ms, 3)},
@@ -405,31 +463,41 @@ def main(argv: list[str] | None = None) -> int:
             {"wrong_label_rate": round(wrong_rate, 4), "holdout_accuracy": scratch.accuracy},
         ),
     }
-    for kind, (traffic, fault) in faults.items():
-        for index in range(args.fault_runs):
-            runs[kind].append(live_run(scratch, kind, index, traffic, fault=fault))
-    live = {kind: summarize(kind, items) for kind, items in runs.items() if items}
-    report = {
-        "profile": str(args.canary_config),
-        "rate": RATE,
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "latency_delay_ms": delay_ms,
-        "labels": {
-            "aa": "A/A (identical retrained model)",
-            "latency": "latency +50 % (sidecar delay)",
-            "errors": "errors +2 points (sidecar 503s)",
-            "accuracy": "accuracy −5 points, labelled traffic only",
-        },
-        "live": live,
-        "simulated": simulated(scratch.canary, args.sim_runs),
-        "unparsable_lines": sum(r["unparsable_lines"] for r in live.values()),
-        "runs": [asdict(r) for items in runs.values() for r in items],
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "canary_live.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = render(report)
-    (args.out / "canary_live.md").write_text(markdown)
-    sys.stdout.write(markdown)
+    counts = {"aa": args.aa_runs, "latency": args.fault_runs}
+    counts.update(errors=args.fault_runs, accuracy=args.fault_runs)
+    schedule = interleave(counts)
+    runs: dict[str, list[Run]] = {kind: [] for kind in plans}
+    report: dict[str, Any] = {}
+    for done, (kind, index) in enumerate(schedule, start=1):
+        traffic, fault = plans[kind]
+        runs[kind].append(
+            live_run(
+                scratch,
+                kind,
+                index,
+                traffic,
+                busy_core=kind == "aa" and index % 2 == 1,
+                fault=fault,
+                stable_sidecar=kind in ("latency", "errors"),
+            )
+        )
+        report = {
+            "profile": str(args.canary_config),
+            "rate": RATE,
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "runs_done": done,
+            "runs_planned": len(schedule),
+            "latency_delay_ms": delay_ms,
+            "calibration": [asdict(r) for r in calibration],
+            "labels": LABELS,
+            "live": {kind: summarize(kind, items) for kind, items in runs.items() if items},
+            "simulated": sim,
+            "runs": [asdict(r) for items in runs.values() for r in items],
+        }
+        report["unparsable_lines"] = sum(r["unparsable_lines"] for r in report["live"].values())
+        write_report(args.out, report)
+    sys.stdout.write(render(report) if report else "no runs\n")
+    live = report.get("live", {})
     aa = live.get("aa", {}).get("rollback_rate") or 0.0
     caught = [
         row["caught_by_expected_signal"] / row["runs"]

@@ -31,6 +31,7 @@ def test_every_shipped_set_loads_all_six_files() -> None:
     assert [d.name for d in directories] == [
         "configs",
         "diabetes-regressor",
+        "live-bench",
         "local-demo",
         "penguins-multiclass",
     ]
