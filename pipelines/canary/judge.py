@@ -504,7 +504,8 @@ def _input_drift(config: CanaryConfig, current: StepSummary) -> SignalResult:
         why = f"{rows} of {spec.min_rows} distinct live input rows in this step"
         return _skipped(name, test, spec.mode, why, True)
     if share is None:
-        return _skipped(name, test, spec.mode, "not evaluated: no training reference", False)
+        why = "not evaluated: no training reference, or the other signals hold this look"
+        return _skipped(name, test, spec.mode, why, False)
     failed = share > spec.max_drifted_share
     drifted = current.canary.input_drifted_features
     detail = (
@@ -718,15 +719,18 @@ def judge(
         step_index: The step the rollout is at (0-based).
         windows: Every window of steps ``0..step_index`` observed so far, in any order.
         reference: Training features for Evidently input drift (the slow part); None skips it.
+            It runs only on a look that ends the step (advance, promote or roll back): input
+            drift can only hold a rollout, and Evidently takes seconds a look.
     """
     grouped: dict[int, list[WindowObservation]] = defaultdict(list)
     for window in windows:
         if window.step_index <= step_index:
             grouped[window.step_index].append(window)
-    summaries = [
-        summarize_step(config, grouped[k], reference=reference if k == step_index else None)
-        for k in sorted(grouped)
-    ]
+    summaries = [summarize_step(config, grouped[k]) for k in sorted(grouped)]
+    verdict = judge_summaries(config, step_index, summaries)
+    if reference is None or step_index not in grouped or verdict.action is Action.HOLD:
+        return verdict
+    summaries[-1] = summarize_step(config, grouped[step_index], reference=reference)
     return judge_summaries(config, step_index, summaries)
 
 

@@ -405,6 +405,35 @@ def test_impossible_observations_are_rejected(bad) -> None:
         bad()
 
 
+def test_input_drift_is_not_run_on_a_look_that_holds_anyway() -> None:
+    """Evidently runs only on a look that could end the step: a hold look skips it.
+
+    Input drift can only hold a rollout, and Evidently takes seconds; a look the other
+    signals already hold (the step's minimum duration is not reached here) says input drift
+    was not evaluated.
+    """
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
+    config = CONFIG.model_copy(
+        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": GateMode.ENABLED})}
+    )
+    first = _stream(Fault.NONE, (10,))[0]
+    early = WindowObservation(
+        0,
+        first.duration_s,
+        VersionWindow(**{**first.stable.__dict__, "inputs": shifted}),
+        VersionWindow(**{**first.canary.__dict__, "inputs": shifted}),
+    )
+    assert early.duration_s < config.steps[0].min_duration_s
+    verdict = judge(config, 0, [early], reference=reference)
+    drift = next(s for s in verdict.signals if s.name == "input_drift")
+    assert verdict.action is Action.HOLD
+    assert drift.status is SignalStatus.SKIPPED
+    assert drift.canary is None
+    assert "the other signals hold this look" in drift.detail
+
+
 def test_input_drift_uses_evidently_and_holds_when_enabled() -> None:
     """Canary inputs far from the training reference hold the rollout (mode enabled)."""
     rng = np.random.default_rng(0)
