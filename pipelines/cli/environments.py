@@ -201,6 +201,12 @@ def k8s_render(
             "ghcr.io/<owner>/<repo>:<tag>, so pass ghcr.io/<owner>/<repo>."
         ),
     ] = None,
+    labels_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Secret whose key 'token' holds the /labels bearer token (default: mlops-labels)."
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -228,6 +234,7 @@ def k8s_render(
             image_repository=image_repository,
             gateway=gateway,
             gateway_namespace=gateway_namespace,
+            labels_secret=labels_secret,
         )
         chosen, argo = k8s.engine_from_arguments(
             engine=engine, prometheus_url=prometheus_url, judge_image=judge_image

@@ -112,8 +112,9 @@ def render_environment(
     root = config.root
     state = load_state(root, env, config.train.registered_model_name)
     source = state_path(root, env).relative_to(root).as_posix()
+    labels = config.serve.labels
     if engine is Engine.PLAIN:
-        return render(state, options, source)
+        return render(state, options, source, labels)
     canary_file = config.source("canary")
     canary_source = (
         canary_file.relative_to(root).as_posix()
@@ -121,5 +122,5 @@ def render_environment(
         else str(canary_file)
     )
     return argo_rollouts.render(
-        state, config.canary, options, argo or ArgoOptions(), source, canary_source
+        state, config.canary, options, argo or ArgoOptions(), source, canary_source, labels
     )

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
+from pipelines.config.serve import LabelsConfig
 from pipelines.environments.k8s.core import (
     HTTP_PORT,
     LOCAL_IMAGE_PREFIX,
@@ -174,6 +175,7 @@ def rollout(
     options: RenderOptions,
     source: str,
     canary_source: str,
+    labels: LabelsConfig,
 ) -> dict[str, Any]:
     """The ``Rollout`` of the target release with the strategy's steps or analyses."""
     base = k8s_base_name(state.model)
@@ -228,7 +230,7 @@ def rollout(
             "replicas": options.replicas,
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": {"app.kubernetes.io/name": base}},
-            "template": pod_template(state, str(target.version), target, options, source),
+            "template": pod_template(state, str(target.version), target, options, source, labels),
             "strategy": spec_strategy,
         },
     }
@@ -421,6 +423,7 @@ def render(
     argo: ArgoOptions,
     source: str,
     canary_source: str,
+    labels: LabelsConfig | None = None,
 ) -> Rendered:
     """The Argo Rollouts manifests of a deploy state.
 
@@ -433,6 +436,7 @@ def render(
         argo: Prometheus URL and the judge's image.
         source: The state file as it should appear in messages.
         canary_source: The canary config file as it should appear in messages.
+        labels: ``serve.yaml``'s ``labels`` (the token's variable); None: its defaults.
 
     Raises:
         RenderError: Sticky routing, shadow, a fractional weight, nothing to serve, or a
@@ -461,7 +465,16 @@ def render(
     metrics_service = _service(names["metrics"], state, options, clusterIP="None")
     metrics_service["metadata"]["labels"]["mlops/metrics"] = "true"
     documents = [
-        rollout(state, target, strategy, canary, options, source, canary_source),
+        rollout(
+            state,
+            target,
+            strategy,
+            canary,
+            options,
+            source,
+            canary_source,
+            labels if labels is not None else LabelsConfig(),
+        ),
         *services,
         metrics_service,
         http_route(state, strategy, options),

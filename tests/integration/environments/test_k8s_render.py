@@ -198,3 +198,109 @@ def test_cli_refuses_sticky_routing_and_writes_nothing(
     assert refused.stdout == ""
     assert not out.exists()
     assert git_status(project) == ""
+
+
+@pytest.mark.parametrize("engine", ["plain", "argo-rollouts"])
+def test_cli_maps_serve_yaml_token_variable_from_the_named_secret(
+    project: Project, engine: str
+) -> None:
+    """The pods get the variable the project's serve.yaml names, from --labels-secret's key.
+
+    serve.yaml is edited to another variable and a required token: the render follows it,
+    with the Secret referenced (not optional) and no token value anywhere in the output.
+    """
+    serve = project.configs / "serve.yaml"
+    text = serve.read_text()
+    text = text.replace("token_env: MLOPS_LABELS_TOKEN", "token_env: TEAM_LABELS_TOKEN")
+    text = text.replace("token_required: false", "token_required: true")
+    serve.write_text(text)
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
+    printed = mlops(
+        project, "k8s", "render", "--env", "staging", "--engine", engine,
+        "--labels-secret", "models-labels",
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    documents = list(yaml.safe_load_all(printed.stdout))
+    pods = [
+        d["spec"]["template"]["spec"] for d in documents if d["kind"] in {"Deployment", "Rollout"}
+    ]
+    assert pods
+    expected = {
+        "name": "TEAM_LABELS_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "models-labels", "key": "token", "optional": False}},
+    }
+    for pod in pods:
+        (container,) = pod["containers"]
+        assert expected in container["env"]
+        assert all(e["name"] != "MLOPS_LABELS_TOKEN" for e in container["env"])
+    assert_documents_valid(documents)
+
+
+def set_canary_yaml(project: Project, **fields: object) -> None:
+    """Rewrite the project's canary.yaml with ``fields`` replaced (and commit it)."""
+    path = project.configs / "canary.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(fields)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    project.commit("canary.yaml changed")
+
+
+REFUSALS = {
+    "shadow in canary.yaml": (
+        {
+            "strategy": "shadow",
+            "steps": [{"weight": 0, "min_requests": 100, "min_duration_s": 0}],
+        },
+        ("--engine", "argo-rollouts"),
+        "configs/canary.yaml: field 'strategy' is 'shadow'",
+    ),
+    "fractional step weight": (
+        {"steps": [{"weight": 12.5, "min_requests": 100, "min_duration_s": 0}]},
+        ("--engine", "argo-rollouts"),
+        "configs/canary.yaml: field 'steps.0.weight' is 12.5",
+    ),
+    "bad labels secret": ({}, ("--labels-secret", "Labels_Secret"), "--labels-secret: expected"),
+    "judge image with plain": (
+        {},
+        ("--judge-image", "ghcr.io/acme/mlops-judge:1"),
+        "--judge-image: only with --engine argo-rollouts",
+    ),
+    "bad judge image": (
+        {},
+        ("--engine", "argo-rollouts", "--judge-image", "ghcr.io/acme/judge image"),
+        "--judge-image:",
+    ),
+}
+
+
+@pytest.mark.parametrize(("canary", "args", "named"), list(REFUSALS.values()), ids=list(REFUSALS))
+def test_cli_refusals_name_the_field_and_write_nothing(
+    project: Project, tmp_path: Path, canary: dict[str, object], args: tuple[str, ...], named: str
+) -> None:
+    """A state, config or option the render cannot express exits 2 naming it; no file appears.
+
+    Shadow (no mirror step in the gatewayAPI plugin) and a fractional setWeight are refused by
+    canary.yaml's field; an invalid Secret name or judge image, or an argo-only option with the
+    plain engine, by the option as typed. stdout stays empty and the project unchanged.
+    """
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
+    if canary:
+        # With a rollout in progress the state's strategy wins: render its target alone.
+        save_state(
+            project.root,
+            EnvState(
+                environment="staging",
+                model=MODEL,
+                stable=StableRelease(
+                    **release(1, f"localhost/{MODEL}-server:v1-0123456789ab"), promoted_at=AT
+                ),
+            ),
+        )
+        set_canary_yaml(project, **canary)
+    out = tmp_path / "staging.yaml"
+    refused = mlops(project, "k8s", "render", "--env", "staging", *args, "--out", str(out))
+    assert refused.returncode == 2, refused.stderr
+    assert named in " ".join(refused.stderr.split()), refused.stderr
+    assert refused.stdout == ""
+    assert not out.exists()
+    assert git_status(project) == ""

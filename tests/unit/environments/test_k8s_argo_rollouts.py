@@ -16,6 +16,7 @@ import pytest
 
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
+from pipelines.config.serve import LabelsConfig
 from pipelines.environments import k8s
 from pipelines.environments.k8s import argocd, crd_schemas
 from pipelines.environments.k8s.argo_rollouts import ArgoOptions
@@ -415,3 +416,35 @@ def test_every_vendored_schema_has_its_source_and_licence() -> None:
         assert re.search(r"^tag: v\d+\.\d+\.\d+$", source, re.MULTILINE)
         assert re.search(r"^commit: [0-9a-f]{40}$", source, re.MULTILINE)
         assert "Apache License" in (path.parent / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("canary", [CANARY, BLUE_GREEN], ids=["canary", "blue-green"])
+def test_rollout_takes_the_labels_token_from_a_secret(canary: CanaryConfig) -> None:
+    """The Rollout's pods get serve.yaml's token variable from the Secret, as the plain engine's.
+
+    The Secret is the one --labels-secret names; the Rollout still passes its CRD schema and
+    the judge Job, which posts no labels, gets no token.
+    """
+    options = k8s.RenderOptions(namespace="models", labels_secret="labels-token")
+    labels = LabelsConfig(token_env="MODEL_LABELS_TOKEN", token_required=True)
+    result = k8s.argo_rollouts.render(
+        state(canary.strategy),
+        canary,
+        options,
+        ArgoOptions(judge_image=JUDGE_IMAGE),
+        SOURCE,
+        CANARY_SOURCE,
+        labels,
+    )
+    assert_valid(result)
+    kinds = by_kind(result)
+    (rollout,) = kinds["Rollout"]
+    (container,) = rollout["spec"]["template"]["spec"]["containers"]
+    reference = {"name": "labels-token", "key": "token", "optional": False}
+    assert {
+        "name": "MODEL_LABELS_TOKEN",
+        "valueFrom": {"secretKeyRef": reference},
+    } in container["env"]
+    (template,) = kinds["AnalysisTemplate"]
+    job = template["spec"]["metrics"][0]["provider"]["job"]["spec"]["template"]["spec"]
+    assert all("valueFrom" not in e for e in job["containers"][0]["env"])
