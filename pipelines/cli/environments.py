@@ -220,7 +220,10 @@ def k8s_render(
     ] = None,
     judge_image: Annotated[
         str | None,
-        typer.Option(help="argo-rollouts: the image of the judge Job (default: the model's)."),
+        typer.Option(
+            help="argo-rollouts: the judge Job's image (default: localhost/mlops-judge:<version>, "
+            "`make judge-image`)."
+        ),
     ] = None,
 ) -> None:
     """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
