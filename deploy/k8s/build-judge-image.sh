@@ -13,6 +13,7 @@
 #   --base    base image (a python3 3.11 with pip, CA certificates)
 #                                         [localhost/python-base:3.11: `make base-image`]
 #   --engine  docker | podman | buildah   [docker if an engine answers, else podman, else buildah]
+#   --print-tag  print the tag it would build and stop
 # Environment: CONTAINERS_CONF defaults to deploy/containers/containers.conf of this repository;
 # PYTHON (default .venv/bin/python) reads the default tag from the renderer.
 # Prints the image reference on stdout as its last line. Exit 2: bad input or no engine.
@@ -24,6 +25,7 @@ TAG=""
 COMMIT="HEAD"
 BASE="localhost/python-base:3.11"
 ENGINE=""
+PRINT_TAG=0
 
 die() { echo "build-judge-image: error: $*" >&2; exit 2; }
 say() { echo "build-judge-image: $*" >&2; }
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --commit) COMMIT="${2:?--commit needs a value}"; shift 2 ;;
     --base) BASE="${2:?--base needs a value}"; shift 2 ;;
     --engine) ENGINE="${2:?--engine needs a value}"; shift 2 ;;
+    --print-tag) PRINT_TAG=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -45,7 +48,11 @@ if [ -z "$TAG" ]; then
   python="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
   [ -x "$python" ] || die "no $python to read the default tag from: run 'make venv' or pass --tag"
   TAG="$(cd "$REPO_ROOT" && "$python" -c \
-    'from pipelines.environments.k8s.argo_rollouts import DEFAULT_JUDGE_IMAGE as i; print(i)')"
+    'from pipelines.environments.k8s.argo_rollouts import default_judge_image; print(default_judge_image())')"
+fi
+if [ "$PRINT_TAG" -eq 1 ]; then
+  echo "$TAG"
+  exit 0
 fi
 
 if [ -z "$ENGINE" ]; then
