@@ -251,3 +251,46 @@ def k8s_render(
         return
     write_atomic(out, text)
     say(f"wrote {len(rendered.documents)} objects to {out}")
+
+
+@k8s_app.command("application")
+def k8s_application(
+    env: EnvOption,
+    repo_url: Annotated[
+        str, typer.Option(help="The git repository Argo CD reads (https://, ssh:// or git@).")
+    ],
+    namespace: Annotated[str, typer.Option(help="Namespace of the model's objects.")],
+    configs: ConfigsOption = CONFIGS,
+    engine: Annotated[str, typer.Option(help="plain or argo-rollouts.")] = "plain",
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit Argo CD syncs.")] = "main",
+    image_repository: Annotated[
+        str | None, typer.Option(help="Passed to the render (`mlops k8s render --help`).")
+    ] = None,
+    judge_image: Annotated[
+        str | None, typer.Option(help="argo-rollouts: passed to the render.")
+    ] = None,
+    labels_secret: Annotated[str | None, typer.Option(help="Passed to the render.")] = None,
+    argocd_namespace: Annotated[str, typer.Option(help="Argo CD's namespace.")] = "argocd",
+    project: Annotated[str, typer.Option(help="Argo CD project.")] = "default",
+) -> None:
+    """Print the Argo CD Application that renders and syncs the environment with the plugin."""
+    import yaml
+
+    from pipelines.environments.k8s import argocd, k8s_base_name
+
+    with step_errors():
+        config, _ = load(configs)
+        options = argocd.options_from_arguments(
+            environment=env,
+            engine=engine,
+            repo_url=repo_url,
+            revision=revision,
+            namespace=namespace,
+            image_repository=image_repository,
+            judge_image=judge_image,
+            labels_secret=labels_secret,
+            argocd_namespace=argocd_namespace,
+            project=project,
+        )
+        document = argocd.application(options, k8s_base_name(config.train.registered_model_name))
+    typer.echo(yaml.safe_dump(document, sort_keys=True), nl=False)

@@ -65,15 +65,15 @@ STICKY_REFUSAL = (
 )
 
 
-_DNS_LABEL_TEXT = (
+DNS_LABEL_TEXT = (
     "a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a "
     "letter or digit"
 )
 # What each option expects, in words (a regex in an error message helps nobody).
-_EXPECTED = {
-    "namespace": _DNS_LABEL_TEXT,
-    "gateway": _DNS_LABEL_TEXT,
-    "gateway_namespace": _DNS_LABEL_TEXT,
+EXPECTED = {
+    "namespace": DNS_LABEL_TEXT,
+    "gateway": DNS_LABEL_TEXT,
+    "gateway_namespace": DNS_LABEL_TEXT,
     "registry": "a registry host and path, e.g. ghcr.io/acme",
     "image_repository": "an image repository without tag, e.g. ghcr.io/acme/models",
     "labels_secret": "a Secret name: up to 253 lowercase letters, digits, '-' or '.', "
@@ -160,17 +160,25 @@ def options_from_arguments(**arguments: Any) -> RenderOptions:
     try:
         return RenderOptions(**{k: v for k, v in arguments.items() if v is not None})
     except ValidationError as exc:
-        problems = []
-        for item in exc.errors():
-            if not item["loc"]:
-                problems.append(item["msg"].removeprefix("Value error, "))
-                continue
-            field = str(item["loc"][0])
-            expected = _EXPECTED.get(field, item["msg"])
-            problems.append(
-                f"--{field.replace('_', '-')}: expected {expected} (got {item['input']!r})"
-            )
-        raise RenderError("; ".join(problems)) from None
+        raise option_errors(exc, EXPECTED) from None
+
+
+def option_errors(exc: ValidationError, expected: dict[str, str]) -> RenderError:
+    """One error naming each invalid option as typed (``--labels-secret``) and what it expects.
+
+    ``expected`` says in words what a field takes (a regex in an error message helps nobody);
+    a field without an entry keeps pydantic's message. Errors of the whole model (two options
+    that exclude each other) keep their own message.
+    """
+    problems = []
+    for item in exc.errors():
+        if not item["loc"]:
+            problems.append(item["msg"].removeprefix("Value error, "))
+            continue
+        field = str(item["loc"][0])
+        wanted = expected.get(field, item["msg"])
+        problems.append(f"--{field.replace('_', '-')}: expected {wanted} (got {item['input']!r})")
+    return RenderError("; ".join(problems))
 
 
 class _PlainDumper(yaml.SafeDumper):

@@ -20,6 +20,8 @@ from tests.unit.environments.test_k8s_argo_rollouts import ARGO_KINDS, assert_do
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[3]
+
 MODEL = "breast-cancer-classifier"
 AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -304,3 +306,71 @@ def test_cli_refusals_name_the_field_and_write_nothing(
     assert refused.stdout == ""
     assert not out.exists()
     assert git_status(project) == ""
+
+
+def test_argocd_plugin_command_renders_what_the_cli_renders(project: Project) -> None:
+    """The plugin's generate command, run by sh as Argo CD runs it, prints the CLI's manifests.
+
+    The settings arrive as ARGOCD_ENV_* from the Application, the namespace as
+    ARGOCD_APP_NAMESPACE; the command runs in the repository's checkout.
+    """
+    commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
+    config_map = yaml.safe_load((ROOT / "deploy" / "k8s" / "argocd-cmp-plugin.yaml").read_text())
+    generate = yaml.safe_load(config_map["data"]["plugin.yaml"])["spec"]["generate"]
+    settings = {
+        "ARGOCD_ENV_MLOPS_ENV": "staging",
+        "ARGOCD_ENV_MLOPS_ENGINE": "argo-rollouts",
+        "ARGOCD_ENV_MLOPS_IMAGE_REPOSITORY": "ghcr.io/acme/models",
+        "ARGOCD_ENV_MLOPS_JUDGE_IMAGE": "ghcr.io/acme/mlops-judge:0.1.0",
+        "ARGOCD_ENV_MLOPS_LABELS_SECRET": "models-labels",
+        "ARGOCD_APP_NAMESPACE": "models",
+    }
+    bin_dir = str(Path(sys.executable).parent)
+    ran = subprocess.run(
+        [*generate["command"], *generate["args"]],
+        capture_output=True,
+        text=True,
+        cwd=project.root,
+        timeout=300,
+        env={**os.environ, **settings, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
+    assert ran.returncode == 0, ran.stderr
+    direct = mlops(
+        project, "k8s", "render", "--env", "staging", "--engine", "argo-rollouts",
+        "--namespace", "models", "--image-repository", "ghcr.io/acme/models",
+        "--judge-image", "ghcr.io/acme/mlops-judge:0.1.0", "--labels-secret", "models-labels",
+    )  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert ran.stdout == direct.stdout
+    assert git_status(project) == ""
+
+
+def test_cli_prints_the_argocd_application(project: Project) -> None:
+    """`mlops k8s application` prints an Application that passes Argo CD's CRD schema.
+
+    It is named after the model and environment and carries the render's settings; an
+    invalid option exits 2 naming it, with nothing on stdout.
+    """
+    printed = mlops(
+        project, "k8s", "application", "--env", "staging", "--engine", "argo-rollouts",
+        "--repo-url", "https://github.com/acme/models.git", "--namespace", "models",
+        "--judge-image", "ghcr.io/acme/mlops-judge:0.1.0", "--labels-secret", "models-labels",
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    application = yaml.safe_load(printed.stdout)
+    assert_documents_valid([application])
+    assert application["metadata"]["name"] == f"{MODEL}-staging"
+    env = {e["name"]: e["value"] for e in application["spec"]["source"]["plugin"]["env"]}
+    assert env == {
+        "MLOPS_ENV": "staging",
+        "MLOPS_ENGINE": "argo-rollouts",
+        "MLOPS_JUDGE_IMAGE": "ghcr.io/acme/mlops-judge:0.1.0",
+        "MLOPS_LABELS_SECRET": "models-labels",
+    }
+    refused = mlops(
+        project, "k8s", "application", "--env", "staging", "--repo-url", "ftp://x",
+        "--namespace", "models",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--repo-url: expected a git URL" in refused.stderr
+    assert refused.stdout == ""
