@@ -31,14 +31,21 @@ die() { echo "build-judge-image: error: $*" >&2; exit 2; }
 say() { echo "build-judge-image: $*" >&2; }
 
 while [ $# -gt 0 ]; do
-  case "$1" in
-    --tag) TAG="${2:?--tag needs a value}"; shift 2 ;;
-    --commit) COMMIT="${2:?--commit needs a value}"; shift 2 ;;
-    --base) BASE="${2:?--base needs a value}"; shift 2 ;;
-    --engine) ENGINE="${2:?--engine needs a value}"; shift 2 ;;
-    --print-tag) PRINT_TAG=1; shift ;;
+  option="$1"
+  shift
+  case "$option" in
+    --print-tag) PRINT_TAG=1; continue ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$1' (see --help)" ;;
+    --tag|--commit|--base|--engine) [ $# -gt 0 ] || die "$option needs a value" ;;
+    *) die "unknown argument '$option' (see --help)" ;;
+  esac
+  value="$1"
+  shift
+  case "$option" in
+    --tag) TAG="$value" ;;
+    --commit) COMMIT="$value" ;;
+    --base) BASE="$value" ;;
+    --engine) ENGINE="$value" ;;
   esac
 done
 
@@ -56,17 +63,19 @@ if [ "$PRINT_TAG" -eq 1 ]; then
 fi
 
 if [ -z "$ENGINE" ]; then
-  if command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1; then
-    ENGINE=docker
-  elif command -v podman >/dev/null; then
-    ENGINE=podman
-  elif command -v buildah >/dev/null; then
-    ENGINE=buildah
-  else
-    die "no container engine: install podman or buildah (scripts/install-system-deps.sh)"
-  fi
+  for candidate in docker podman buildah; do
+    command -v "$candidate" >/dev/null || continue
+    # Docker may be a client alone (no engine behind it): only an answering one counts.
+    [ "$candidate" != docker ] || timeout 10 docker info >/dev/null 2>&1 || continue
+    ENGINE="$candidate"
+    break
+  done
+  [ -n "$ENGINE" ] || die "no container engine: install podman or buildah (scripts/install-system-deps.sh)"
 fi
-case "$ENGINE" in docker|podman|buildah) ;; *) die "--engine: expected docker, podman or buildah (got '$ENGINE')" ;; esac
+case "$ENGINE" in
+  docker|podman|buildah) ;;
+  *) die "--engine: expected docker, podman or buildah (got '$ENGINE')" ;;
+esac
 command -v "$ENGINE" >/dev/null || die "'$ENGINE' is not installed"
 
 revision="$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$COMMIT^{commit}")" \

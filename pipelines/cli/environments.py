@@ -278,19 +278,10 @@ def k8s_application(
 
     from pipelines.environments.k8s import argocd, k8s_base_name
 
+    fields = argocd.ApplicationOptions.model_fields
+    given = {name: value for name, value in locals().items() if name in fields}
     with step_errors():
         config, _ = load(configs)
-        options = argocd.options_from_arguments(
-            environment=env,
-            engine=engine,
-            repo_url=repo_url,
-            revision=revision,
-            namespace=namespace,
-            image_repository=image_repository,
-            judge_image=judge_image,
-            labels_secret=labels_secret,
-            argocd_namespace=argocd_namespace,
-            project=project,
-        )
+        options = argocd.options_from_arguments(environment=env, **given)
         document = argocd.application(options, k8s_base_name(config.train.registered_model_name))
     typer.echo(yaml.safe_dump(document, sort_keys=True), nl=False)

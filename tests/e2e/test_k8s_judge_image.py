@@ -21,7 +21,7 @@ import yaml
 from pipelines.environments import k8s
 from pipelines.image import container_env
 from tests.conftest import Project
-from tests.e2e.test_image import require_tools
+from tests.e2e.test_image import podman, require_tools
 from tests.integration.environments.test_k8s_render import MODEL, commit_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -31,25 +31,13 @@ BUILD = ROOT / "deploy" / "k8s" / "build-judge-image.sh"
 TAG = "localhost/mlops-judge:e2e"
 
 
-def podman(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run podman with the repository's containers.conf."""
-    return subprocess.run(
-        ["podman", *args],
-        env=container_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def run_judge_image(*args: str, volume: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the image as the Job does: its user, read-only root, /tmp writable, no network."""
     mount = ["-v", volume, "-w", "/project"] if volume else []
     return podman(
         "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--network", "none",
         "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
-        *mount, TAG, *args,
+        *mount, TAG, *args, timeout=300,
     )  # fmt: skip
 
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.environments.k8s.core import (
     DNS_LABEL,
     DNS_LABEL_TEXT,
     DNS_SUBDOMAIN,
     EXPECTED,
-    option_errors,
+    parse_options,
 )
 
 PLUGIN = "mlops-k8s-render"
@@ -132,7 +132,4 @@ def options_from_arguments(**arguments: Any) -> ApplicationOptions:
     Raises:
         RenderError: An argument is invalid; the message names the option as typed.
     """
-    try:
-        return ApplicationOptions(**{k: v for k, v in arguments.items() if v is not None})
-    except ValidationError as exc:
-        raise option_errors(exc, _EXPECTED) from None
+    return parse_options(ApplicationOptions, _EXPECTED, arguments)

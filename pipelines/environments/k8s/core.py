@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -79,6 +79,9 @@ EXPECTED = {
     "labels_secret": "a Secret name: up to 253 lowercase letters, digits, '-' or '.', "
     "starting and ending with a letter or digit",
 }
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 class RenderError(ConfigError):
@@ -157,28 +160,34 @@ def options_from_arguments(**arguments: Any) -> RenderOptions:
     Raises:
         RenderError: An argument is invalid; the message names the option as typed.
     """
-    try:
-        return RenderOptions(**{k: v for k, v in arguments.items() if v is not None})
-    except ValidationError as exc:
-        raise option_errors(exc, EXPECTED) from None
+    return parse_options(RenderOptions, EXPECTED, arguments)
 
 
-def option_errors(exc: ValidationError, expected: dict[str, str]) -> RenderError:
-    """One error naming each invalid option as typed (``--labels-secret``) and what it expects.
+def parse_options(
+    model: type[OptionsT], expected: dict[str, str], arguments: dict[str, Any]
+) -> OptionsT:
+    """``model`` from command-line arguments (None: the default), errors by option as typed.
 
     ``expected`` says in words what a field takes (a regex in an error message helps nobody);
     a field without an entry keeps pydantic's message. Errors of the whole model (two options
     that exclude each other) keep their own message.
+
+    Raises:
+        RenderError: Every invalid option (``--labels-secret: expected ... (got ...)``).
     """
-    problems = []
-    for item in exc.errors():
-        if not item["loc"]:
-            problems.append(item["msg"].removeprefix("Value error, "))
-            continue
-        field = str(item["loc"][0])
-        wanted = expected.get(field, item["msg"])
-        problems.append(f"--{field.replace('_', '-')}: expected {wanted} (got {item['input']!r})")
-    return RenderError("; ".join(problems))
+    try:
+        return model(**{k: v for k, v in arguments.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            if not item["loc"]:
+                problems.append(item["msg"].removeprefix("Value error, "))
+                continue
+            field = str(item["loc"][0])
+            wanted = expected.get(field, item["msg"])
+            option = f"--{field.replace('_', '-')}"
+            problems.append(f"{option}: expected {wanted} (got {item['input']!r})")
+        raise RenderError("; ".join(problems)) from None
 
 
 class _PlainDumper(yaml.SafeDumper):

@@ -308,6 +308,19 @@ def test_cli_refusals_name_the_field_and_write_nothing(
     assert git_status(project) == ""
 
 
+# The Application's plugin env -> the render option it becomes, with a value.
+PLUGIN_SETTINGS = {
+    "MLOPS_IMAGE_REPOSITORY": ("--image-repository", "ghcr.io/acme/models"),
+    "MLOPS_JUDGE_IMAGE": ("--judge-image", "ghcr.io/acme/mlops-judge:0.1.0"),
+    "MLOPS_LABELS_SECRET": ("--labels-secret", "models-labels"),
+}
+
+
+def plugin_options() -> list[str]:
+    """The options of PLUGIN_SETTINGS as typed on a command line."""
+    return [word for option, value in PLUGIN_SETTINGS.values() for word in (option, value)]
+
+
 def test_argocd_plugin_command_renders_what_the_cli_renders(project: Project) -> None:
     """The plugin's generate command, run by sh as Argo CD runs it, prints the CLI's manifests.
 
@@ -317,12 +330,10 @@ def test_argocd_plugin_command_renders_what_the_cli_renders(project: Project) ->
     commit_state(project, f"localhost/{MODEL}-server:v2-0123456789ab")
     config_map = yaml.safe_load((ROOT / "deploy" / "k8s" / "argocd-cmp-plugin.yaml").read_text())
     generate = yaml.safe_load(config_map["data"]["plugin.yaml"])["spec"]["generate"]
-    settings = {
+    settings = {f"ARGOCD_ENV_{name}": value for name, (_, value) in PLUGIN_SETTINGS.items()}
+    settings |= {
         "ARGOCD_ENV_MLOPS_ENV": "staging",
         "ARGOCD_ENV_MLOPS_ENGINE": "argo-rollouts",
-        "ARGOCD_ENV_MLOPS_IMAGE_REPOSITORY": "ghcr.io/acme/models",
-        "ARGOCD_ENV_MLOPS_JUDGE_IMAGE": "ghcr.io/acme/mlops-judge:0.1.0",
-        "ARGOCD_ENV_MLOPS_LABELS_SECRET": "models-labels",
         "ARGOCD_APP_NAMESPACE": "models",
     }
     bin_dir = str(Path(sys.executable).parent)
@@ -335,11 +346,8 @@ def test_argocd_plugin_command_renders_what_the_cli_renders(project: Project) ->
         env={**os.environ, **settings, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
     )
     assert ran.returncode == 0, ran.stderr
-    direct = mlops(
-        project, "k8s", "render", "--env", "staging", "--engine", "argo-rollouts",
-        "--namespace", "models", "--image-repository", "ghcr.io/acme/models",
-        "--judge-image", "ghcr.io/acme/mlops-judge:0.1.0", "--labels-secret", "models-labels",
-    )  # fmt: skip
+    args = ("k8s", "render", "--env", "staging", "--engine", "argo-rollouts")
+    direct = mlops(project, *args, "--namespace", "models", *plugin_options())
     assert direct.returncode == 0, direct.stderr
     assert ran.stdout == direct.stdout
     assert git_status(project) == ""
@@ -351,11 +359,9 @@ def test_cli_prints_the_argocd_application(project: Project) -> None:
     It is named after the model and environment and carries the render's settings; an
     invalid option exits 2 naming it, with nothing on stdout.
     """
-    printed = mlops(
-        project, "k8s", "application", "--env", "staging", "--engine", "argo-rollouts",
-        "--repo-url", "https://github.com/acme/models.git", "--namespace", "models",
-        "--judge-image", "ghcr.io/acme/mlops-judge:0.1.0", "--labels-secret", "models-labels",
-    )  # fmt: skip
+    args = ("k8s", "application", "--env", "staging", "--engine", "argo-rollouts")
+    repository = ("--repo-url", "https://github.com/acme/models.git", "--namespace", "models")
+    printed = mlops(project, *args, *repository, *plugin_options())
     assert printed.returncode == 0, printed.stderr
     application = yaml.safe_load(printed.stdout)
     assert_documents_valid([application])
@@ -364,8 +370,7 @@ def test_cli_prints_the_argocd_application(project: Project) -> None:
     assert env == {
         "MLOPS_ENV": "staging",
         "MLOPS_ENGINE": "argo-rollouts",
-        "MLOPS_JUDGE_IMAGE": "ghcr.io/acme/mlops-judge:0.1.0",
-        "MLOPS_LABELS_SECRET": "models-labels",
+        **{name: value for name, (_, value) in PLUGIN_SETTINGS.items()},
     }
     refused = mlops(
         project, "k8s", "application", "--env", "staging", "--repo-url", "ftp://x",
