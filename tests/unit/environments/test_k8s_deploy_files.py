@@ -105,8 +105,10 @@ def test_repo_server_patch_is_a_valid_sidecar() -> None:
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
-    """Every object of a multi-document YAML file."""
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    """The objects of a file holding one ``v1`` List (one YAML document, as check-yaml wants)."""
+    listed = yaml.safe_load(path.read_text())
+    assert (listed["apiVersion"], listed["kind"]) == ("v1", "List")
+    return listed["items"]
 
 
 @pytest.mark.parametrize("path", [ROLLOUTS_FILE, PROMETHEUS_FILE], ids=lambda p: p.name)
