@@ -9,6 +9,10 @@ renders it for a cluster instead, with one of two engines:
   release whose steps come from ``configs/canary.yaml``, judged by ``mlops judge`` in an
   AnalysisTemplate's Job, with a ServiceMonitor for the metrics of :mod:`pipelines.telemetry`.
 
+Both engines map the server's ``/labels`` token variable (``serve.yaml``'s
+``labels.token_env``) from a Secret (``RenderOptions.labels_secret``), never a value.
+``deploy/k8s/`` holds the judge's image recipe and the cluster-side files.
+
 Everything is built as plain dicts and dumped with ``yaml.safe_dump``: no text templates. The
 output is deterministic (fixed object order, keys sorted, no timestamps), so the same state
 renders the same bytes. A state an engine cannot express (sticky routing; shadow on Argo) is
