@@ -42,9 +42,15 @@ def run_judge_image(*args: str, volume: str | None = None) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def judge_image() -> Iterator[str]:
-    """The image built from HEAD by the script `make judge-image` runs; removed afterwards."""
+def judge_image() -> Iterator[tuple[str, str]]:
+    """The image built from HEAD by the script `make judge-image` runs, and that commit.
+
+    The image is removed afterwards.
+    """
     require_tools()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     if podman("image", "exists", "localhost/python-base:3.11").returncode != 0:
         made = subprocess.run(
             ["bash", str(ROOT / "scripts" / "make-base-image.sh"), "--extra-ca",
@@ -53,7 +59,7 @@ def judge_image() -> Iterator[str]:
         )  # fmt: skip
         assert made.returncode == 0, made.stderr[-4000:]
     built = subprocess.run(
-        ["bash", str(BUILD), "--tag", TAG, "--engine", "podman"],
+        ["bash", str(BUILD), "--tag", TAG, "--engine", "podman", "--commit", head],
         capture_output=True,
         text=True,
         timeout=1500,
@@ -62,11 +68,11 @@ def judge_image() -> Iterator[str]:
     )
     assert built.returncode == 0, built.stderr[-4000:]
     assert built.stdout.strip().splitlines()[-1] == TAG
-    yield TAG
+    yield TAG, head
     podman("rmi", "--force", TAG)
 
 
-def test_image_runs_mlops_from_the_lock_as_the_jobs_user(judge_image: str) -> None:
+def test_image_runs_mlops_from_the_lock_as_the_jobs_user(judge_image: tuple[str, str]) -> None:
     """The entrypoint is mlops; its dependencies are the lock's versions; it runs as uid 1034.
 
     The image is labelled with the commit it was built from.
@@ -74,18 +80,16 @@ def test_image_runs_mlops_from_the_lock_as_the_jobs_user(judge_image: str) -> No
     shown = run_judge_image("--help")
     assert shown.returncode == 0, shown.stderr
     assert "k8s" in shown.stdout and "deploy" in shown.stdout
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    image, head = judge_image
     label = podman(
         "image", "inspect", "--format",
-        '{{ index .Labels "org.opencontainers.image.revision" }}', judge_image,
+        '{{ index .Labels "org.opencontainers.image.revision" }}', image,
     )  # fmt: skip
     assert label.stdout.strip() == head
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     locked = {p["name"]: p["version"] for p in lock["package"] if "version" in p}
     probe = podman(
-        "run", "--rm", "--read-only", "--entrypoint", "python", judge_image, "-c",
+        "run", "--rm", "--read-only", "--entrypoint", "python", image, "-c",
         "import os, importlib.metadata as m; "
         "print(os.getuid(), m.version('mlflow'), m.version('bentoml'), m.version('pandas'))",
     )  # fmt: skip
@@ -95,9 +99,8 @@ def test_image_runs_mlops_from_the_lock_as_the_jobs_user(judge_image: str) -> No
     assert (mlflow, bentoml, pandas) == (locked["mlflow"], locked["bentoml"], locked["pandas"])
 
 
-def test_image_renders_a_project_read_only(
-    judge_image: str, project: Project, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("judge_image")
+def test_image_renders_a_project_read_only(project: Project, tmp_path: Path) -> None:
     """The image runs `mlops k8s render` on a mounted project, as Argo CD's plugin would.
 
     Read-only root and project, non-root: the manifests come out on stdout and name the
