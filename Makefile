@@ -66,6 +66,10 @@ system-deps: ## Install the system packages containers need (podman, buildah, ru
 base-image: ## Make the air-gapped Python base image from Debian packages (cached)
 	scripts/make-base-image.sh --extra-ca /usr/local/share/ca-certificates
 
+.PHONY: judge-image
+judge-image: venv base-image ## Build the judge Job's image (mlops CLI from uv.lock) from HEAD (deploy/k8s/)
+	deploy/k8s/build-judge-image.sh $(if $(JUDGE_IMAGE),--tag $(JUDGE_IMAGE))
+
 .PHONY: image
 image: venv ## Build the OCI image of the packaged Bento (.mlops/results/image.json)
 	$(MLOPS) image --configs $(CONFIGS)

@@ -201,6 +201,12 @@ def k8s_render(
             "ghcr.io/<owner>/<repo>:<tag>, so pass ghcr.io/<owner>/<repo>."
         ),
     ] = None,
+    labels_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Secret whose key 'token' holds the /labels bearer token (default: mlops-labels)."
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -214,7 +220,10 @@ def k8s_render(
     ] = None,
     judge_image: Annotated[
         str | None,
-        typer.Option(help="argo-rollouts: the image of the judge Job (default: the model's)."),
+        typer.Option(
+            help="argo-rollouts: the judge Job's image (default: localhost/mlops-judge:<version>, "
+            "`make judge-image`)."
+        ),
     ] = None,
 ) -> None:
     """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
@@ -228,6 +237,7 @@ def k8s_render(
             image_repository=image_repository,
             gateway=gateway,
             gateway_namespace=gateway_namespace,
+            labels_secret=labels_secret,
         )
         chosen, argo = k8s.engine_from_arguments(
             engine=engine, prometheus_url=prometheus_url, judge_image=judge_image
@@ -241,3 +251,37 @@ def k8s_render(
         return
     write_atomic(out, text)
     say(f"wrote {len(rendered.documents)} objects to {out}")
+
+
+@k8s_app.command("application")
+def k8s_application(
+    env: EnvOption,
+    repo_url: Annotated[
+        str, typer.Option(help="The git repository Argo CD reads (https://, ssh:// or git@).")
+    ],
+    namespace: Annotated[str, typer.Option(help="Namespace of the model's objects.")],
+    configs: ConfigsOption = CONFIGS,
+    engine: Annotated[str, typer.Option(help="plain or argo-rollouts.")] = "plain",
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit Argo CD syncs.")] = "main",
+    image_repository: Annotated[
+        str | None, typer.Option(help="Passed to the render (`mlops k8s render --help`).")
+    ] = None,
+    judge_image: Annotated[
+        str | None, typer.Option(help="argo-rollouts: passed to the render.")
+    ] = None,
+    labels_secret: Annotated[str | None, typer.Option(help="Passed to the render.")] = None,
+    argocd_namespace: Annotated[str, typer.Option(help="Argo CD's namespace.")] = "argocd",
+    project: Annotated[str, typer.Option(help="Argo CD project.")] = "default",
+) -> None:
+    """Print the Argo CD Application that renders and syncs the environment with the plugin."""
+    import yaml
+
+    from pipelines.environments.k8s import argocd, k8s_base_name
+
+    fields = argocd.ApplicationOptions.model_fields
+    given = {name: value for name, value in locals().items() if name in fields}
+    with step_errors():
+        config, _ = load(configs)
+        options = argocd.options_from_arguments(environment=env, **given)
+        document = argocd.application(options, k8s_base_name(config.train.registered_model_name))
+    typer.echo(yaml.safe_dump(document, sort_keys=True), nl=False)

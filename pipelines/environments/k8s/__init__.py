@@ -9,6 +9,10 @@ renders it for a cluster instead, with one of two engines:
   release whose steps come from ``configs/canary.yaml``, judged by ``mlops judge`` in an
   AnalysisTemplate's Job, with a ServiceMonitor for the metrics of :mod:`pipelines.telemetry`.
 
+Both engines map the server's ``/labels`` token variable (``serve.yaml``'s
+``labels.token_env``) from a Secret (``RenderOptions.labels_secret``), never a value.
+``deploy/k8s/`` holds the judge's image recipe and the cluster-side files.
+
 Everything is built as plain dicts and dumped with ``yaml.safe_dump``: no text templates. The
 output is deterministic (fixed object order, keys sorted, no timestamps), so the same state
 renders the same bytes. A state an engine cannot express (sticky routing; shadow on Argo) is
@@ -112,8 +116,9 @@ def render_environment(
     root = config.root
     state = load_state(root, env, config.train.registered_model_name)
     source = state_path(root, env).relative_to(root).as_posix()
+    labels = config.serve.labels
     if engine is Engine.PLAIN:
-        return render(state, options, source)
+        return render(state, options, source, labels)
     canary_file = config.source("canary")
     canary_source = (
         canary_file.relative_to(root).as_posix()
@@ -121,5 +126,5 @@ def render_environment(
         else str(canary_file)
     )
     return argo_rollouts.render(
-        state, config.canary, options, argo or ArgoOptions(), source, canary_source
+        state, config.canary, options, argo or ArgoOptions(), source, canary_source, labels
     )

@@ -18,7 +18,8 @@ renders, all in the model's namespace:
     ``setMirrorRoute`` (a no-op in its source), so Argo cannot mirror to a candidate that
     never takes traffic;
 * an ``AnalysisTemplate`` whose one metric runs ``mlops judge --source prometheus`` as a
-  Kubernetes Job (the ``job`` provider, see :func:`analysis_template` for the exit codes);
+  Kubernetes Job (the ``job`` provider, see :func:`analysis_template` for the exit codes), in
+  the image ``deploy/k8s/judge.Containerfile`` builds (:func:`default_judge_image`);
 * a headless ``<model>-metrics`` Service over every pod of the Rollout and a ``ServiceMonitor``
   (``monitoring.coreos.com/v1``) scraping their ``/metrics``, keeping the series of
   :mod:`pipelines.telemetry` only.
@@ -29,12 +30,14 @@ Sticky routing is refused as in the plain engine, naming ``sticky_header``.
 from __future__ import annotations
 
 import math
+from importlib.metadata import version
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
+from pipelines.config.serve import LabelsConfig
 from pipelines.environments.k8s.core import (
     HTTP_PORT,
     LOCAL_IMAGE_PREFIX,
@@ -42,7 +45,6 @@ from pipelines.environments.k8s.core import (
     RenderError,
     RenderOptions,
     hardened_container,
-    image_reference,
     k8s_base_name,
     local_image_warnings,
     model_labels,
@@ -65,6 +67,15 @@ JUDGE_RETRIES = 25
 JUDGE_DEADLINE_S = 3 * 3600
 SCRAPE_INTERVAL = "15s"
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+# The image deploy/k8s/judge.Containerfile builds (`make judge-image`), tagged with the
+# version of this project: the mlops CLI, its locked dependencies, configs and deploy states.
+JUDGE_IMAGE_REPOSITORY = "localhost/mlops-judge"
+PROJECT = "mlops-promotion"
+
+
+def default_judge_image() -> str:
+    """``localhost/mlops-judge:<project version>``: what ``make judge-image`` tags."""
+    return f"{JUDGE_IMAGE_REPOSITORY}:{version(PROJECT)}"
 
 
 class ArgoOptions(BaseModel):
@@ -72,13 +83,29 @@ class ArgoOptions(BaseModel):
 
     Attributes:
         prometheus_url: The Prometheus the judge queries (the AnalysisTemplate's default).
-        judge_image: The image the judge Job runs; None: the target release's image.
+        judge_image: The image the judge Job runs; None: :func:`default_judge_image`, with
+            ``localhost/`` replaced by ``--registry`` as the model images are.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prometheus_url: str = Field(default=DEFAULT_PROMETHEUS_URL, pattern=r"^https?://\S+$")
     judge_image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+
+
+def judge_image_reference(argo: ArgoOptions, options: RenderOptions) -> str:
+    """The judge Job's image: ``--judge-image`` as given, else the default one.
+
+    The default is built locally (``localhost/``); ``--registry`` replaces that prefix, as it
+    does for the model images. ``--image-repository`` names the models' repository, not the
+    judge's, so it leaves the default alone.
+    """
+    if argo.judge_image is not None:
+        return argo.judge_image
+    image = default_judge_image()
+    if options.registry is not None:
+        return f"{options.registry.rstrip('/')}/{image.removeprefix(LOCAL_IMAGE_PREFIX)}"
+    return image
 
 
 def _names(base: str) -> dict[str, str]:
@@ -174,6 +201,7 @@ def rollout(
     options: RenderOptions,
     source: str,
     canary_source: str,
+    labels: LabelsConfig,
 ) -> dict[str, Any]:
     """The ``Rollout`` of the target release with the strategy's steps or analyses."""
     base = k8s_base_name(state.model)
@@ -228,7 +256,7 @@ def rollout(
             "replicas": options.replicas,
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": {"app.kubernetes.io/name": base}},
-            "template": pod_template(state, str(target.version), target, options, source),
+            "template": pod_template(state, str(target.version), target, options, source, labels),
             "strategy": spec_strategy,
         },
     }
@@ -311,7 +339,11 @@ def analysis_template(
         "name": JUDGE_CONTAINER,
         "image": judge_image,
         "command": command,
-        "env": [{"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],
+        "env": [
+            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+            # What the judge writes (its decision JSON) goes to the one writable volume.
+            {"name": "MLOPS_STATE_DIR", "value": "/tmp/mlops"},
+        ],
         "resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},
@@ -421,6 +453,7 @@ def render(
     argo: ArgoOptions,
     source: str,
     canary_source: str,
+    labels: LabelsConfig | None = None,
 ) -> Rendered:
     """The Argo Rollouts manifests of a deploy state.
 
@@ -433,6 +466,7 @@ def render(
         argo: Prometheus URL and the judge's image.
         source: The state file as it should appear in messages.
         canary_source: The canary config file as it should appear in messages.
+        labels: ``serve.yaml``'s ``labels`` (the token's variable); None: its defaults.
 
     Raises:
         RenderError: Sticky routing, shadow, a fractional weight, nothing to serve, or a
@@ -447,7 +481,7 @@ def render(
     strategy = strategy_of(state, canary, source, canary_source)
     base = k8s_base_name(state.model)
     names = _names(base)
-    model_image = image_reference(target, options.registry, source, options.image_repository)
+    judge_image = judge_image_reference(argo, options)
     if strategy is Strategy.CANARY:
         services = [
             _service(names["stable"], state, options),
@@ -461,21 +495,28 @@ def render(
     metrics_service = _service(names["metrics"], state, options, clusterIP="None")
     metrics_service["metadata"]["labels"]["mlops/metrics"] = "true"
     documents = [
-        rollout(state, target, strategy, canary, options, source, canary_source),
+        rollout(
+            state,
+            target,
+            strategy,
+            canary,
+            options,
+            source,
+            canary_source,
+            labels if labels is not None else LabelsConfig(),
+        ),
         *services,
         metrics_service,
         http_route(state, strategy, options),
-        analysis_template(state, argo.judge_image or model_image, argo, options),
+        analysis_template(state, judge_image, argo, options),
         service_monitor(state, options),
     ]
     warnings = local_image_warnings([target], options)
-    if argo.judge_image is None:
+    if judge_image.startswith(LOCAL_IMAGE_PREFIX):
         warnings.append(
-            f"the judge Job runs the model image {model_image}, which carries no `mlops` CLI "
-            "today (issue 15 §2); pass --judge-image with an image that does"
+            f"the judge Job's image {judge_image} is local to the machine that built it "
+            "(`make judge-image`); push it and pass --judge-image (or --registry) with where"
         )
-    elif argo.judge_image.startswith(LOCAL_IMAGE_PREFIX):
-        warnings.append(f"--judge-image {argo.judge_image} is local to the machine that built it")
     return Rendered(
         environment=state.environment,
         source=source,

@@ -4,7 +4,9 @@ Argo CD runs ``mlops k8s render`` itself, as a config-management plugin (CMP) na
 :data:`PLUGIN` in a sidecar of its repo server that has the project installed: every commit
 to ``deploy/<env>.yaml`` is rendered and applied, and nothing rendered is ever committed.
 The plugin reads its arguments from the Application (Argo CD passes ``spec.source.plugin.env``
-to it as ``ARGOCD_ENV_<name>``); docs/beyond-one-host.md has the plugin's own config.
+to it as ``ARGOCD_ENV_<name>``); ``deploy/k8s/argocd-cmp-plugin.yaml`` is the plugin's own
+config and ``deploy/k8s/argocd-repo-server-patch.yaml`` the sidecar, in the judge image.
+``mlops k8s application`` prints the Application.
 
 With the argo-rollouts engine two fields belong to Argo Rollouts once applied, and the
 Application ignores them so that Argo CD does not undo a step: the HTTPRoute's backend weights
@@ -18,9 +20,24 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.environments.k8s.core import DNS_LABEL
+from pipelines.environments.k8s.core import (
+    DNS_LABEL,
+    DNS_LABEL_TEXT,
+    DNS_SUBDOMAIN,
+    EXPECTED,
+    parse_options,
+)
 
 PLUGIN = "mlops-k8s-render"
+_EXPECTED = {
+    **EXPECTED,
+    "environment": DNS_LABEL_TEXT,
+    "argocd_namespace": DNS_LABEL_TEXT,
+    "project": DNS_LABEL_TEXT,
+    "engine": "plain or argo-rollouts",
+    "repo_url": "a git URL starting with https://, ssh:// or git@",
+    "judge_image": "an image reference, e.g. ghcr.io/acme/mlops-judge:0.1.0",
+}
 ARGOCD_API_VERSION = "argoproj.io/v1alpha1"
 
 
@@ -34,15 +51,18 @@ class ApplicationOptions(BaseModel):
     repo_url: str = Field(pattern=r"^(https://|ssh://|git@)\S+$")
     revision: str = Field(default="main", min_length=1)
     namespace: str = Field(pattern=DNS_LABEL, description="Where the model's objects go.")
-    image_repository: str | None = None
-    judge_image: str | None = None
+    image_repository: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._/-]*)*$"
+    )
+    judge_image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+    labels_secret: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     argocd_namespace: str = Field(default="argocd", pattern=DNS_LABEL)
     project: str = Field(default="default", pattern=DNS_LABEL)
 
     @model_validator(mode="after")
     def _judge_image_needs_argo(self) -> ApplicationOptions:
         if self.judge_image is not None and self.engine != "argo-rollouts":
-            raise ValueError("judge_image goes with the argo-rollouts engine only")
+            raise ValueError("--judge-image goes with --engine argo-rollouts only")
         return self
 
 
@@ -61,6 +81,8 @@ def application(options: ApplicationOptions, model_base: str) -> dict[str, Any]:
         env.append({"name": "MLOPS_IMAGE_REPOSITORY", "value": options.image_repository})
     if options.judge_image is not None:
         env.append({"name": "MLOPS_JUDGE_IMAGE", "value": options.judge_image})
+    if options.labels_secret is not None:
+        env.append({"name": "MLOPS_LABELS_SECRET", "value": options.labels_secret})
     spec: dict[str, Any] = {
         "project": options.project,
         "source": {
@@ -102,3 +124,12 @@ def application(options: ApplicationOptions, model_base: str) -> dict[str, Any]:
         },
         "spec": spec,
     }
+
+
+def options_from_arguments(**arguments: Any) -> ApplicationOptions:
+    """Application options from command-line arguments (None: the default).
+
+    Raises:
+        RenderError: An argument is invalid; the message names the option as typed.
+    """
+    return parse_options(ApplicationOptions, _EXPECTED, arguments)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.config.base import ConfigError
 from pipelines.config.canary import Strategy
+from pipelines.config.serve import LabelsConfig
 from pipelines.environments.local.desired import DesiredEnv, LiveRelease, desired_from_state
 from pipelines.release.state import EnvState, Release
 
@@ -50,7 +51,12 @@ DATA_DIR = "/var/lib/mlops"
 LOCAL_IMAGE_PREFIX = "localhost/"
 # RFC 1123 label (namespace, Gateway name); a Service name must also start with a letter.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+# RFC 1123 subdomain (a Secret's name): labels joined by '.', 253 characters at most.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 NAME_MAX = 63
+# The Secret that holds the /labels bearer token, and its key (docs/labels.md creates it so).
+LABELS_SECRET = "mlops-labels"
+LABELS_SECRET_KEY = "token"
 STICKY_REFUSAL = (
     "{source}: field 'sticky_header' ({header!r}) cannot be rendered by the {engine!r} engine: "
     "the Gateway API standard channel has no weighted consistent hashing, so users could not "
@@ -59,18 +65,23 @@ STICKY_REFUSAL = (
 )
 
 
-_DNS_LABEL_TEXT = (
+DNS_LABEL_TEXT = (
     "a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a "
     "letter or digit"
 )
 # What each option expects, in words (a regex in an error message helps nobody).
-_EXPECTED = {
-    "namespace": _DNS_LABEL_TEXT,
-    "gateway": _DNS_LABEL_TEXT,
-    "gateway_namespace": _DNS_LABEL_TEXT,
+EXPECTED = {
+    "namespace": DNS_LABEL_TEXT,
+    "gateway": DNS_LABEL_TEXT,
+    "gateway_namespace": DNS_LABEL_TEXT,
     "registry": "a registry host and path, e.g. ghcr.io/acme",
     "image_repository": "an image repository without tag, e.g. ghcr.io/acme/models",
+    "labels_secret": "a Secret name: up to 253 lowercase letters, digits, '-' or '.', "
+    "starting and ending with a letter or digit",
 }
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 class RenderError(ConfigError):
@@ -127,6 +138,12 @@ class RenderOptions(BaseModel):
         description="The repository a local image was pushed to, its tag kept: what the merge "
         "workflow pushes (ghcr.io/<owner>/<repo>:<tag>).",
     )
+    labels_secret: str = Field(
+        default=LABELS_SECRET,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="The Secret whose key 'token' holds the /labels bearer token.",
+    )
     replicas: int = Field(default=1, ge=1, le=100)
     resources: Resources = Resources()
 
@@ -143,8 +160,23 @@ def options_from_arguments(**arguments: Any) -> RenderOptions:
     Raises:
         RenderError: An argument is invalid; the message names the option as typed.
     """
+    return parse_options(RenderOptions, EXPECTED, arguments)
+
+
+def parse_options(
+    model: type[OptionsT], expected: dict[str, str], arguments: dict[str, Any]
+) -> OptionsT:
+    """``model`` from command-line arguments (None: the default), errors by option as typed.
+
+    ``expected`` says in words what a field takes (a regex in an error message helps nobody);
+    a field without an entry keeps pydantic's message. Errors of the whole model (two options
+    that exclude each other) keep their own message.
+
+    Raises:
+        RenderError: Every invalid option (``--labels-secret: expected ... (got ...)``).
+    """
     try:
-        return RenderOptions(**{k: v for k, v in arguments.items() if v is not None})
+        return model(**{k: v for k, v in arguments.items() if v is not None})
     except ValidationError as exc:
         problems = []
         for item in exc.errors():
@@ -152,10 +184,9 @@ def options_from_arguments(**arguments: Any) -> RenderOptions:
                 problems.append(item["msg"].removeprefix("Value error, "))
                 continue
             field = str(item["loc"][0])
-            expected = _EXPECTED.get(field, item["msg"])
-            problems.append(
-                f"--{field.replace('_', '-')}: expected {expected} (got {item['input']!r})"
-            )
+            wanted = expected.get(field, item["msg"])
+            option = f"--{field.replace('_', '-')}"
+            problems.append(f"{option}: expected {wanted} (got {item['input']!r})")
         raise RenderError("; ".join(problems)) from None
 
 
@@ -313,13 +344,38 @@ def hardened_container() -> dict[str, Any]:
     }
 
 
+def labels_token_env(labels: LabelsConfig, options: RenderOptions) -> list[dict[str, Any]]:
+    """The server's ``/labels`` token variable, taken from a Secret (never a value in git).
+
+    The variable is the one ``labels.token_env`` names in ``configs/serve.yaml``; its value is
+    key :data:`LABELS_SECRET_KEY` of the Secret ``options.labels_secret``. The reference is
+    optional unless ``labels.token_required``: a server that may run without a token starts
+    without the Secret (its ``/labels`` is then open, as locally), one that may not is held
+    by the kubelet until the Secret exists. ``token_env: null`` asks for no token: no entry.
+    """
+    if labels.token_env is None:
+        return []
+    reference = {
+        "name": options.labels_secret,
+        "key": LABELS_SECRET_KEY,
+        "optional": not labels.token_required,
+    }
+    return [{"name": labels.token_env, "valueFrom": {"secretKeyRef": reference}}]
+
+
 def pod_template(
-    state: EnvState, version: str, release: Release, options: RenderOptions, source: str
+    state: EnvState,
+    version: str,
+    release: Release,
+    options: RenderOptions,
+    source: str,
+    labels: LabelsConfig,
 ) -> dict[str, Any]:
     """The pod template that runs one release: its pinned image, probes, hardened, with volumes.
 
     Shared by the Deployment (``plain``) and the Rollout (``argo-rollouts``); its labels are
     the model's name and the version (a selector on the name alone matches every version).
+    ``labels`` (``serve.yaml``'s) names the variable that gets the ``/labels`` token.
     """
     base = k8s_base_name(state.model)
     container = {
@@ -332,6 +388,7 @@ def pod_template(
             {"name": "BENTOML_HOME", "value": BENTOML_HOME},
             {"name": "MLOPS_PREDICTION_LOG", "value": f"{DATA_DIR}/predictions.jsonl"},
             {"name": "MLOPS_LABELS_LOG", "value": f"{DATA_DIR}/labels.jsonl"},
+            *labels_token_env(labels, options),
         ],
         # The model loads before /readyz answers: the startup probe allows 5 minutes, then
         # liveness takes over; readiness takes a pod out of its Service without a restart.
@@ -371,6 +428,7 @@ def deployment(
     release: Release,
     options: RenderOptions,
     source: str,
+    labels: LabelsConfig,
 ) -> dict[str, Any]:
     """The ``apps/v1`` Deployment of one live release."""
     metadata = _version_metadata(state, live, options)
@@ -382,7 +440,7 @@ def deployment(
         "spec": {
             "replicas": options.replicas,
             "selector": {"matchLabels": _selector(k8s_base_name(state.model), live)},
-            "template": pod_template(state, live.version, release, options, source),
+            "template": pod_template(state, live.version, release, options, source, labels),
         },
     }
 
@@ -492,13 +550,16 @@ def local_image_warnings(
     ]
 
 
-def render(state: EnvState, options: RenderOptions, source: str) -> Rendered:
+def render(
+    state: EnvState, options: RenderOptions, source: str, labels: LabelsConfig | None = None
+) -> Rendered:
     """The manifests of a deploy state.
 
     Args:
         state: The validated deploy state.
-        options: Namespace, gateway, registry and sizes.
+        options: Namespace, gateway, registry, the labels token's Secret and sizes.
         source: The state file as it should appear in messages (e.g. ``deploy/staging.yaml``).
+        labels: ``serve.yaml``'s ``labels`` (the token's variable); None: its defaults.
 
     Raises:
         RenderError: Nothing serves in the state, a live release has no image, or the state
@@ -519,10 +580,13 @@ def render(state: EnvState, options: RenderOptions, source: str) -> Rendered:
         by_version[str(state.stable.version)] = state.stable
     if state.rollout is not None:
         by_version.setdefault(str(state.rollout.canary.version), state.rollout.canary)
+    labels_config = labels if labels is not None else LabelsConfig()
     live = sorted(desired.releases, key=lambda r: int(r.version))
     documents: list[dict[str, Any]] = []
     for release in live:
-        documents.append(deployment(state, release, by_version[release.version], options, source))
+        documents.append(
+            deployment(state, release, by_version[release.version], options, source, labels_config)
+        )
         documents.append(service(state, release, options))
     documents.append(http_route(state, desired, options))
     warnings = local_image_warnings(live, options)

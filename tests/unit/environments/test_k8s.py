@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipelines.config.canary import Strategy
+from pipelines.config.serve import LabelsConfig
 from pipelines.environments import k8s
 from pipelines.release.state import EnvState, Release, Rollout, StableRelease
 
@@ -215,7 +216,7 @@ def test_deployment_runs_the_bento_image_hardened() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert "startupProbe" in container
     assert set(container["resources"]) == {"requests", "limits"}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["BENTOML_DO_NOT_TRACK"] == "true"
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] == k8s.BENTO_UID
@@ -370,3 +371,64 @@ def test_bad_options_name_the_option() -> None:
     assert str(caught.value).startswith("--namespace: expected a DNS label")
     assert "'Bad_NS'" in str(caught.value)
     assert k8s.options_from_arguments(namespace=None, gateway=None).gateway == "mlops-gateway"
+
+
+def token_env(container: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The container's env entry called ``name`` (None: absent)."""
+    found = [e for e in container["env"] if e["name"] == name]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+@pytest.mark.usefixtures("no_network")
+@pytest.mark.parametrize(
+    ("required", "secret"), [(False, None), (True, None), (True, "team-a.labels-token")]
+)
+def test_labels_token_comes_from_a_secret(required: bool, secret: str | None) -> None:
+    """Every server gets serve.yaml's token variable from a Secret's key, never a value.
+
+    The Secret is ``mlops-labels`` unless --labels-secret names another; the reference is
+    optional only when serve.yaml does not require the token, so a required token holds the
+    pod until the Secret exists. The Deployments stay valid Kubernetes (strict).
+    """
+    labels = LabelsConfig(token_env="MODEL_LABELS_TOKEN", token_required=required)
+    options = {"labels_secret": secret} if secret is not None else {}
+    result = k8s.render(state(Strategy.CANARY, 25), k8s.RenderOptions(**options), SOURCE, labels)
+    deployments = of_kind(result, "Deployment")
+    assert len(deployments) == 2
+    for deployment in deployments:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert token_env(container, "MODEL_LABELS_TOKEN") == {
+            "name": "MODEL_LABELS_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": secret or "mlops-labels",
+                    "key": "token",
+                    "optional": not required,
+                }
+            },
+        }
+        assert token_env(container, "MLOPS_LABELS_TOKEN") is None
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_labels_token_defaults_and_none() -> None:
+    """Without serve.yaml's labels the default variable is mapped; ``token_env: null`` maps none."""
+    (container,) = of_kind(rendered(state()), "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert token_env(container, "MLOPS_LABELS_TOKEN") is not None
+    result = k8s.render(state(), k8s.RenderOptions(), SOURCE, LabelsConfig(token_env=None))
+    (container,) = of_kind(result, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in container["env"] if "valueFrom" in e]
+    assert "secretKeyRef" not in result.to_yaml()
+
+
+@pytest.mark.parametrize("name", ["Mlops_Labels", "-labels", "a" * 254, "labels..token"])
+def test_bad_labels_secret_names_the_option(name: str) -> None:
+    """A Secret name Kubernetes would refuse is reported as --labels-secret, with what it expects."""
+    with pytest.raises(k8s.RenderError) as caught:
+        k8s.options_from_arguments(labels_secret=name)
+    message = str(caught.value)
+    assert message.startswith("--labels-secret: expected a Secret name")
+    assert repr(name) in message

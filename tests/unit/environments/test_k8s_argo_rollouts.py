@@ -16,6 +16,7 @@ import pytest
 
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
+from pipelines.config.serve import LabelsConfig
 from pipelines.environments import k8s
 from pipelines.environments.k8s import argocd, crd_schemas
 from pipelines.environments.k8s.argo_rollouts import ArgoOptions
@@ -185,10 +186,9 @@ def test_judge_job_maps_exit_codes_onto_the_job_provider() -> None:
     assert command.startswith("mlops judge --env staging --source prometheus")
     assert "--prometheus-url {{args.prometheus-url}}" in command
     assert "--phase {{args.phase}}" in command
+    assert {"name": "MLOPS_STATE_DIR", "value": "/tmp/mlops"} in container["env"]
+    assert {"mountPath": "/tmp", "name": "tmp"} in container["volumeMounts"]
     assert not any("judge Job" in w for w in result.warnings)
-    # Without --judge-image the model image runs it, and the render says it lacks the CLI.
-    (warning,) = [w for w in rendered(state(Strategy.CANARY), CANARY).warnings if "judge" in w]
-    assert "no `mlops` CLI" in warning
 
 
 def test_blue_green_rollout_has_pre_and_post_promotion_analysis() -> None:
@@ -415,3 +415,71 @@ def test_every_vendored_schema_has_its_source_and_licence() -> None:
         assert re.search(r"^tag: v\d+\.\d+\.\d+$", source, re.MULTILINE)
         assert re.search(r"^commit: [0-9a-f]{40}$", source, re.MULTILINE)
         assert "Apache License" in (path.parent / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("canary", [CANARY, BLUE_GREEN], ids=["canary", "blue-green"])
+def test_rollout_takes_the_labels_token_from_a_secret(canary: CanaryConfig) -> None:
+    """The Rollout's pods get serve.yaml's token variable from the Secret, as the plain engine's.
+
+    The Secret is the one --labels-secret names; the Rollout still passes its CRD schema and
+    the judge Job, which posts no labels, gets no token.
+    """
+    options = k8s.RenderOptions(namespace="models", labels_secret="labels-token")
+    labels = LabelsConfig(token_env="MODEL_LABELS_TOKEN", token_required=True)
+    result = k8s.argo_rollouts.render(
+        state(canary.strategy),
+        canary,
+        options,
+        ArgoOptions(judge_image=JUDGE_IMAGE),
+        SOURCE,
+        CANARY_SOURCE,
+        labels,
+    )
+    assert_valid(result)
+    kinds = by_kind(result)
+    (rollout,) = kinds["Rollout"]
+    (container,) = rollout["spec"]["template"]["spec"]["containers"]
+    reference = {"name": "labels-token", "key": "token", "optional": False}
+    assert {
+        "name": "MODEL_LABELS_TOKEN",
+        "valueFrom": {"secretKeyRef": reference},
+    } in container["env"]
+    (template,) = kinds["AnalysisTemplate"]
+    job = template["spec"]["metrics"][0]["provider"]["job"]["spec"]["template"]["spec"]
+    assert all("valueFrom" not in e for e in job["containers"][0]["env"])
+
+
+def test_judge_image_defaults_to_what_make_judge_image_builds() -> None:
+    """Without --judge-image the Job runs localhost/mlops-judge:<project version>.
+
+    That is the tag `make judge-image` gives deploy/k8s/judge.Containerfile's image; the
+    render warns that it is local, and --registry rewrites it as it does the model images
+    (--image-repository, the models' repository, does not).
+    """
+    from importlib.metadata import version
+
+    from pipelines.environments.k8s.argo_rollouts import default_judge_image
+
+    expected = f"localhost/mlops-judge:{version('mlops-promotion')}"
+    assert default_judge_image() == expected
+
+    def judge_image(**options: Any) -> tuple[str, tuple[str, ...]]:
+        result = k8s.argo_rollouts.render(
+            state(Strategy.CANARY),
+            CANARY,
+            k8s.RenderOptions(**options),
+            ArgoOptions(),
+            SOURCE,
+            CANARY_SOURCE,
+        )
+        (template,) = by_kind(result)["AnalysisTemplate"]
+        job = template["spec"]["metrics"][0]["provider"]["job"]["spec"]["template"]["spec"]
+        return job["containers"][0]["image"], result.warnings
+
+    image, warnings = judge_image(image_repository="ghcr.io/acme/models")
+    assert image == expected
+    (warning,) = [w for w in warnings if "judge" in w]
+    assert expected in warning and "make judge-image" in warning
+    image, warnings = judge_image(registry="ghcr.io/acme")
+    assert image == f"ghcr.io/acme/mlops-judge:{version('mlops-promotion')}"
+    assert warnings == ()
