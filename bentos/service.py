@@ -35,8 +35,11 @@ from pipelines.serving.schema import (
     label_model,
     request_model,
 )
+from pipelines.serving.traffic import cancel_request_timers
 
 log = logging.getLogger("bentoml.service.model_server")
+# BentoML's per-request timeout timer otherwise outlives the request by 60 s (the c32 tail).
+cancel_request_timers()
 
 MANIFEST = ServingManifest.read(
     Path(os.environ.get("MLOPS_SERVING_MANIFEST") or Path(__file__).with_name(MANIFEST_FILE))

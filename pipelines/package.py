@@ -59,6 +59,7 @@ SERVING_MODULES = (
     "pipelines/serving/predlog.py",
     "pipelines/serving/runner.py",
     "pipelines/serving/schema.py",
+    "pipelines/serving/traffic.py",
 )
 # Top-level runtime dependencies of the service; their closure is pinned from the environment.
 SERVING_DISTRIBUTIONS = (

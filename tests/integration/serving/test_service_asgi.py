@@ -143,6 +143,15 @@ def test_one_row_is_predicted_with_model_identity(
     assert sum(body["probabilities"][0]) == pytest.approx(1.0)
 
 
+def test_request_timeout_is_the_one_that_cancels_its_timer(client: Any) -> None:
+    """It builds the Bento's app with the request timeout that cancels its timer."""
+    from pipelines.serving.traffic import TimeoutMiddleware
+
+    timeouts = [m for m in client.app.user_middleware if "Timeout" in m.cls.__name__]
+    assert [m.cls for m in timeouts] == [TimeoutMiddleware]
+    assert timeouts[0].kwargs == {"timeout": 60.0}
+
+
 def test_many_rows_keep_request_order(client: Any, rows: list[dict[str, float]]) -> None:
     """Rows predicted together get the same answers as each row alone, in request order."""
     together = post(client, "/predict", {"records": rows[:20]}).json()
