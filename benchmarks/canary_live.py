@@ -67,7 +67,7 @@ MLOPS = str(Path(sys.executable).with_name("mlops"))
 PROFILE = Path("configs/variants/live-bench/canary.yaml")
 RATE, CONCURRENCY, LABEL_DELAY_S = 200.0, 16, 0.5
 ERROR_POINTS, LATENCY_FACTOR, ACCURACY_POINTS = 0.02, 1.5, 0.05
-CALIBRATION_RUNS = 2  # rollouts with 0 ms sidecars on both versions, before the fault runs
+CALIBRATION_RUNS = 1  # rollouts with 0 ms sidecars on both versions, before the fault runs
 EXPECTED = {
     "latency": ("latency", "hard_limit.p99_latency_ms"),
     "errors": ("error_rate", "hard_limit.error_rate"),
