@@ -235,6 +235,60 @@ def version_window(window: Counts) -> VersionWindow:
     )
 
 
+def _cumulative(values: np.ndarray, bounds: Sequence[float]) -> Buckets:
+    """Cumulative counts of ``values`` at or under each bound, ``+Inf`` last (``le``)."""
+    edges = np.asarray([*bounds, math.inf], float)
+    counts = np.searchsorted(np.sort(np.asarray(values, float)), edges, side="right")
+    return {float(e): float(c) for e, c in zip(edges, counts, strict=True)}
+
+
+def counts_of(window: VersionWindow) -> Counts:
+    """What a server's exporter would have counted for a window of raw observations.
+
+    The inverse direction of :func:`version_window`, for the decision-quality benchmark's
+    binned runs: ``version_window(counts_of(w))`` is the window the judge sees through
+    Prometheus instead of ``w``.
+    """
+    counts = Counts(
+        requests={"2xx": float(window.requests - window.server_errors)}
+        | ({"5xx": float(window.server_errors)} if window.server_errors else {}),
+    )
+    if window.latencies_ms is not None and len(window.latencies_ms):
+        counts.latency = _cumulative(window.latencies_ms / 1000.0, telemetry.LATENCY_BUCKETS_S)
+    predictions = window.predictions
+    if predictions is None or not len(predictions.values):
+        return counts
+    proba = predictions.proba()
+    names = [str(c) for c in proba[1]] if proba is not None else []
+    names = sorted({*names, *(str(v) for v in predictions.values)})
+    counts.classes = {n: 0.0 for n in names}
+    for value in predictions.values:
+        counts.classes[str(value)] += 1.0
+    binary = predictions.scores is not None and proba is not None and len(proba[1]) == 2
+    buckets = telemetry.score_buckets()
+    positive = str(proba[1][1]) if binary and proba is not None else ""
+    if binary:
+        counts.scores = {positive: _cumulative(np.asarray(predictions.scores), buckets)}
+    labelled = window.labelled
+    if labelled is not None and len(labelled):
+        pairs = zip(labelled.predictions.values, labelled.y_true, strict=True)
+        for predicted, actual in pairs:
+            key = (str(predicted), str(actual))
+            counts.labelled[key] = counts.labelled.get(key, 0.0) + 1.0
+        scores = labelled.predictions.scores
+        if binary and scores is not None:
+            actual = np.asarray(labelled.y_true).astype(str)
+            counts.labelled_scores = {
+                a: _cumulative(np.asarray(scores)[actual == a], buckets) for a in set(actual)
+            }
+    return counts
+
+
+def binned(window: VersionWindow) -> VersionWindow:
+    """``window`` as the judge would see it through the servers' Prometheus series."""
+    return version_window(counts_of(window))
+
+
 # --------------------------------------------------------------------------- PromQL
 
 

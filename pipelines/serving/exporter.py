@@ -83,35 +83,56 @@ def _families(metrics: Any) -> dict[str, Any]:
 
 
 class Remembered:
-    """The latest answers by request id: predicted class (or value) and probabilities per row.
+    """The latest answered rows by request id: predicted class index (or value), probabilities.
 
-    Bounded: beyond ``remember`` requests the oldest is forgotten (a label for it is still
-    written to the labels log, it only no longer counts in the quality counters).
+    Rows live in preallocated numpy rings (``remember`` rows; the garbage collector never
+    scans them); a request id maps to where its rows start. A request whose first row was
+    written over is forgotten: a label for it is still written to the labels log, it only no longer
+    counts in the quality counters.
     """
 
-    def __init__(self, remember: int) -> None:
-        self._remember = remember
-        self._answers: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = (
-            collections.OrderedDict()
-        )
+    def __init__(self, remember: int, columns: int) -> None:
+        self._size = remember
+        self._predicted = np.zeros(remember, dtype=np.float64)
+        self._proba = np.zeros((remember, columns), dtype=np.float32) if columns else None
+        self._written = 0  # rows written since the start
+        # Per request id: its first row's position and its row count.
+        self._start: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
 
     def __len__(self) -> int:
-        """How many requests are remembered."""
-        return len(self._answers)
+        """How many requests are remembered (all of whose rows are still in the rings)."""
+        return sum(1 for first, _ in self._start.values() if first >= self._written - self._size)
 
-    def add(self, request_id: str, predicted: np.ndarray, proba: np.ndarray | None) -> None:
-        """Remember one request's rows."""
-        self._answers[request_id] = (predicted, proba)
-        if len(self._answers) > self._remember:
-            self._answers.popitem(last=False)
+    def add(
+        self,
+        request_id: str,
+        predicted: Sequence[float],
+        proba: Sequence[Sequence[float]] | None,
+    ) -> None:
+        """Remember one request's rows (class indexes or values, and probability rows)."""
+        first = self._written
+        size = self._size
+        for k, value in enumerate(predicted):
+            slot = (first + k) % size
+            self._predicted[slot] = value
+            if proba is not None and self._proba is not None:
+                self._proba[slot] = proba[k]
+        self._written = first + len(predicted)
+        self._start[request_id] = (first, len(predicted))
+        while self._start and next(iter(self._start.values()))[0] < self._written - size:
+            self._start.popitem(last=False)
 
-    def get(self, request_id: str, row: int) -> tuple[Any, np.ndarray | None] | None:
+    def get(self, request_id: str, row: int) -> tuple[float, np.ndarray | None] | None:
         """One row's prediction and probabilities (None: forgotten or never answered)."""
-        found = self._answers.get(request_id)
-        if found is None or not 0 <= row < len(found[0]):
+        found = self._start.get(request_id)
+        if found is None or not 0 <= row < found[1]:
             return None
-        predicted, proba = found
-        return predicted[row], None if proba is None else proba[row]
+        position = found[0] + row
+        if position < self._written - self._size:
+            return None  # written over by later requests
+        slot = position % self._size
+        proba = None if self._proba is None else self._proba[slot].astype(np.float64)
+        return float(self._predicted[slot]), proba
 
 
 class ServerMetrics:
@@ -137,7 +158,7 @@ class ServerMetrics:
         self.classes = None if classes is None else list(classes)
         self._class_names = None if classes is None else [str(c) for c in classes]
         self._index = None if classes is None else {_key(c): i for i, c in enumerate(classes)}
-        self.remembered = Remembered(remember)
+        self.remembered = Remembered(remember, 0 if classes is None else len(classes))
         model = {"model_name": model_name, "model_version": model_version}
         f = self.families
         self._requests = {
@@ -206,7 +227,7 @@ class ServerMetrics:
     ) -> None:
         """Count one request's predicted classes and scores; remember them for its labels."""
         if self._index is None:
-            self.remembered.add(request_id, np.asarray(predictions, dtype=float), None)
+            self.remembered.add(request_id, predictions, None)
             return
         index = self._index
         counters = self._predicted[traffic]
@@ -214,15 +235,13 @@ class ServerMetrics:
         for i in rows:
             if i >= 0:
                 counters[i].inc()
-        proba = None
         if probabilities is not None:
-            proba = np.asarray(probabilities, dtype=np.float32)
             scores = self._scores[traffic]
             first = self._scored_from
             for row in probabilities:
                 for k, histogram in enumerate(scores):
                     histogram.observe(row[first + k])
-        self.remembered.add(request_id, np.asarray(rows, dtype=np.int16), proba)
+        self.remembered.add(request_id, rows, probabilities)
 
     def labels(self, labels: Sequence[tuple[str, int, Any]]) -> int:
         """Count the quality of labelled answers still remembered; how many were counted.
@@ -237,7 +256,7 @@ class ServerMetrics:
                 continue
             predicted, proba = found
             if self._index is None:
-                self._regression(float(predicted), float(label))
+                self._regression(predicted, float(label))
             else:
                 actual = self._index.get(_key(label))
                 if actual is None or predicted < 0:

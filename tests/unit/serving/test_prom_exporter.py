@@ -216,3 +216,20 @@ def test_the_series_stay_within_the_stated_bound() -> None:
     ]
     bound = telemetry.series_per_version(3, telemetry.SCORE_BINS, {})
     assert 0 < len(samples) <= bound
+
+
+def test_remembered_rows_are_forgotten_when_written_over() -> None:
+    """It keeps a request's rows until later rows overwrite its first one, then forgets it."""
+    from pipelines.serving.exporter import Remembered
+
+    ring = Remembered(remember=4, columns=2)
+    ring.add("a", [1, 0, 1], [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    found = ring.get("a", 2)
+    assert found is not None and found[0] == 1.0
+    assert found[1] is not None and found[1].tolist() == pytest.approx([0.3, 0.7])
+    assert ring.get("a", 3) is None and ring.get("b", 0) is None
+    ring.add("b", [0, 0], [[0.6, 0.4], [0.9, 0.1]])
+    assert ring.get("a", 0) is None  # its first row was written over: all of it is forgotten
+    assert ring.get("a", 2) is None
+    assert ring.get("b", 1) is not None
+    assert len(ring) == 1
