@@ -20,6 +20,13 @@ classes, the model's classes, the reference's bins), never from request content,
 series of one version are bounded by :func:`series_per_version` and a rollout has two
 versions live (three at most while blue stands by). Prometheus adds ``pod`` and ``instance``:
 multiply by the replicas.
+
+What the exporter fills today: every family but ``PREDICTED_VALUES`` (a regressor's value
+edges are placed on the reference predictions by the rollout, which the server does not see)
+and ``INPUT_BINS`` (the reference's bins are not in the serving manifest yet);
+``LABELLED_SCORES`` is filled for binary models only. The judge's Prometheus source reads
+requests, latency, predicted classes and scores, and the labelled confusion matrix with its
+scores; the proper-score and regression sums are exported for dashboards and a later judge.
 """
 
 from __future__ import annotations
