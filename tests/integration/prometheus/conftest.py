@@ -1,0 +1,136 @@
+"""A real Prometheus (Debian's ``prometheus`` package) scraping real ``bentoml serve`` processes.
+
+The server is started from the test, never the package's systemd unit: its own config in a
+temp folder, its TSDB there too, a free loopback port, a 1 s scrape interval. Targets come
+from a file (``file_sd_configs``) that each test rewrites with its environment's servers, so
+one Prometheus serves the module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import yaml
+
+from pipelines import telemetry
+from pipelines.environments.local import reconcile
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+SCRAPE_INTERVAL = "1s"
+START_TIMEOUT_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus and the file its scrape targets are read from."""
+
+    url: str
+    targets_file: Path
+    process: subprocess.Popen
+
+    def scrape(self, status: reconcile.EnvStatus) -> None:
+        """Scrape exactly the model servers of ``status`` (each server's own port)."""
+        targets = [
+            {"targets": [urlparse(r.url).netloc], "labels": {"env": status.environment}}
+            for r in status.releases
+        ]
+        temporary = self.targets_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(targets))
+        temporary.replace(self.targets_file)  # atomic: Prometheus never reads half a file
+
+    def diagnosis(self) -> str:
+        """Each target's health and last scrape error, and the end of Prometheus' log."""
+        try:
+            active = httpx.get(f"{self.url}/api/v1/targets", timeout=5).json()["data"]
+            targets = [
+                f"{t['scrapeUrl']}: {t['health']} {t['lastError']!r} "
+                f"({t['lastScrapeDuration']:.3f} s)"
+                for t in active["activeTargets"]
+            ]
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            targets = [f"targets not readable: {exc}"]
+        log = self.targets_file.with_name("prometheus.log").read_text(errors="replace")
+        return "\n".join([*targets, log[-2000:]])
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """Debian's Prometheus on a temp TSDB and a free port, stopped after the module."""
+    if not Path(PROMETHEUS).is_file():
+        pytest.fail(
+            "prometheus is not installed: run scripts/install-system-deps.sh (Debian package)"
+        )
+    folder = tmp_path_factory.mktemp("prometheus")
+    targets = folder / "targets.json"
+    targets.write_text("[]")
+    config = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
+        "scrape_configs": [
+            {
+                "job_name": "model-servers",
+                "metrics_path": "/metrics",
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+                # What the ServiceMonitor keeps: the judge's series only.
+                "metric_relabel_configs": [
+                    {
+                        "source_labels": ["__name__"],
+                        "regex": telemetry.KEEP_REGEX,
+                        "action": "keep",
+                    }
+                ],
+            }
+        ],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (folder / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"prometheus exited {process.returncode}: see {folder}/prometheus.log")
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prometheus not ready within {START_TIMEOUT_S:g} s")
+            time.sleep(0.3)
+        yield Prometheus(url, targets, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
