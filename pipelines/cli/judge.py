@@ -84,13 +84,14 @@ def judge_command(
             prometheus_url=prometheus_url,
             window_s=window,
         )
+    # With --output (a Job's read-only root: /tmp) the markdown goes beside it.
     written = output or workdir.results / f"judge-{env}.json"
     common.finish(
         result,
         written,
         message=f"judge ({source.value}): {result.outcome.value}: {'; '.join(result.reasons)}",
         markdown=result.to_markdown(),
-        report=workdir.reports / f"judge-{env}.md",
+        report=written.with_suffix(".md") if output else workdir.reports / f"judge-{env}.md",
         passed=result.exit_code != 1,
     )
     if result.exit_code:

@@ -25,7 +25,10 @@ def _judge(project: Project, *args: str) -> tuple[int, str]:
 
 
 def test_an_unreachable_prometheus_exits_3_with_the_reason(project: Project) -> None:
-    """It exits 3 (not enough evidence) when Prometheus cannot be reached, and says so."""
+    """It exits 3 (not enough evidence) when Prometheus cannot be reached, and says so.
+
+    The result and its markdown go where --output says, and nowhere else.
+    """
     url = f"http://127.0.0.1:{_closed_port()}"
     output = project.root / "judge.json"
     code, text = _judge(
@@ -47,6 +50,9 @@ def test_an_unreachable_prometheus_exits_3_with_the_reason(project: Project) -> 
     assert result["outcome"] == "not_enough_evidence"
     assert result["verdict"] is None
     assert any("unreachable" in reason for reason in result["reasons"])
+    # A Job's root filesystem is read-only: with --output nothing else is written.
+    assert output.with_suffix(".md").is_file()
+    assert not (project.root / ".mlops").exists()
 
 
 @pytest.mark.parametrize(
