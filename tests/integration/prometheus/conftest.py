@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +20,11 @@ import pytest
 import yaml
 
 from pipelines import telemetry
-from pipelines.environments.local import reconcile
+from pipelines.environments.local import procs, reconcile
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_INTERVAL = "1s"
 START_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -42,7 +33,6 @@ class Prometheus:
 
     url: str
     targets_file: Path
-    process: subprocess.Popen
 
     def scrape(self, status: reconcile.EnvStatus) -> None:
         """Scrape exactly the model servers of ``status`` (each server's own port)."""
@@ -98,10 +88,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         ],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = procs.free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (folder / "prometheus.log").open("wb")
-    process = subprocess.Popen(
+    record = procs.start(
         [
             PROMETHEUS,
             f"--config.file={folder / 'prometheus.yml'}",
@@ -109,28 +98,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=1h",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        log_file=folder / "prometheus.log",
+        cwd=folder,
     )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited {process.returncode}: see {folder}/prometheus.log")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus not ready within {START_TIMEOUT_S:g} s")
-            time.sleep(0.3)
-        yield Prometheus(url, targets, process)
+        procs.wait_http_ok(f"{url}/-/ready", record, timeout=START_TIMEOUT_S)
+        yield Prometheus(url, targets)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
+        procs.stop(record)

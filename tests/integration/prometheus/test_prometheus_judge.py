@@ -53,25 +53,18 @@ def _config(versions: Versions) -> CanaryConfig:
 
 
 def _split(versions: Versions, env: str, canary: int) -> reconcile.EnvStatus:
-    releases = (
+    """Stable v1 and ``canary`` at WEIGHT %, reconciled without a rollout."""
+    plan = ((1, Role.STABLE, 100.0 - WEIGHT), (canary, Role.CANARY, WEIGHT))
+    releases = tuple(
         LiveRelease(
-            version=STABLE,
-            bento_tag=versions.packages[1].bento_tag,
-            role=Role.STABLE,
-            weight=100.0 - WEIGHT,
-        ),
-        LiveRelease(
-            version=str(canary),
-            bento_tag=versions.packages[canary].bento_tag,
-            role=Role.CANARY,
-            weight=WEIGHT,
-        ),
+            version=str(v), bento_tag=versions.packages[v].bento_tag, role=role, weight=weight
+        )
+        for v, role, weight in plan
     )
+    desired = DesiredEnv(environment=env, releases=releases)
+    project = versions.project
     return reconcile.up(
-        DesiredEnv(environment=env, releases=releases),
-        versions.project.state.root,
-        versions.bentoml_home,
-        project_root=versions.project.root,
+        desired, project.state.root, versions.bentoml_home, project_root=project.root
     )
 
 
