@@ -62,9 +62,9 @@ def fault_label(fault: Fault, t: Traffic) -> str:
     }[fault]
 
 
-def _one(args: tuple[CanaryConfig, Fault, int, Traffic]) -> RolloutOutcome:
-    config, fault, seed, traffic = args
-    return run_rollout(config, fault, seed, traffic)
+def _one(args: tuple[CanaryConfig, Fault, int, Traffic, bool]) -> RolloutOutcome:
+    config, fault, seed, traffic, binned = args
+    return run_rollout(config, fault, seed, traffic, binned=binned)
 
 
 def scaled_traffic(scale: float) -> Traffic:
@@ -120,7 +120,8 @@ def render(report: dict) -> str:
         f"Config `{report['config']}`, {report['aa_rollouts']} A/A rollouts and "
         f"{report['fault_rollouts']} per fault, seed {report['seed']}, "
         f"{report['elapsed_s']:.0f} s on {report['workers']} worker(s), "
-        f"faults at {report['fault_scale']:g}× their nominal size.",
+        f"faults at {report['fault_scale']:g}× their nominal size"
+        + (", windows binned as Prometheus gives them." if report.get("binned") else "."),
         "",
         "| scenario | rule | rollbacks | rate (95 % upper) | right signal | median canary "
         "requests to decide | p90 | median time to decide |",
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="multiply every fault's size (0.5 = half-size faults, to see the limits)",
     )
+    parser.add_argument(
+        "--binned",
+        action="store_true",
+        help="judge each window as Prometheus gives it (bucketed latencies and scores)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".mlops" / "benchmarks")
     args = parser.parse_args(argv)
 
@@ -172,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     traffic = scaled_traffic(args.fault_scale)
     plan = {Fault.NONE: args.aa, **{f: args.per_fault for f in Fault if f is not Fault.NONE}}
     jobs = [
-        (config, fault, args.seed * 1_000_003 + index * 7919 + list(Fault).index(fault), traffic)
+        (
+            config,
+            fault,
+            args.seed * 1_000_003 + index * 7919 + list(Fault).index(fault),
+            traffic,
+            args.binned,
+        )
         for fault, count in plan.items()
         for index in range(count)
     ]
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "alpha": config.statistics.alpha,
         "sequential_signals": config.sequential_signals(),
         "fault_scale": args.fault_scale,
+        "binned": args.binned,
         "traffic": asdict(traffic),
         "flagger": asdict(FlaggerRule()),
         "results": results,
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = (
         "decision_quality" if args.fault_scale == 1.0 else f"decision_quality_x{args.fault_scale:g}"
-    )
+    ) + ("_binned" if args.binned else "")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = render(report)
     (args.out / f"{stem}.md").write_text(markdown)

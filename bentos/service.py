@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from pipelines.serving.artifact import load_estimator, verify
 from pipelines.serving.batching import MicroBatcher
+from pipelines.serving.exporter import TRAFFIC, MetricsMiddleware, ServerMetrics, ServerMetricsRef
 from pipelines.serving.http import BearerTokenMiddleware, JsonOnlyMiddleware
 from pipelines.serving.manifest import MANIFEST_FILE, MLFLOW_MODEL_DIR, ServingManifest
 from pipelines.serving.predlog import Label, LabelBook, PredictionLog, RequestIds, append_labels
@@ -58,6 +59,8 @@ UNKNOWN_CATEGORIES = bentoml.metrics.Counter(
     labelnames=["feature"],
 )
 LabelsRequest = label_model(MANIFEST)
+# The worker's exporter (pipelines.telemetry's families), set when its service starts.
+METRICS = ServerMetricsRef()
 _JSON = "application/json"
 
 
@@ -147,6 +150,13 @@ class ModelServer:
         )
         self._request_ids = RequestIds(remember=manifest.serve.labels.remember_ids)
         self._label_book = LabelBook(self._request_ids, self.runner.classes)
+        METRICS.server = self.metrics = ServerMetrics(
+            bentoml.metrics,
+            manifest.model_name,
+            manifest.model_version,
+            self.runner.classes,
+            remember=manifest.serve.labels.remember_ids,
+        )
         self.labels_path = _log_path("MLOPS_LABELS_LOG", manifest.serve.labels.path)
         self._head = (
             b'{"model_name":'
@@ -190,6 +200,7 @@ class ModelServer:
             # Valid JSON the estimator cannot score (e.g. a value that overflows once scaled).
             return _unprocessable(str(exc))
         request_id = self._request_ids.next(len(rows))
+        self.metrics.predictions(request_id, predictions, probabilities, TRAFFIC.get())
         body = (
             self._head
             + b',"request_id":"'
@@ -237,6 +248,7 @@ class ModelServer:
             MANIFEST.serve.labels.rotation(),
         )
         self._label_book.commit(posted)
+        self.metrics.labels([(item.request_id, item.row, item.label) for item in posted])
         return Response(orjson.dumps({"recorded": recorded}), media_type=_JSON)
 
     @bentoml.on_shutdown
@@ -246,6 +258,8 @@ class ModelServer:
             self.prediction_log.close()
 
 
+# First: the outermost of the service's middlewares, it counts what the others refuse too.
+ModelServer.add_asgi_middleware(MetricsMiddleware, paths=("/predict",), metrics=METRICS)
 ModelServer.add_asgi_middleware(
     JsonOnlyMiddleware,
     paths=("/predict", "/labels"),

@@ -202,12 +202,15 @@ def run_rollout(
     seed: int,
     traffic: Traffic = Traffic(),
     flagger: FlaggerRule = FlaggerRule(),
+    binned: bool = False,
 ) -> RolloutOutcome:
     """Replay one simulated rollout through the judge and the Flagger-style rule.
 
     The weight schedule follows the judge (advance when it says so); after the judge has
     decided, the stream goes on with the step plan (min requests and time) until the
-    Flagger-style rule has decided too, so both always read the same intervals.
+    Flagger-style rule has decided too, so both always read the same intervals. With
+    ``binned`` both read each interval as Prometheus would give it
+    (:func:`pipelines.rollout.prometheus.binned`).
     """
     rng = np.random.default_rng(seed)
     step, windows = 0, []
@@ -220,6 +223,14 @@ def run_rollout(
     for _ in range(traffic.max_checks):
         weight = config.steps[step].weight
         window = simulate_window(rng, traffic, step, weight, fault)
+        if binned:
+            from pipelines.rollout.prometheus import binned as through_prometheus
+
+            window = replace(
+                window,
+                stable=through_prometheus(window.stable),
+                canary=through_prometheus(window.canary),
+            )
         windows.append(window)
         canary_seen += window.canary.requests
         total_seen += window.canary.requests + window.stable.requests

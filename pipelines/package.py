@@ -54,12 +54,14 @@ SERVING_MODULES = (
     "pipelines/serving/__init__.py",
     "pipelines/serving/artifact.py",
     "pipelines/serving/batching.py",
+    "pipelines/serving/exporter.py",
     "pipelines/serving/http.py",
     "pipelines/serving/manifest.py",
     "pipelines/serving/predlog.py",
     "pipelines/serving/runner.py",
     "pipelines/serving/schema.py",
     "pipelines/serving/traffic.py",
+    "pipelines/telemetry.py",
 )
 # Top-level runtime dependencies of the service; their closure is pinned from the environment.
 SERVING_DISTRIBUTIONS = (

@@ -4,7 +4,8 @@ Issue 15 §1 and §2: on a cluster the judge cannot read the servers' prediction
 version exports, as Prometheus series, everything a canary verdict needs, and
 ``mlops judge --source prometheus`` computes every signal from two scrapes (a window is an
 ``increase()``). This module is the one definition both sides share: the exporter in the
-service (not built yet), the judge's PromQL (not built yet) and what ``mlops k8s render``
+service (:mod:`pipelines.serving.exporter`), the judge's PromQL
+(:mod:`pipelines.rollout.prometheus`) and what ``mlops k8s render``
 writes today (the ServiceMonitor keeps exactly these names; the AnalysisTemplate runs the
 judge that queries them).
 
@@ -19,6 +20,13 @@ classes, the model's classes, the reference's bins), never from request content,
 series of one version are bounded by :func:`series_per_version` and a rollout has two
 versions live (three at most while blue stands by). Prometheus adds ``pod`` and ``instance``:
 multiply by the replicas.
+
+What the exporter fills today: every family but ``PREDICTED_VALUES`` (a regressor's value
+edges are placed on the reference predictions by the rollout, which the server does not see)
+and ``INPUT_BINS`` (the reference's bins are not in the serving manifest yet);
+``LABELLED_SCORES`` is filled for binary models only. The judge's Prometheus source reads
+requests, latency, predicted classes and scores, and the labelled confusion matrix with its
+scores; the proper-score and regression sums are exported for dashboards and a later judge.
 """
 
 from __future__ import annotations
@@ -38,8 +46,21 @@ TRAFFIC_VALUES = ("live", "mirror")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 # Request latency buckets in seconds (the hard limit is a p99 in milliseconds: 250 by default).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5, 5.0, 10.0)
+# Predicted scores on SCORE_BINS equal-width buckets of [0, 1]: canary.yaml's
+# prediction_drift.bins must divide it (the judge merges buckets, it cannot split them).
+SCORE_BINS = 10
+# The mirror marks its copies with this header (value ``mirror``); anything else is live.
+TRAFFIC_HEADER = "X-Mlops-Traffic"
 MISSING_BIN = "missing"  # a nullable feature without a value
 OTHER_BIN = "other"  # a category outside the reference's (``unknown: count``)
+
+
+def score_buckets(bins: int = SCORE_BINS) -> tuple[float, ...]:
+    """The finite upper bounds of ``bins`` equal-width buckets of [0, 1].
+
+    The last bucket is ``+Inf`` (a score is at most 1), as :func:`series_per_version` counts.
+    """
+    return tuple(round(k / bins, 12) for k in range(1, bins))
 
 
 class Metric(BaseModel):

@@ -2,7 +2,9 @@
 # Install the Debian packages the container image build and its e2e test need:
 # podman, buildah and runc (rootful, no Docker engine), debootstrap for the air-gapped base
 # image, uidmap/fuse-overlayfs/slirp4netns for podman's storage and networking, wrk for load,
-# postgresql for the tracking-server tests (a throwaway cluster behind a real `mlflow server`).
+# postgresql for the tracking-server tests (a throwaway cluster behind a real `mlflow server`),
+# prometheus for the judge's Prometheus source tests (started by the fixtures on a temp dir;
+# the package's own systemd service is not used).
 #
 # Idempotent: packages already installed are not fetched again, and `apt-get update` runs only
 # when something is missing. Needs root (or sudo). Safe to call from .ci/run on every run.
@@ -18,6 +20,7 @@ PACKAGES=(
   slirp4netns
   wrk
   postgresql
+  prometheus
   ca-certificates
   debian-archive-keyring
 )

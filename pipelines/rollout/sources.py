@@ -5,7 +5,8 @@ A source turns what happened since the last check into a
 version, the predictions with the labels that have arrived, the inputs, the agreement of
 mirrored copies). The loop only calls :meth:`ObservationSource.close_window` and
 :meth:`ObservationSource.observations`, so the servers' own telemetry or a Prometheus query
-can be added as sources without touching it.
+can be added as sources without touching it
+(:class:`~pipelines.rollout.prometheus.PrometheusSource` reads the servers' counters).
 
 :class:`LogSource` is the first source: the gateway's access log (what each client was
 answered, by which version, and how long it took, as Caddy timed it), each server's prediction

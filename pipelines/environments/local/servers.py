@@ -322,6 +322,24 @@ def start_server(
     return record
 
 
+def private_home(folder: Path, shared: Path) -> Path:
+    """A BentoML home of the server's own, whose ``bentos`` and ``models`` are the store's.
+
+    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts and
+    keeps its workers' metrics there: two servers of one home would wipe and export each
+    other's series (``/metrics``, the judge's Prometheus source).
+    """
+    home = folder / "bentoml-home"
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("bentos", "models"):
+        link, target = home / name, shared.resolve() / name
+        if link.is_symlink() and link.readlink() != target:
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    return home
+
+
 def _start_bento(
     release: LiveRelease,
     folder: Path,
@@ -345,7 +363,7 @@ def _start_bento(
         ],
         log_file=folder / "server.log",
         env={
-            "BENTOML_HOME": str(bentoml_home),
+            "BENTOML_HOME": str(private_home(folder, bentoml_home)),
             "BENTOML_DO_NOT_TRACK": "true",
             "MLOPS_PREDICTION_LOG": str(predictions),
             "MLOPS_LABELS_LOG": str(labels),

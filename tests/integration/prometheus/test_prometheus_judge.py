@@ -1,0 +1,189 @@
+"""``--source prometheus`` against a real Prometheus reaches the local loop's verdicts.
+
+Real git repository, MLflow store, ``bentoml serve`` (stable v1 and a canary at 50 %), Caddy,
+the traffic harness, and Debian's Prometheus scraping the servers every second. For one
+window of traffic, the local loop's source (:class:`LogSource`: the gateway's access log and
+the servers' logs) and the Prometheus source (the servers' counters) each feed the one judge;
+their verdicts must be the same.
+
+The slow and failing scenarios are not here: ``harness.faults`` injects those faults in a
+sidecar in front of the server, which the gateway's log sees and the server's own counters
+cannot (the delay and the injected 503s never reach the server). On a cluster the analogue is
+a fault inside the pod, which the exporter does see; making the local scenarios comparable
+needs the fault inside the server or a sidecar that exports the request families itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import traffic
+from harness.traffic import Scenario, TrafficOptions
+from pipelines.canary import Action, Verdict, judge
+from pipelines.cli import app
+from pipelines.config.canary import CanaryConfig
+from pipelines.environments.local import reconcile
+from pipelines.environments.local.desired import DesiredEnv, LiveRelease, Role
+from pipelines.rollout.prometheus import (
+    JudgeOutcome,
+    NotEnoughEvidence,
+    PrometheusReader,
+    PrometheusSource,
+    http_query,
+    run_judge,
+)
+from pipelines.rollout.sources import LogSource, gateway_access_log
+from tests.integration.conftest import CRIPPLED, GOOD, PROFILE, Versions
+from tests.integration.prometheus.conftest import Prometheus
+
+pytestmark = pytest.mark.integration
+
+STABLE, WEIGHT = "1", 50.0
+TRAFFIC_S = 12.0
+
+
+def _config(versions: Versions) -> CanaryConfig:
+    """One step at 50 %, long enough to be judged on one window of the traffic below."""
+    data = versions.canary.model_dump(mode="json")
+    data["steps"] = [{"weight": WEIGHT, "min_requests": 100, "min_duration_s": 5}]
+    return CanaryConfig.model_validate(data)
+
+
+def _split(versions: Versions, env: str, canary: int) -> reconcile.EnvStatus:
+    """Stable v1 and ``canary`` at WEIGHT %, reconciled without a rollout."""
+    plan = ((1, Role.STABLE, 100.0 - WEIGHT), (canary, Role.CANARY, WEIGHT))
+    releases = tuple(
+        LiveRelease(
+            version=str(v), bento_tag=versions.packages[v].bento_tag, role=role, weight=weight
+        )
+        for v, role, weight in plan
+    )
+    desired = DesiredEnv(environment=env, releases=releases)
+    project = versions.project
+    return reconcile.up(
+        desired, project.state.root, versions.bentoml_home, project_root=project.root
+    )
+
+
+def _both_verdicts(
+    versions: Versions, env: str, prometheus: Prometheus, canary: int, scenario: Scenario
+) -> tuple[Verdict, Verdict, float, float]:
+    """One window of ``scenario`` traffic, judged from the logs and from Prometheus."""
+    project = versions.project
+    status = _split(versions, env, canary)
+    prometheus.scrape(status)
+    model = project.config().train.registered_model_name
+    reader = PrometheusReader(http_query(prometheus.url), model, [STABLE, str(canary)])
+    # A first scrape of both servers may take a refresh of the targets file and an interval.
+    try:
+        reader.wait_for_scrape(time.time(), timeout_s=30.0)
+    except NotEnoughEvidence as exc:
+        pytest.fail(f"{exc}\n{prometheus.diagnosis()}")
+    logs = LogSource(
+        status,
+        STABLE,
+        str(canary),
+        gateway_log=gateway_access_log(project.state.root, env),
+    )
+    from_prometheus = PrometheusSource(reader, STABLE, str(canary))
+    start = time.time()
+    options = TrafficOptions(
+        scenario=scenario,
+        rate=40,
+        concurrency=4,
+        duration_s=TRAFFIC_S,
+        label_delay_s=0.5,
+    )
+    traffic.run(project.config(), project.state.root, env, options)
+    time.sleep(1.5)  # the last labels and prediction-log flushes
+    duration = time.time() - start
+    logs.close_window(0, duration)
+    from_prometheus.close_window(0, duration)
+    config = _config(versions)
+    return (
+        judge(config, 0, logs.observations()),
+        judge(config, 0, from_prometheus.observations()),
+        start,
+        from_prometheus.windows[-1].canary.requests,
+    )
+
+
+SCENARIOS = [
+    pytest.param(GOOD, Scenario.CLEAN, Action.PROMOTE, id="clean"),
+    pytest.param(CRIPPLED, Scenario.CLEAN, Action.ROLLBACK, id="worse-model"),
+]
+
+
+@pytest.mark.parametrize(("canary", "scenario", "expected"), SCENARIOS)
+def test_the_prometheus_verdict_equals_the_local_loops(
+    versions: Versions,
+    env_name: str,
+    prometheus: Prometheus,
+    canary: int,
+    scenario: Scenario,
+    expected: Action,
+) -> None:
+    """It reaches the local loop's verdict from the servers' counters, for the same window.
+
+    Clean traffic to a good candidate promotes (one step); the crippled model is rolled back
+    on labelled accuracy. ``mlops judge``'s step function, over the same span, says the same.
+    """
+    local, remote, start, canary_requests = _both_verdicts(
+        versions, env_name, prometheus, canary, scenario
+    )
+    assert local.action is expected, local.to_markdown()
+    assert remote.action is local.action, (local.to_markdown(), remote.to_markdown())
+    assert canary_requests > 0
+    result = run_judge(
+        _config(versions),
+        versions.project.config().train.registered_model_name,
+        canary=str(canary),
+        stable=STABLE,
+        phase="step-1",
+        prometheus_url=prometheus.url,
+        window_s=time.time() - start,
+    )
+    assert result.verdict is not None, result.reasons
+    assert result.verdict.action is local.action, result.to_markdown()
+    wanted = JudgeOutcome.PASSED if expected is Action.PROMOTE else JudgeOutcome.FAILED
+    assert result.outcome is wanted
+
+
+def test_a_version_not_scraped_yet_exits_3(
+    versions: Versions, env_name: str, prometheus: Prometheus
+) -> None:
+    """It exits 3 (not enough evidence) for a version Prometheus has no series of."""
+    status = reconcile.status(env_name, versions.project.state.root)
+    prometheus.scrape(status)
+    project = versions.project
+    output = project.root / f"judge-{env_name}.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "judge",
+            "--env",
+            env_name,
+            "--configs",
+            str(project.configs),
+            "--canary-config",
+            str(PROFILE),
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            prometheus.url,
+            "--canary-version",
+            "99",
+            "--stable-version",
+            STABLE,
+            "--phase",
+            "step-1",
+            "--output",
+            str(output),
+        ],
+    )
+    assert result.exit_code == 3, result.output
+    assert "not scraped yet" in output.read_text()
+    assert "99" in output.read_text()
