@@ -79,11 +79,11 @@ def test_build_script_tags_what_the_render_defaults_to() -> None:
     assert re.search(r"^judge-image: .*\n\tdeploy/k8s/build-judge-image\.sh", makefile, re.M)
     assert default_judge_image().startswith("localhost/mlops-judge:")
     shown = subprocess.run(
-        ["bash", str(BUILD), "--help"], capture_output=True, text=True, check=True, timeout=30
+        ["bash", str(BUILD), "--help"], capture_output=True, text=True, check=True, timeout=300
     )
     assert "localhost/mlops-judge:<project version>" in shown.stdout
     printed = subprocess.run(
-        ["bash", str(BUILD), "--print-tag"], capture_output=True, text=True, check=True, timeout=60
+        ["bash", str(BUILD), "--print-tag"], capture_output=True, text=True, check=True, timeout=300
     )
     assert printed.stdout.strip() == default_judge_image()
 
@@ -103,7 +103,7 @@ def test_build_script_refuses_bad_input_before_building(args: list[str], message
         ["bash", str(BUILD), "--tag", "localhost/never-built:1", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         env={**os.environ, "PATH": os.environ["PATH"]},
     )
     assert refused.returncode == 2, refused.stderr
