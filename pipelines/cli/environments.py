@@ -279,6 +279,9 @@ def k8s_application(
     judge_image: Annotated[
         str | None, typer.Option(help="argo-rollouts: passed to the render.")
     ] = None,
+    notify_repository: Annotated[
+        str | None, typer.Option(help="argo-rollouts: passed to the render.")
+    ] = None,
     labels_secret: Annotated[str | None, typer.Option(help="Passed to the render.")] = None,
     argocd_namespace: Annotated[str, typer.Option(help="Argo CD's namespace.")] = "argocd",
     project: Annotated[str, typer.Option(help="Argo CD project.")] = "default",

@@ -20,7 +20,7 @@ from pipelines.cli import app
 from pipelines.config.base import ConfigError
 from pipelines.config.canary import Strategy
 from pipelines.environments import k8s
-from pipelines.environments.k8s import notifications
+from pipelines.environments.k8s import argocd, notifications
 from pipelines.environments.k8s.notifications import Event
 from tests.unit.environments.test_k8s_argo_rollouts import (
     BLUE_GREEN,
@@ -182,3 +182,18 @@ def test_notify_repository_is_checked_by_the_cli(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "--notify-repository" in result.output
     assert not out.exists()
+
+
+def test_argocd_application_passes_notify_repository_to_the_render_plugin() -> None:
+    """It passes the repository as MLOPS_NOTIFY_REPOSITORY, and refuses it with plain."""
+    common = {
+        "environment": "staging",
+        "repo_url": "https://github.com/acme/models.git",
+        "namespace": "models",
+        "notify_repository": REPOSITORY,
+    }
+    options = argocd.options_from_arguments(engine="argo-rollouts", **common)
+    plugin = argocd.application(options, "breast-cancer-classifier")["spec"]["source"]["plugin"]
+    assert {"name": "MLOPS_NOTIFY_REPOSITORY", "value": REPOSITORY} in plugin["env"]
+    with pytest.raises(ConfigError, match="--notify-repository goes with --engine argo-rollouts"):
+        argocd.options_from_arguments(engine="plain", **common)
