@@ -225,6 +225,13 @@ def k8s_render(
             "`make judge-image`)."
         ),
     ] = None,
+    notify_repository: Annotated[
+        str | None,
+        typer.Option(
+            help="argo-rollouts: OWNER/NAME that gets the Rollout's promotion or abort as a "
+            "repository_dispatch (notification ConfigMap + subscriptions)."
+        ),
+    ] = None,
 ) -> None:
     """Render the environment's desired state as multi-document YAML; exit 2 if it cannot."""
     from pipelines.environments import k8s
@@ -240,7 +247,10 @@ def k8s_render(
             labels_secret=labels_secret,
         )
         chosen, argo = k8s.engine_from_arguments(
-            engine=engine, prometheus_url=prometheus_url, judge_image=judge_image
+            engine=engine,
+            prometheus_url=prometheus_url,
+            judge_image=judge_image,
+            notify_repository=notify_repository,
         )
         rendered = k8s.render_environment(config, env, options, chosen, argo)
     for warning in rendered.warnings:
@@ -269,6 +279,9 @@ def k8s_application(
     judge_image: Annotated[
         str | None, typer.Option(help="argo-rollouts: passed to the render.")
     ] = None,
+    notify_repository: Annotated[
+        str | None, typer.Option(help="argo-rollouts: passed to the render.")
+    ] = None,
     labels_secret: Annotated[str | None, typer.Option(help="Passed to the render.")] = None,
     argocd_namespace: Annotated[str, typer.Option(help="Argo CD's namespace.")] = "argocd",
     project: Annotated[str, typer.Option(help="Argo CD project.")] = "default",
@@ -285,3 +298,26 @@ def k8s_application(
         options = argocd.options_from_arguments(environment=env, **given)
         document = argocd.application(options, k8s_base_name(config.train.registered_model_name))
     typer.echo(yaml.safe_dump(document, sort_keys=True), nl=False)
+
+
+@k8s_app.command("record-decision")
+def k8s_record_decision(
+    event: Annotated[
+        Path, typer.Option(help="The repository_dispatch event ($GITHUB_EVENT_PATH) Argo sent.")
+    ],
+    configs: ConfigsOption = CONFIGS,
+    registry: Annotated[
+        bool, typer.Option(help="Move the MLflow aliases too (--no-registry: git only).")
+    ] = True,
+    output: OutputOption = None,
+) -> None:
+    """Commit a cluster's promotion or abort to deploy/<env>.yaml (a replay changes nothing)."""
+    from pipelines.cli.release import finish_transition, refusals
+    from pipelines.environments.k8s.notifications import record
+    from pipelines.release.commit import GitIdentity
+
+    with step_errors(refusals()):
+        config, workdir = load(configs)
+        identity = GitIdentity.from_env()
+        transition = record(config, workdir, event, identity, registry=registry)
+    finish_transition(transition, workdir, output)

@@ -71,7 +71,10 @@ class Engine(StrEnum):
 
 
 def engine_from_arguments(
-    engine: str, prometheus_url: str | None, judge_image: str | None
+    engine: str,
+    prometheus_url: str | None,
+    judge_image: str | None,
+    notify_repository: str | None = None,
 ) -> tuple[Engine, ArgoOptions | None]:
     """The engine and its options from command-line arguments.
 
@@ -84,7 +87,11 @@ def engine_from_arguments(
     except ValueError:
         expected = " or ".join(e.value for e in Engine)
         raise RenderError(f"--engine: expected {expected} (got {engine!r})") from None
-    given = {"prometheus_url": prometheus_url, "judge_image": judge_image}
+    given = {
+        "prometheus_url": prometheus_url,
+        "judge_image": judge_image,
+        "notify_repository": notify_repository,
+    }
     given = {name: value for name, value in given.items() if value is not None}
     if chosen is Engine.PLAIN:
         if given:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines import telemetry
 from pipelines.config.canary import CanaryConfig, Strategy
 from pipelines.config.serve import LabelsConfig
+from pipelines.environments.k8s import notifications
 from pipelines.environments.k8s.core import (
     HTTP_PORT,
     LOCAL_IMAGE_PREFIX,
@@ -85,12 +86,15 @@ class ArgoOptions(BaseModel):
         prometheus_url: The Prometheus the judge queries (the AnalysisTemplate's default).
         judge_image: The image the judge Job runs; None: :func:`default_judge_image`, with
             ``localhost/`` replaced by ``--registry`` as the model images are.
+        notify_repository: ``owner/name`` that gets the Rollout's decisions as
+            ``repository_dispatch`` events (:mod:`.notifications`); None: no notifications.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prometheus_url: str = Field(default=DEFAULT_PROMETHEUS_URL, pattern=r"^https?://\S+$")
     judge_image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+    notify_repository: str | None = Field(default=None, pattern=notifications.REPOSITORY)
 
 
 def judge_image_reference(argo: ArgoOptions, options: RenderOptions) -> str:
@@ -511,6 +515,10 @@ def render(
         analysis_template(state, judge_image, argo, options),
         service_monitor(state, options),
     ]
+    if argo.notify_repository is not None:
+        documents[0]["metadata"]["annotations"].update(notifications.subscriptions())
+        notify = notifications.NotifyOptions(repository=argo.notify_repository)
+        documents.append(notifications.configmap(notify, options, model_labels(state)))
     warnings = local_image_warnings([target], options)
     if judge_image.startswith(LOCAL_IMAGE_PREFIX):
         warnings.append(

@@ -27,6 +27,7 @@ from pipelines.environments.k8s.core import (
     EXPECTED,
     parse_options,
 )
+from pipelines.environments.k8s.notifications import REPOSITORY
 
 PLUGIN = "mlops-k8s-render"
 _EXPECTED = {
@@ -37,6 +38,7 @@ _EXPECTED = {
     "engine": "plain or argo-rollouts",
     "repo_url": "a git URL starting with https://, ssh:// or git@",
     "judge_image": "an image reference, e.g. ghcr.io/acme/mlops-judge:0.1.0",
+    "notify_repository": "a GitHub repository as OWNER/NAME, e.g. acme/models",
 }
 ARGOCD_API_VERSION = "argoproj.io/v1alpha1"
 
@@ -55,6 +57,7 @@ class ApplicationOptions(BaseModel):
         default=None, pattern=r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._/-]*)*$"
     )
     judge_image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+    notify_repository: str | None = Field(default=None, pattern=REPOSITORY)
     labels_secret: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
     argocd_namespace: str = Field(default="argocd", pattern=DNS_LABEL)
     project: str = Field(default="default", pattern=DNS_LABEL)
@@ -63,6 +66,8 @@ class ApplicationOptions(BaseModel):
     def _judge_image_needs_argo(self) -> ApplicationOptions:
         if self.judge_image is not None and self.engine != "argo-rollouts":
             raise ValueError("--judge-image goes with --engine argo-rollouts only")
+        if self.notify_repository is not None and self.engine != "argo-rollouts":
+            raise ValueError("--notify-repository goes with --engine argo-rollouts only")
         return self
 
 
@@ -81,6 +86,8 @@ def application(options: ApplicationOptions, model_base: str) -> dict[str, Any]:
         env.append({"name": "MLOPS_IMAGE_REPOSITORY", "value": options.image_repository})
     if options.judge_image is not None:
         env.append({"name": "MLOPS_JUDGE_IMAGE", "value": options.judge_image})
+    if options.notify_repository is not None:
+        env.append({"name": "MLOPS_NOTIFY_REPOSITORY", "value": options.notify_repository})
     if options.labels_secret is not None:
         env.append({"name": "MLOPS_LABELS_SECRET", "value": options.labels_secret})
     spec: dict[str, Any] = {

@@ -312,6 +312,7 @@ def test_cli_refusals_name_the_field_and_write_nothing(
 PLUGIN_SETTINGS = {
     "MLOPS_IMAGE_REPOSITORY": ("--image-repository", "ghcr.io/acme/models"),
     "MLOPS_JUDGE_IMAGE": ("--judge-image", "ghcr.io/acme/mlops-judge:0.1.0"),
+    "MLOPS_NOTIFY_REPOSITORY": ("--notify-repository", "acme/models"),
     "MLOPS_LABELS_SECRET": ("--labels-secret", "models-labels"),
 }
 

@@ -52,13 +52,21 @@ def test_plugin_reads_every_setting_the_application_passes() -> None:
         namespace="models",
         image_repository="ghcr.io/acme/models",
         judge_image="ghcr.io/acme/mlops-judge:0.1.0",
+        notify_repository="acme/models",
         labels_secret="models-labels",
     )
     env = argocd.application(options, "breast-cancer-classifier")["spec"]["source"]["plugin"]
     (command,) = plugin()["spec"]["generate"]["args"]
     used = set(re.findall(r"\$\{?ARGOCD_ENV_([A-Z_]+)", command))
     assert {item["name"] for item in env["env"]} == used
-    for option in ("--env", "--engine", "--image-repository", "--judge-image", "--labels-secret"):
+    for option in (
+        "--env",
+        "--engine",
+        "--image-repository",
+        "--judge-image",
+        "--notify-repository",
+        "--labels-secret",
+    ):
         assert option in command
 
 
