@@ -547,7 +547,6 @@ def _deciding(
     base: dict[str, Any], signals: list[SignalResult], evidence: dict[str, Any]
 ) -> Callable[[Action, list[str], float | None], Verdict]:
     """A maker of this call's verdicts: only the action, reasons and next weight vary."""
-
     fixed = {**base, "signals": signals, "evidence": evidence}
 
     def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
