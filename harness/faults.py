@@ -54,9 +54,7 @@ def fault_app(upstream: str, delay_ms: float, error_rate: float, paths: Sequence
                 await response(scope, receive, send)
                 return
         try:
-            answer = await proxy.forward(
-                request.method, request.url.path, scope["query_string"], request.headers, body
-            )
+            answer = await proxy.pass_on(request, body)
         except httpx.HTTPError:
             await Response(b"upstream unreachable", status_code=502)(scope, receive, send)
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from pipelines.train import TrainResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MLOPS = str(Path(sys.executable).with_name("mlops"))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -62,6 +65,19 @@ class Project:
     def config(self) -> ConfigSet:
         """Load the project's configs as the CLI would."""
         return load_config_set(self.configs)
+
+    def mlops(
+        self, *args: str, env: Mapping[str, str], timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``mlops <args>`` on this project's configs as a person would; output captured."""
+        return subprocess.run(
+            [MLOPS, *args, "--configs", str(self.configs)],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def commit(self, message: str) -> str:
         """Commit every change; return the new commit."""

@@ -203,15 +203,13 @@ def _hard_limits(config: CanaryConfig, current: StepSummary) -> list[SignalResul
     else:
         rate_status, rate_detail = SignalStatus.INSUFFICIENT, why
     results = [
-        SignalResult(
-            name="hard_limit.error_rate",
-            test="canary error rate in this step ≤ bound, unless stable breaches it too",
-            status=rate_status,
-            canary=rate_c,
-            stable=rate_s,
-            statistic=rate_c,
-            threshold=limits.max_error_rate,
-            detail=rate_detail,
+        _hard_limit(
+            "hard_limit.error_rate",
+            "canary error rate in this step ≤ bound, unless stable breaches it too",
+            (rate_status, rate_detail),
+            rate_c,
+            rate_s,
+            limits.max_error_rate,
         )
     ]
     p99_c = canary.latency_ms.get("p99")
@@ -235,18 +233,30 @@ def _hard_limits(config: CanaryConfig, current: StepSummary) -> list[SignalResul
         if status is SignalStatus.UNHEALTHY:
             detail = f"environment unhealthy: {detail}"
     results.append(
-        SignalResult(
-            name="hard_limit.p99_latency_ms",
-            test="canary p99 latency in this step ≤ bound, unless stable breaches it too",
-            status=status,
-            canary=p99_c,
-            stable=p99_s,
-            statistic=p99_c,
-            threshold=limits.max_p99_latency_ms,
-            detail=detail,
+        _hard_limit(
+            "hard_limit.p99_latency_ms",
+            "canary p99 latency in this step ≤ bound, unless stable breaches it too",
+            (status, detail),
+            p99_c,
+            p99_s,
+            limits.max_p99_latency_ms,
         )
     )
     return results
+
+
+def _hard_limit(
+    name: str,
+    test: str,
+    outcome: tuple[SignalStatus, str],
+    canary: float | None,
+    stable: float | None,
+    bound: float,
+) -> SignalResult:
+    """A hard limit's signal: its statistic is the canary's own figure, its threshold the bound."""
+    status, detail = outcome
+    figures = {"canary": canary, "stable": stable, "statistic": canary, "threshold": bound}
+    return SignalResult(name=name, test=test, status=status, detail=detail, **figures)
 
 
 def _sequential(
@@ -277,13 +287,8 @@ def _sequential(
 
 
 def _skipped(name: str, test: str, mode: GateMode, detail: str, insufficient: bool) -> SignalResult:
-    return SignalResult(
-        name=name,
-        test=test,
-        mode=mode,
-        status=SignalStatus.INSUFFICIENT if insufficient else SignalStatus.SKIPPED,
-        detail=detail,
-    )
+    status = SignalStatus.INSUFFICIENT if insufficient else SignalStatus.SKIPPED
+    return SignalResult(name=name, test=test, mode=mode, status=status, detail=detail)
 
 
 def _error_rate(config: CanaryConfig, steps: Sequence[StepSummary], alpha: float) -> SignalResult:
@@ -528,23 +533,29 @@ def _input_drift(config: CanaryConfig, current: StepSummary) -> SignalResult:
 # --------------------------------------------------------------------------- the judge
 
 
+def _breaches(hard: list[SignalResult], back: str) -> list[str]:
+    """The reasons to go back at once: one per hard limit the canary breached (none: empty).
+
+    Args:
+        hard: The hard-limit signals of this step.
+        back: How this strategy goes back ("rollback", "switch back to blue").
+    """
+    failed = [s for s in hard if s.status is SignalStatus.FAILED]
+    return [f"{back} at once: {s.name} breached: {s.detail}" for s in failed]
+
+
 def _deciding(
     base: dict[str, Any], signals: list[SignalResult], evidence: dict[str, Any]
 ) -> Callable[[Action, list[str], float | None], Verdict]:
     """A maker of this call's verdicts: only the action, reasons and next weight vary."""
+    fixed = {**base, "signals": signals, "evidence": evidence}
 
     def verdict(action: Action, reasons: list[str], next_weight: float | None) -> Verdict:
         decided_by = []
         if action is Action.ROLLBACK:
             decided_by = [s.name for s in signals if s.blocking and s.name != INPUT_DRIFT]
         return Verdict(
-            action=action,
-            next_weight=next_weight,
-            reasons=reasons,
-            signals=signals,
-            evidence=evidence,
-            decided_by=decided_by,
-            **base,
+            action=action, next_weight=next_weight, reasons=reasons, decided_by=decided_by, **fixed
         )
 
     return verdict
@@ -619,13 +630,9 @@ def judge_summaries(
 
     verdict = _deciding(base, signals, evidence)
 
-    breached = [s for s in hard if s.status is SignalStatus.FAILED]
+    breached = _breaches(hard, "rollback")
     if breached:
-        return verdict(
-            Action.ROLLBACK,
-            [f"rollback at once: {s.name} breached: {s.detail}" for s in breached],
-            0.0,
-        )
+        return verdict(Action.ROLLBACK, breached, 0.0)
     worse = [s for s in signals if s.blocking and s not in hard and s.name != INPUT_DRIFT]
     if worse:
         return verdict(
@@ -776,13 +783,9 @@ def judge_standby(config: CanaryConfig, windows: Sequence[WindowObservation]) ->
 
     verdict = _deciding(base, hard, evidence)
 
-    breached = [s for s in hard if s.status is SignalStatus.FAILED]
+    breached = _breaches(hard, "switch back to blue")
     if breached:
-        return verdict(
-            Action.ROLLBACK,
-            [f"switch back to blue at once: {s.name} breached: {s.detail}" for s in breached],
-            0.0,
-        )
+        return verdict(Action.ROLLBACK, breached, 0.0)
     holds = []
     if current.canary.requests < spec.standby_min_requests:
         holds.append(

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from pipelines.cli.common import (
     CONFIGS,
@@ -19,6 +18,7 @@ from pipelines.cli.common import (
     app,
     finish,
     load,
+    option_errors,
     say,
     step_errors,
 )
@@ -46,10 +46,13 @@ def agent_command(
         float, typer.Option(help="Longest wait between fetches while the remote fails.")
     ] = 300.0,
     status_port: Annotated[
-        int, typer.Option(help="Loopback port of GET /status (0: any free port).")
+        int, typer.Option("--status-port", help="Loopback port of GET /status (0: any free port).")
     ] = 0,
     check_interval: Annotated[
-        float, typer.Option(help="Seconds between looks of the judge during a rollout.")
+        float,
+        typer.Option(
+            "--check-interval", help="Seconds between looks of the judge during a rollout."
+        ),
     ] = 10.0,
     max_duration: Annotated[
         float | None,
@@ -72,20 +75,18 @@ def agent_command(
     with step_errors({AgentLockedError: "agent refused to start"}):
         if env is None:
             raise ConfigError("--env: required, e.g. --env staging")
-        try:
+        with option_errors("agent options"):
             options = AgentOptions(
                 env=env,
                 remote=remote,
                 branch=branch,
+                traffic=None if traffic == "none" else Scenario(traffic),
                 interval_s=interval,
                 max_backoff_s=max_backoff,
                 status_port=status_port,
                 check_interval_s=check_interval,
                 max_duration_s=max_duration,
-                traffic=None if traffic == "none" else Scenario(traffic),
             )
-        except (ValueError, ValidationError) as exc:
-            raise ConfigError(f"agent options: {exc}") from None
         config, workdir = load(configs, canary=canary_config)
         # BentoML reads its home once, on first use: set it before anything imports bentoml.
         home = Path(os.environ.setdefault("BENTOML_HOME", str(workdir.root / "bentoml")))

@@ -127,6 +127,15 @@ def load(configs: Path, **overrides: Path | None) -> tuple[ConfigSet, Workdir]:
     return config, Workdir.for_project(config.root)
 
 
+@contextmanager
+def option_errors(what: str) -> Iterator[None]:
+    """A bad value among a command's options is bad input, named as ``what`` (exit 2)."""
+    try:
+        yield
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def traffic_options(scenario: str, **options: object) -> TrafficOptions:
     """Synthetic clients' options from the command line; a bad value is bad input (exit 2).
 
@@ -136,10 +145,8 @@ def traffic_options(scenario: str, **options: object) -> TrafficOptions:
     """
     from harness.traffic import Scenario, TrafficOptions
 
-    try:
+    with option_errors("traffic options"):
         return TrafficOptions(scenario=Scenario(scenario), **options)
-    except (ValueError, ValidationError) as exc:
-        raise ConfigError(f"traffic options: {exc}") from None
 
 
 def read_result(path: Path, model: type[M]) -> M:

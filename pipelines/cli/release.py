@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +26,10 @@ from pipelines.cli.common import (
 from pipelines.config.base import ConfigError
 from pipelines.config.loader import ConfigSet
 from pipelines.workdir import Workdir
+
+if TYPE_CHECKING:
+    from pipelines.release.apply import Transition
+    from pipelines.release.commit import GitIdentity
 
 state_app = typer.Typer(help="The desired state in deploy/<env>.yaml.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
@@ -81,6 +86,31 @@ def follow_environment(config: ConfigSet, workdir: Workdir, env: str) -> None:
         say(f"environment '{env}' already follows deploy/{env}.yaml")
 
 
+def transition_command(
+    configs: Path,
+    env: str,
+    output: Path | None,
+    move: Callable[[ConfigSet, Workdir, GitIdentity], Transition],
+    **overrides: Path | None,
+) -> None:
+    """A transition a person asks for: make it, write its result, have the environment follow.
+
+    Args:
+        configs: The config set.
+        env: The environment.
+        output: Where the transition's JSON goes [.mlops/results/deploy-<env>.json].
+        move: Makes the transition on the loaded configs, committing as the given identity.
+        **overrides: Config files read instead of the set's (``canary``).
+    """
+    from pipelines.release.commit import GitIdentity
+
+    with step_errors(refusals()):
+        config, workdir = load(configs, **overrides)
+        transition = move(config, workdir, GitIdentity.from_env())
+    finish_transition(transition, workdir, output)
+    follow_environment(config, workdir, env)
+
+
 @app.command("deploy")
 def deploy_command(
     env: EnvOption,
@@ -97,10 +127,8 @@ def deploy_command(
     """Start a rollout of version N: commit it to deploy/<env>.yaml at the first canary step."""
     from pipelines.package import PackageResult
     from pipelines.release import apply as step
-    from pipelines.release.commit import GitIdentity
 
-    with step_errors(refusals()):
-        config, workdir = load(configs, canary=canary_config)
+    def move(config: ConfigSet, workdir: Workdir, identity: GitIdentity) -> Transition:
         package = read_result(package_result or workdir.results / "package.json", PackageResult)
         image = None
         if image_result is not None:
@@ -111,7 +139,7 @@ def deploy_command(
                     f"{package.bento_tag}"
                 )
             image = built.image_ref
-        transition = step.start(
+        return step.start(
             config,
             workdir,
             env,
@@ -121,10 +149,10 @@ def deploy_command(
             weight=config.canary.steps[0].weight,
             image=image,
             reason=reason,
-            identity=GitIdentity.from_env(),
+            identity=identity,
         )
-    finish_transition(transition, workdir, output)
-    follow_environment(config, workdir, env)
+
+    transition_command(configs, env, output, move, canary=canary_config)
 
 
 @app.command("promote")
@@ -139,15 +167,11 @@ def promote_command(
 ) -> None:
     """Promote the canary by hand: stable at 100 %, champion → it, previous → old stable."""
     from pipelines.release import apply as step
-    from pipelines.release.commit import GitIdentity
 
-    with step_errors(refusals()):
-        config, workdir = load(configs)
-        transition = step.promote(
-            config, workdir, env, version=version, reason=reason, identity=GitIdentity.from_env()
-        )
-    finish_transition(transition, workdir, output)
-    follow_environment(config, workdir, env)
+    def move(config: ConfigSet, workdir: Workdir, identity: GitIdentity) -> Transition:
+        return step.promote(config, workdir, env, version=version, reason=reason, identity=identity)
+
+    transition_command(configs, env, output, move)
 
 
 @app.command("rollback")
@@ -161,15 +185,11 @@ def rollback_command(
 ) -> None:
     """Roll back the canary now (no analysis): stable keeps 100 %, the version is rejected."""
     from pipelines.release import apply as step
-    from pipelines.release.commit import GitIdentity
 
-    with step_errors(refusals()):
-        config, workdir = load(configs)
-        transition = step.rollback(
-            config, workdir, env, reason=reason, identity=GitIdentity.from_env()
-        )
-    finish_transition(transition, workdir, output)
-    follow_environment(config, workdir, env)
+    def move(config: ConfigSet, workdir: Workdir, identity: GitIdentity) -> Transition:
+        return step.rollback(config, workdir, env, reason=reason, identity=identity)
+
+    transition_command(configs, env, output, move)
 
 
 @state_app.command("show")

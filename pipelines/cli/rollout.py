@@ -91,11 +91,11 @@ def rollout_command(
                 env,
                 package=package,
                 version=wanted,
+                identity=GitIdentity.from_env(),
                 traffic=options,
                 check_interval_s=check_interval,
                 max_duration_s=max_duration,
                 progress=show,
-                identity=GitIdentity.from_env(),
             )
     common.finish(
         result,

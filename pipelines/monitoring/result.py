@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.reporting.markdown import number, table
 
 
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class CheckStatus(StrEnum):
     """What one check found."""
 
@@ -27,10 +31,6 @@ class MonitorStatus(StrEnum):
     ACTION_NEEDED = "action_needed"
     INSUFFICIENT_EVIDENCE = "insufficient_evidence"
     NO_TRAFFIC = "no_traffic"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CheckResult(_Frozen):

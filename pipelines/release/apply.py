@@ -13,6 +13,14 @@ Registry moves follow the state: promotion moves ``champion`` to the new version
 does not know); a rollback commits first and then, best effort, removes ``challenger`` and tags
 the version rejected, because taking traffic off a bad canary must not wait for MLflow.
 Stopping and draining servers is the reconciler's job: it follows the state file.
+
+Every transition also takes, by keyword:
+
+* ``evidence``: what decided (a judge ``Verdict``, a validation decision, any model or
+  mapping), committed as evidence;
+* ``markdown``: its human report (default: the payload's ``to_markdown()``);
+* ``identity``: the commit's author and committer (default: git's configured user);
+* ``now``: the time to record (tests pin it).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,6 +69,15 @@ __all__ = [
 
 EvidencePayload = BaseModel | Mapping[str, Any] | None
 """What decided a transition: a judge ``Verdict``, a validation decision, or any mapping."""
+
+
+class TransitionKeywords(TypedDict, total=False):
+    """The keywords every transition also takes (see the module's docstring)."""
+
+    evidence: EvidencePayload
+    markdown: str | None
+    identity: GitIdentity | None
+    now: datetime | None
 
 
 class Transition(BaseModel):
@@ -274,20 +291,26 @@ def _trailers(plan: Plan, before: EnvState, evidence: str) -> dict[str, str | in
     }
 
 
+def _fields(
+    kind: TransitionKind,
+    version: int | None,
+    reason: str,
+    at: datetime,
+    states: tuple[EnvState, EnvState],
+    registry: list[RegistryChange],
+) -> dict[str, Any]:
+    """What a transition and its evidence record both say: what, where, from and to which state."""
+    before, after = states
+    what = {"action": kind, "version": version, "reason": reason, "at": at}
+    where = {"environment": after.environment, "model": after.model}
+    return {**what, **where, "from_state": before, "to_state": after, "registry": registry}
+
+
 def _unchanged(current: EnvState, same: Unchanged, at: datetime) -> Transition:
     log.info("%s: unchanged (%s)", current.environment, same.summary)
-    return Transition(
-        action=same.kind,
-        environment=current.environment,
-        model=current.model,
-        version=same.version,
-        changed=False,
-        summary=same.summary,
-        reason="already the current state",
-        at=at,
-        from_state=current,
-        to_state=current,
-    )
+    why = "already the current state"
+    fields = _fields(same.kind, same.version, why, at, (current, current), [])
+    return Transition(**fields, changed=False, summary=same.summary)
 
 
 def _load(config: ConfigSet, env: str) -> EnvState:
@@ -313,11 +336,7 @@ def _drafts(
     recorded: list[RegistryChange],
 ) -> tuple[EvidenceRecord, Transition]:
     """The evidence record and the transition a commit of ``plan`` will carry."""
-    after = plan.after
-    what = {"action": plan.kind, "version": plan.version, "reason": plan.reason, "at": at}
-    where = {"environment": after.environment, "model": after.model}
-    states = {"from_state": before, "to_state": after, "registry": recorded}
-    common: dict[str, Any] = {**what, **where, **states}
+    common = _fields(plan.kind, plan.version, plan.reason, at, (before, plan.after), recorded)
     record = EvidenceRecord(**common, evidence=_payload_dict(payload))
     return record, Transition(**common, changed=True, summary=plan.subject)
 
@@ -430,19 +449,18 @@ def _apply_plan(
     workdir: Workdir | None,
     env: str,
     rule: Callable[[EnvState, datetime], Plan | Unchanged],
-    evidence: EvidencePayload,
-    markdown: str | None,
-    identity: GitIdentity | None,
-    now: datetime | None,
+    **keywords: Unpack[TransitionKeywords],
 ) -> Transition:
     """Load ``env``'s committed state, ask ``rule`` for a plan and commit it, or say unchanged."""
-    at = now or utc_now()
+    at = keywords.get("now") or utc_now()
     current = _load(config, env)
     plan = rule(current, at)
     if isinstance(plan, Unchanged):
         return _unchanged(current, plan, at)
+    payload, markdown = keywords.get("evidence"), keywords.get("markdown")
+    identity = keywords.get("identity")
     return _apply(
-        config, workdir, current, plan, at, payload=evidence, markdown=markdown, identity=identity
+        config, workdir, current, plan, at, payload=payload, markdown=markdown, identity=identity
     )
 
 
@@ -460,10 +478,7 @@ def start(
     weight: float,
     image: str | None = None,
     reason: str | None = None,
-    evidence: EvidencePayload = None,
-    markdown: str | None = None,
-    identity: GitIdentity | None = None,
-    now: datetime | None = None,
+    **keywords: Unpack[TransitionKeywords],
 ) -> Transition:
     """Begin a rollout of ``version`` at its first step (or the first release of an env).
 
@@ -477,10 +492,6 @@ def start(
         weight: The first step's weight: above 0 for canary, 0 for mirrored strategies.
         image: The OCI image of the Bento, if one was built.
         reason: Why, for the commit message (default: names the package).
-        evidence: What decided (e.g. the validation decision), committed as evidence.
-        markdown: Its human report (default: the payload's ``to_markdown()``).
-        identity: Commit author and committer (default: git's configured user).
-        now: The time to record (tests pin it).
 
     Returns:
         ``TransitionKind.START`` (or ``INITIAL`` when the env has no stable release yet: the
@@ -491,18 +502,18 @@ def start(
         ConfigError: Bad weight, a package result for another version, unknown version.
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    at = now or utc_now()
-    current = _load(config, env)
-    # The rules first: a refused start never needs the registry.
-    unchanged = rules.check_start(current, version, strategy, weight)
-    if unchanged is not None:
-        return _unchanged(current, unchanged, at)
-    release, warnings = release_from_registry(config, workdir, package, version, image)
-    plan = rules.start(current, release, strategy=strategy, weight=weight, at=at, reason=reason)
-    assert isinstance(plan, Plan)
-    transition = _apply(
-        config, workdir, current, plan, at, payload=evidence, markdown=markdown, identity=identity
-    )
+    warnings: list[str] = []
+
+    def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
+        # The rules first: a refused start never needs the registry.
+        unchanged = rules.check_start(current, version, strategy, weight)
+        if unchanged is not None:
+            return unchanged
+        release, found = release_from_registry(config, workdir, package, version, image)
+        warnings.extend(found)
+        return rules.start(current, release, strategy=strategy, weight=weight, at=at, reason=reason)
+
+    transition = _apply_plan(config, workdir, env, rule, **keywords)
     return transition.model_copy(update={"warnings": warnings})
 
 
@@ -515,10 +526,7 @@ def set_step(
     *,
     status: RolloutStatus = RolloutStatus.PROGRESSING,
     reason: str | None = None,
-    evidence: EvidencePayload = None,
-    markdown: str | None = None,
-    identity: GitIdentity | None = None,
-    now: datetime | None = None,
+    **keywords: Unpack[TransitionKeywords],
 ) -> Transition:
     """Move the rollout of ``version`` to ``step`` at ``weight`` (steps only move forward).
 
@@ -533,22 +541,18 @@ def set_step(
             :func:`promote`); a canary's 100 % is :func:`promote` itself.
         status: ``paused`` holds the rollout for a person.
         reason: Why (default: the verdict's reasons).
-        evidence: The judge's ``Verdict`` (or any model or mapping) that decided.
-        markdown: Its human report (default: ``evidence.to_markdown()``).
-        identity: Commit author and committer.
-        now: The time to record.
 
     Raises:
         RefusedError: No rollout of ``version`` is in progress, or ``step`` goes backwards.
         ConfigError: A weight outside the strategy's range.
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    reason = reason or _payload_reason(evidence)
+    reason = reason or _payload_reason(keywords.get("evidence"))
 
     def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
         return rules.set_step(current, version, step, weight, status=status, at=at, reason=reason)
 
-    return _apply_plan(config, None, env, rule, evidence, markdown, identity, now)
+    return _apply_plan(config, None, env, rule, **keywords)
 
 
 def promote(
@@ -558,11 +562,8 @@ def promote(
     *,
     version: int | None = None,
     reason: str | None = None,
-    evidence: EvidencePayload = None,
-    markdown: str | None = None,
     move_aliases: bool = True,
-    identity: GitIdentity | None = None,
-    now: datetime | None = None,
+    **keywords: Unpack[TransitionKeywords],
 ) -> Transition:
     """Make the canary stable at 100 % and clear the rollout; move the registry aliases.
 
@@ -576,24 +577,20 @@ def promote(
         env: The environment.
         version: The canary version the caller means; None promotes whatever is rolling out.
         reason: Why (default: the verdict's reasons).
-        evidence: The judge's ``Verdict`` (or any model or mapping) that decided.
-        markdown: Its human report.
         move_aliases: False leaves the registry alone (an environment before production).
-        identity: Commit author and committer.
-        now: The time to record.
 
     Raises:
         RefusedError: No rollout in progress, or it rolls out another version.
         GitOpsError: The state file has uncommitted changes, or git refused.
     """
-    reason = reason or _payload_reason(evidence)
+    reason = reason or _payload_reason(keywords.get("evidence"))
 
     def rule(current: EnvState, at: datetime) -> Plan | Unchanged:
         return rules.promote(
             current, version=version, at=at, move_aliases=move_aliases, reason=reason
         )
 
-    return _apply_plan(config, workdir, env, rule, evidence, markdown, identity, now)
+    return _apply_plan(config, workdir, env, rule, **keywords)
 
 
 def rollback(
@@ -603,11 +600,8 @@ def rollback(
     *,
     reason: str,
     version: int | None = None,
-    evidence: EvidencePayload = None,
-    markdown: str | None = None,
     update_registry: bool = True,
-    identity: GitIdentity | None = None,
-    now: datetime | None = None,
+    **keywords: Unpack[TransitionKeywords],
 ) -> Transition:
     """Drop the rollout at once: canary weight 0, stable untouched. No analysis, no models.
 
@@ -622,11 +616,7 @@ def rollback(
         reason: Why, for the commit, the evidence and the ``rejected_reason`` tag.
         version: The canary version the caller means; if another version (or none) is rolling
             out, nothing changes. None rolls back whatever is rolling out.
-        evidence: The judge's ``Verdict`` (or any model or mapping) that decided, if any.
-        markdown: Its human report.
         update_registry: False skips the registry (no MLflow store reachable).
-        identity: Commit author and committer.
-        now: The time to record.
 
     Raises:
         GitOpsError: The state file has uncommitted changes, or git refused.
@@ -637,4 +627,4 @@ def rollback(
             current, reason=reason, version=version, at=at, update_registry=update_registry
         )
 
-    return _apply_plan(config, workdir, env, rule, evidence, markdown, identity, now)
+    return _apply_plan(config, workdir, env, rule, **keywords)

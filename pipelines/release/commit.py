@@ -54,21 +54,26 @@ class GitIdentity:
         }
 
 
-def git(root: Path, *args: str, identity: GitIdentity | None = None) -> str:
-    """Run git in ``root``; return stdout.
+def git(
+    root: Path, *args: str, identity: GitIdentity | None = None, stdin: str | None = None
+) -> str:
+    """Run git in ``root`` (``stdin`` on its standard input); return stdout.
 
     Raises:
-        GitOpsError: git is missing or exits non-zero (its stderr is in the message).
+        GitOpsError: git is missing or exits non-zero (its stderr, else its stdout, is in the
+            message).
     """
     env = {**os.environ, **(identity.environ() if identity else {})}
+    command = ["git", "-C", str(root), *args]
     try:
         done = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, env=env, check=False
+            command, input=stdin, capture_output=True, text=True, env=env, check=False
         )
     except OSError as exc:
         raise GitOpsError(f"cannot run git: {exc}") from None
     if done.returncode != 0:
-        raise GitOpsError(f"git {' '.join(args[:2])} failed in {root}: {done.stderr.strip()}")
+        said = (done.stderr or done.stdout).strip()
+        raise GitOpsError(f"git {' '.join(args[:2])} failed in {root}: {said}")
     return done.stdout
 
 
@@ -120,22 +125,10 @@ def commit_files(
     """
     rel = _relative(root, paths)
     git(root, "add", "--", *rel)
-    env = {**os.environ, **(identity.environ() if identity else {})}
-    # --only commits these paths as they are in the work tree, whatever else is staged.
-    done = subprocess.run(
-        # --cleanup=whitespace keeps a reason line that starts with '#'.
-        [
-            *("git", "-C", str(root), "commit", "--quiet", "--only", "--cleanup=whitespace"),
-            *("--file", "-", "--", *rel),
-        ],
-        input=message,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise GitOpsError(f"git commit failed in {root}: {(done.stderr or done.stdout).strip()}")
+    # --only commits these paths as they are in the work tree, whatever else is staged;
+    # --cleanup=whitespace keeps a reason line that starts with '#'.
+    only = ("--only", "--cleanup=whitespace", "--file", "-", "--", *rel)
+    git(root, "commit", "--quiet", *only, identity=identity, stdin=message)
     return git(root, "rev-parse", "HEAD").strip()
 
 

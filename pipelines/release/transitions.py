@@ -46,6 +46,11 @@ class Unchanged(BaseModel):
     summary: str
 
 
+def _already(kind: TransitionKind, version: int | None, summary: str) -> Unchanged:
+    """The request is the current state already: ``summary`` says how."""
+    return Unchanged(kind=kind, version=version, summary=summary)
+
+
 class Plan(BaseModel):
     """What a transition changes: the next state, its commit subject and its registry moves.
 
@@ -119,21 +124,15 @@ def check_start(
     if current.rollout is not None:
         running = current.rollout.canary.version
         if running == version:
-            return Unchanged(
-                kind=TransitionKind.START,
-                version=version,
-                summary=f"v{version} is already rolling out in {env}",
+            return _already(
+                TransitionKind.START, version, f"v{version} is already rolling out in {env}"
             )
         raise RefusedError(
             f"{env}: a rollout of v{running} is in progress ({canary_text(current)}); "
             f"promote or roll it back (`mlops rollback --env {env}`) before deploying v{version}"
         )
     if current.stable is not None and current.stable.version == version:
-        return Unchanged(
-            kind=TransitionKind.START,
-            version=version,
-            summary=f"v{version} is already stable in {env}",
-        )
+        return _already(TransitionKind.START, version, f"v{version} is already stable in {env}")
     if strategy is Strategy.CANARY and not 0 < weight < 100:
         raise ConfigError(f"weight: a canary starts above 0 % and below 100 %, got {weight:g}")
     if strategy is not Strategy.CANARY and weight != 0:
@@ -166,19 +165,9 @@ def start(
     unchanged = check_start(current, version, strategy, weight)
     if unchanged is not None:
         return unchanged
-    env, name = current.environment, current.model
     if current.stable is None:
-        return Plan(
-            kind=TransitionKind.INITIAL,
-            version=version,
-            after=current.model_copy(
-                update={"stable": StableRelease(**release.model_dump(), promoted_at=at)}
-            ),
-            subject=f"deploy({env}): initial release {name} v{version} at 100%",
-            reason=reason or f"first release of {env}: no stable version to compare a canary with",
-            moves_before_commit=[RegistryChange(op="set_alias", key=CHAMPION, version=version)],
-            clear_challenger="before_commit",
-        )
+        return _initial(current, release, at, reason)
+    env, name = current.environment, current.model
     rollout = Rollout(
         canary=release, strategy=strategy, step=0, weight=weight, started_at=at, updated_at=at
     )
@@ -195,12 +184,35 @@ def start(
     )
 
 
+def _initial(current: EnvState, release: Release, at: datetime, reason: str | None) -> Plan:
+    """The first release of an environment: stable at 100 % at once, ``champion`` → it."""
+    env, version = current.environment, release.version
+    return Plan(
+        kind=TransitionKind.INITIAL,
+        version=version,
+        after=current.model_copy(
+            update={"stable": StableRelease(**release.model_dump(), promoted_at=at)}
+        ),
+        subject=f"deploy({env}): initial release {current.model} v{version} at 100%",
+        reason=reason or f"first release of {env}: no stable version to compare a canary with",
+        moves_before_commit=[RegistryChange(op="set_alias", key=CHAMPION, version=version)],
+        clear_challenger="before_commit",
+    )
+
+
 # --------------------------------------------------------------------------- set_step
 
 
-def _check_step_weight(current: EnvState, rollout: Rollout, weight: float, switch: bool) -> None:
-    """The weight rules of each strategy (see :func:`set_step`)."""
+def _check_step(
+    current: EnvState, rollout: Rollout, step: int, weight: float, switch: bool
+) -> None:
+    """Steps only move forward, and each strategy's weight rules (see :func:`set_step`)."""
     env, version = current.environment, rollout.canary.version
+    if step < rollout.step:
+        raise RefusedError(
+            f"{env}: v{version} is at step {rollout.step}; steps only move forward "
+            f"(roll back instead of going to step {step})"
+        )
     if rollout.strategy is Strategy.CANARY and not 0 < weight < 100:
         raise ConfigError(f"weight: a canary step is above 0 % and below 100 %, got {weight:g}")
     if switch and current.stable is None:
@@ -238,24 +250,11 @@ def set_step(
             leaving the blue-green switch.
         ConfigError: A weight outside the strategy's range.
     """
-    env = current.environment
-    rollout = current.rollout
-    if rollout is None or rollout.canary.version != version:
-        running = f"v{rollout.canary.version} is rolling out" if rollout else "no rollout"
-        raise RefusedError(f"{env}: cannot move v{version}: {running}")
+    rollout = _rolling_out(current, version)
     if (rollout.step, rollout.weight, rollout.status) == (step, weight, status):
-        return Unchanged(
-            kind=TransitionKind.ADVANCE,
-            version=version,
-            summary=f"v{version} is already at step {step}",
-        )
-    if step < rollout.step:
-        raise RefusedError(
-            f"{env}: v{version} is at step {rollout.step}; steps only move forward "
-            f"(roll back instead of going to step {step})"
-        )
+        return _already(TransitionKind.ADVANCE, version, f"v{version} is already at step {step}")
     switch = rollout.strategy is Strategy.BLUE_GREEN and weight == 100
-    _check_step_weight(current, rollout, weight, switch)
+    _check_step(current, rollout, step, weight, switch)
     moved = rollout.model_copy(
         update={"step": step, "weight": weight, "status": status, "updated_at": at}
     )
@@ -266,6 +265,15 @@ def set_step(
         subject=_step_subject(current, moved, switch),
         reason=reason or f"step {rollout.step} passed",
     )
+
+
+def _rolling_out(current: EnvState, version: int) -> Rollout:
+    """The rollout of ``version``, refused if none or another version's is in progress."""
+    rollout = current.rollout
+    if rollout is None or rollout.canary.version != version:
+        running = f"v{rollout.canary.version} is rolling out" if rollout else "no rollout"
+        raise RefusedError(f"{current.environment}: cannot move v{version}: {running}")
+    return rollout
 
 
 def _step_subject(current: EnvState, moved: Rollout, switch: bool) -> str:
@@ -306,16 +314,21 @@ def promote(
     rollout = current.rollout
     if rollout is None:
         if version is not None and current.stable and current.stable.version == version:
-            return Unchanged(
-                kind=TransitionKind.PROMOTE,
-                version=version,
-                summary=f"v{version} is already stable in {env}",
+            return _already(
+                TransitionKind.PROMOTE, version, f"v{version} is already stable in {env}"
             )
         raise RefusedError(f"{env}: no rollout in progress, nothing to promote")
     if version is not None and rollout.canary.version != version:
         raise RefusedError(
             f"{env}: v{rollout.canary.version} is rolling out, not v{version}; nothing promoted"
         )
+    return _promotion(current, rollout, at, move_aliases, reason)
+
+
+def _promotion(
+    current: EnvState, rollout: Rollout, at: datetime, move_aliases: bool, reason: str | None
+) -> Plan:
+    """The canary stable at 100 %, the rollout cleared, with the aliases' moves if asked."""
     new, old = rollout.canary.version, current.stable
     moves = _promotion_moves(new, old) if move_aliases else []
     was = f" (was v{old.version})" if old else ""
@@ -328,7 +341,8 @@ def promote(
                 "rollout": None,
             }
         ),
-        subject=f"deploy({env}): promote {current.model} v{new} to stable at 100%{was}",
+        subject=f"deploy({current.environment}): promote {current.model} v{new} to stable at "
+        f"100%{was}",
         reason=reason or "promoted by hand",
         moves_before_commit=moves,
         clear_challenger="before_commit" if move_aliases else None,
@@ -360,18 +374,10 @@ def rollback(
     env = current.environment
     rollout = current.rollout
     if rollout is None:
-        return Unchanged(
-            kind=TransitionKind.ROLLBACK,
-            version=version,
-            summary=f"no rollout in progress in {env}",
-        )
+        return _already(TransitionKind.ROLLBACK, version, f"no rollout in progress in {env}")
     canary = rollout.canary.version
     if version is not None and version != canary:
-        return Unchanged(
-            kind=TransitionKind.ROLLBACK,
-            version=version,
-            summary=f"v{version} is not rolling out in {env}",
-        )
+        return _already(TransitionKind.ROLLBACK, version, f"v{version} is not rolling out in {env}")
     tags = {"rejected": "true", "rejected_reason": reason, "rejected_env": env}
     tags["rejected_at"] = at.isoformat()
     moves = [RegistryChange(op="set_tag", key=k, version=canary, value=v) for k, v in tags.items()]

@@ -281,22 +281,27 @@ def run(
         config, canary_config, state, env, version, home, policy, identity, limit, progress, before
     )
     ctx.on_transition = on_transition
-    started = ctx.record(
-        deploy.start(
-            config,
-            state,
-            env,
-            version,
-            package,
-            strategy=canary_config.strategy,
-            weight=canary_config.steps[0].weight,
-            identity=identity,
-        )
-    )
-    position = _position_to_judge(ctx, started)
+    position = _position_to_judge(ctx, _start(ctx, package))
     if isinstance(position, RolloutResult):
         return position
     return _drive(ctx, position, traffic, check_interval_s, settle_s)
+
+
+def _start(ctx: _Context, package: PackageResult) -> deploy.Transition:
+    """Commit the rollout's start (unchanged if it is already under way: a resume)."""
+    first = ctx.canary_config.steps[0]
+    return ctx.record(
+        deploy.start(
+            ctx.config,
+            ctx.state,
+            ctx.env,
+            ctx.version,
+            package,
+            strategy=ctx.canary_config.strategy,
+            weight=first.weight,
+            identity=ctx.identity,
+        )
+    )
 
 
 def _position_to_judge(ctx: _Context, started: deploy.Transition) -> Position | RolloutResult:
@@ -347,19 +352,41 @@ def _drive(
 
     From here on the rollout is committed: an error rolls it back (:func:`_fail_safe`).
     """
+    reference = _prepare_judge(ctx)
+    if isinstance(reference, RolloutResult):
+        return reference
+    status = _serve_canary(ctx)
+    if isinstance(status, RolloutResult):
+        return status
+    _tell_position(ctx, position)
+    run = _Run(position, status, traffic, check_interval_s, settle_s, reference)
+    return _judge_under_traffic(ctx, run)
+
+
+def _prepare_judge(ctx: _Context) -> pd.DataFrame | RolloutResult | None:
+    """Fix the judge's inputs before any live traffic: value bins, the training reference.
+
+    Returns:
+        The reference of input drift (None: disabled), or the result of the rollback that a
+        failure here causes.
+    """
     try:
         stable = ctx.load().stable
         # A regressor's prediction drift needs value bins fixed before any live traffic.
         ctx.canary_config = with_value_bins(
             ctx.config, ctx.canary_config, ctx.state, str(stable.version) if stable else ""
         )
-        reference = _reference(ctx.config, ctx.canary_config)
+        return _reference(ctx.config, ctx.canary_config)
     except Exception as exc:
         ending = _fail_safe(ctx, None, exc)
         _follow_ending(ctx, None, ending)
         return ctx.result(ending.outcome, ending.reason, decided_by=ending.decided_by)
+
+
+def _serve_canary(ctx: _Context) -> reconcile.EnvStatus | RolloutResult:
+    """Bring the environment to the committed state; a canary that cannot start is rolled back."""
     try:
-        status = ctx.reconcile()
+        return ctx.reconcile()
     except reconcile.EnvError as exc:
         reason = f"canary v{ctx.version} could not be started: {exc}"
         ctx.record(
@@ -367,22 +394,38 @@ def _drive(
         )
         ctx.reconcile()
         return ctx.result(RolloutOutcome.ROLLED_BACK, reason, decided_by=["canary_down"])
-    _tell_position(ctx, position)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the judging under traffic starts from."""
+
+    position: Position
+    status: reconcile.EnvStatus
+    traffic: synthetic.TrafficOptions | None
+    check_interval_s: float
+    settle_s: float
+    reference: pd.DataFrame | None
+
+
+def _judge_under_traffic(ctx: _Context, run: _Run) -> RolloutResult:
+    """Start the clients, judge until settled, follow the ending, stop the clients, report."""
     driver: TrafficDriver | None = None
     loop: _Loop | None = None
     try:
         try:
-            driver = _traffic_driver(ctx, status, traffic) if traffic is not None else None
-            loop = _Loop(position, _source(ctx, status, position, driver), driver)
-            if traffic is not None:
-                _start_traffic(ctx, loop, traffic)
+            if run.traffic is not None:
+                driver = _traffic_driver(ctx, run.status, run.traffic)
+            loop = _Loop(run.position, _source(ctx, run.status, run.position, driver), driver)
+            if run.traffic is not None:
+                _start_traffic(ctx, loop, run.traffic)
             loop.window_start = time.monotonic()
-            ending = _judge_until_settled(ctx, loop, check_interval_s, reference)
+            ending = _judge_until_settled(ctx, loop, run.check_interval_s, run.reference)
         except Exception as exc:
             ending = _fail_safe(ctx, loop, exc)
         _follow_ending(ctx, loop, ending)
-        if driver is not None and settle_s > 0:
-            time.sleep(settle_s)
+        if driver is not None and run.settle_s > 0:
+            time.sleep(run.settle_s)
     finally:
         totals = driver.finish() if driver is not None else None
         if loop is not None and loop.fault_on:

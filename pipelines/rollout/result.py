@@ -74,13 +74,7 @@ class TransitionRecord(BaseModel):
     @classmethod
     def of(cls, transition: Transition) -> TransitionRecord:
         """The part of a deploy transition the rollout result keeps."""
-        return cls(
-            action=transition.action,
-            changed=transition.changed,
-            summary=transition.summary,
-            commit=transition.commit,
-            evidence=transition.evidence,
-        )
+        return cls.model_validate(transition, from_attributes=True)
 
 
 class TrafficTotals(BaseModel):
@@ -103,19 +97,7 @@ class TrafficTotals(BaseModel):
     @classmethod
     def of(cls, totals: synthetic.TrafficResult) -> TrafficTotals:
         """The totals of a synthetic traffic run."""
-        return cls(
-            scenario=totals.scenario,
-            sent=totals.sent,
-            ok=totals.ok,
-            failed=totals.failed,
-            rejected=totals.rejected,
-            by_version=totals.by_version,
-            failed_by_version=totals.failed_by_version,
-            latency_ms=totals.latency_ms,
-            labels_sent=totals.labels_sent,
-            labels_failed=totals.labels_failed,
-            outcomes_file=totals.outcomes_file,
-        )
+        return cls.model_validate(totals, from_attributes=True)
 
 
 class RolloutResult(BaseModel):

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.config.canary import Strategy
-from pipelines.release.state import HTTP_HEADER_NAME, EnvState
+from pipelines.release.state import HTTP_HEADER_NAME, EnvState, Release
 
 # Caddy weights are integers: percentages are kept to two decimals (basis points).
 WEIGHT_SCALE = 100
@@ -90,6 +90,17 @@ class DesiredEnv(BaseModel):
         return None
 
 
+def _live(release: Release, role: Role, weight: float) -> LiveRelease:
+    """A release of the state as it runs: its Bento or image, its role, its share of traffic."""
+    return LiveRelease(
+        version=str(release.version),
+        bento_tag=release.bento_tag,
+        image=release.image,
+        role=role,
+        weight=weight,
+    )
+
+
 def desired_from_state(state: EnvState) -> DesiredEnv:
     """The live releases of a deploy state, and its sticky header.
 
@@ -102,27 +113,11 @@ def desired_from_state(state: EnvState) -> DesiredEnv:
     if rollout is not None and rollout.strategy != Strategy.SHADOW:
         canary_weight = rollout.weight if state.stable is not None else 100.0
     if state.stable is not None:
-        releases.append(
-            LiveRelease(
-                version=str(state.stable.version),
-                bento_tag=state.stable.bento_tag,
-                image=state.stable.image,
-                role=Role.STABLE,
-                weight=100.0 - canary_weight,
-            )
-        )
+        releases.append(_live(state.stable, Role.STABLE, 100.0 - canary_weight))
     if rollout is not None and (
         state.stable is None or rollout.canary.version != state.stable.version
     ):
-        releases.append(
-            LiveRelease(
-                version=str(rollout.canary.version),
-                bento_tag=rollout.canary.bento_tag,
-                image=rollout.canary.image,
-                role=Role.CANARY,
-                weight=canary_weight,
-            )
-        )
+        releases.append(_live(rollout.canary, Role.CANARY, canary_weight))
     return DesiredEnv(
         environment=state.environment,
         releases=tuple(releases),

@@ -205,6 +205,14 @@ def tail(record: ProcessRecord, chars: int = 3000) -> str:
         return ""
 
 
+def answers_ok(url: str) -> bool:
+    """Whether ``GET url`` answers 200 now (a refused or timed-out request is a no)."""
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_http_ok(url: str, record: ProcessRecord, *, timeout: float) -> None:
     """Block until ``GET url`` answers 200.
 
@@ -215,10 +223,7 @@ def wait_http_ok(url: str, record: ProcessRecord, *, timeout: float) -> None:
     while time.monotonic() < deadline:
         if not is_alive(record):
             raise ProcessError(f"{record.marker!r} exited early:\n{tail(record)}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if answers_ok(url):
+            return
         time.sleep(0.2)
     raise ProcessError(f"{url} not ready after {timeout:.0f}s:\n{tail(record)}")

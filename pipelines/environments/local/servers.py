@@ -36,7 +36,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-import httpx
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from pipelines.environments.local import procs
@@ -466,11 +465,8 @@ def _wait_container_ready(
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{record.url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if procs.answers_ok(f"{record.url}/readyz"):
+            return
         if not podman.state(container.id)[0]:
             raise ServerError(
                 f"container {container.name} ({container.image}) exited early:\n"
@@ -578,9 +574,4 @@ def server_alive(record: ServerRecord) -> bool:
 
 def server_ready(record: ServerRecord) -> bool:
     """Whether the server runs and answers ``/readyz`` with 200."""
-    if not server_alive(record):
-        return False
-    try:
-        return httpx.get(f"{record.url}/readyz", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return server_alive(record) and procs.answers_ok(f"{record.url}/readyz")

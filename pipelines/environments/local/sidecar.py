@@ -62,6 +62,11 @@ class Proxy:
             method, url, content=body, headers=forward_headers(headers)
         )
 
+    async def pass_on(self, request: Any, body: bytes) -> httpx.Response:
+        """Send a client's request (a Starlette ``Request`` and its body) upstream as it came."""
+        query = request.scope["query_string"]
+        return await self.forward(request.method, request.url.path, query, request.headers, body)
+
 
 def relay(answer: httpx.Response) -> Any:
     """The upstream's answer as the client's response, without hop-by-hop headers."""
@@ -152,9 +157,7 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
             return
         body = await request.body()
         try:
-            answer = await front.forward(
-                request.method, request.url.path, scope["query_string"], request.headers, body
-            )
+            answer = await front.pass_on(request, body)
         except httpx.HTTPError:
             await Response(b"primary unreachable", status_code=502)(scope, receive, send)
             return

@@ -29,7 +29,7 @@ from pipelines.environments.local import reconcile
 from pipelines.environments.local.gateway import VERSION_HEADER
 from pipelines.release.state import RolloutStatus, load_state
 from pipelines.serving.predlog import append_labels, read_jsonl
-from tests.conftest import git
+from tests.conftest import MLOPS, git
 from tests.integration.conftest import (
     GOOD,
     LIVE_ROLLOUT,
@@ -40,7 +40,6 @@ from tests.integration.conftest import (
     load,
     run_rollout,
 )
-from tests.integration.environments.local.conftest import MLOPS
 
 pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
 

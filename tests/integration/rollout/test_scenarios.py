@@ -33,9 +33,9 @@ from pipelines import rollout
 from pipelines.canary import Action, SignalResult, SignalStatus, Verdict
 from pipelines.config.base import GateMode
 from pipelines.environments.local import reconcile
+from tests.conftest import MLOPS
 from tests.integration import conftest as live
 from tests.integration.conftest import CRIPPLED, GOOD, MAX_DURATION_S, Versions
-from tests.integration.environments.local.conftest import MLOPS
 
 pytestmark = pytest.mark.integration
 

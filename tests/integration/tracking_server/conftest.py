@@ -29,7 +29,6 @@ import requests
 
 from tests.conftest import Project
 
-MLOPS = str(Path(sys.executable).with_name("mlops"))
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 PG_ROOT = Path("/usr/lib/postgresql")
 START_TIMEOUT_S = 180.0
@@ -239,14 +238,7 @@ def mlops(
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
     }
-    done = subprocess.run(
-        [MLOPS, *args, "--configs", str(project.configs)],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = project.mlops(*args, env=env, timeout=900)
     if done.returncode != expect:
         pytest.fail(
             f"mlops {' '.join(args)} exited {done.returncode}, expected {expect}:\n"

@@ -35,19 +35,21 @@ STEPS = [
     {"weight": 10, "min_requests": 300, "min_duration_s": 120},
     {"weight": 50, "min_requests": 1500, "min_duration_s": 120},
 ]
-CONFIG = CanaryConfig.model_validate(
-    {
-        "steps": STEPS,
-        "hard_limits": {"min_requests": 50, "max_error_rate": 0.2, "max_p99_latency_ms": 500},
-        "quality": {
-            "min_labels": 100,
-            "metrics": {
-                "accuracy": {"max_regression": 0.01},
-                "roc_auc": {"max_regression": 0.01},
-            },
-        },
-    }
-)
+
+
+def _config(steps: list[dict], **max_regression: float) -> CanaryConfig:
+    """A canary config with the tests' hard limits and each metric's tolerated regression."""
+    metrics = {name: {"max_regression": bound} for name, bound in max_regression.items()}
+    return CanaryConfig.model_validate(
+        {
+            "steps": steps,
+            "hard_limits": {"min_requests": 50, "max_error_rate": 0.2, "max_p99_latency_ms": 500},
+            "quality": {"min_labels": 100, "metrics": metrics},
+        }
+    )
+
+
+CONFIG = _config(STEPS, accuracy=0.01, roc_auc=0.01)
 TRAFFIC = Traffic(rps=50.0, check_interval_s=60.0)
 
 
@@ -405,58 +407,11 @@ def test_impossible_observations_are_rejected(bad) -> None:
         bad()
 
 
-def test_input_drift_is_not_run_on_a_look_that_holds_anyway() -> None:
-    """Evidently runs only on a look that could end the step: a hold look skips it.
-
-    Input drift can only hold a rollout, and Evidently takes seconds; a look the other
-    signals already hold (the step's minimum duration is not reached here) says input drift
-    was not evaluated.
-    """
-    rng = np.random.default_rng(0)
-    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
-    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
-    config = CONFIG.model_copy(
-        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": GateMode.ENABLED})}
+def _input_drift(mode: GateMode) -> CanaryConfig:
+    """The test config with the input-drift signal in ``mode``."""
+    return CONFIG.model_copy(
+        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": mode})}
     )
-    first = _stream(Fault.NONE, (10,))[0]
-    early = WindowObservation(
-        0,
-        first.duration_s,
-        VersionWindow(**{**first.stable.__dict__, "inputs": shifted}),
-        VersionWindow(**{**first.canary.__dict__, "inputs": shifted}),
-    )
-    assert early.duration_s < config.steps[0].min_duration_s
-    verdict = judge(config, 0, [early], reference=reference)
-    drift = next(s for s in verdict.signals if s.name == "input_drift")
-    assert verdict.action is Action.HOLD
-    assert drift.status is SignalStatus.SKIPPED
-    assert drift.canary is None
-    assert "the other signals hold this look" in drift.detail
-
-
-def test_input_drift_uses_evidently_and_holds_when_enabled() -> None:
-    """Canary inputs far from the training reference hold the rollout (mode enabled)."""
-    rng = np.random.default_rng(0)
-    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
-    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
-    same = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
-    config = CONFIG.model_copy(
-        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": GateMode.ENABLED})}
-    )
-    windows = _stream(Fault.NONE, (10,))
-    last = windows[-1]
-    windows[-1] = WindowObservation(
-        0,
-        last.duration_s,
-        VersionWindow(**{**last.stable.__dict__, "inputs": same}),
-        VersionWindow(**{**last.canary.__dict__, "inputs": shifted}),
-    )
-    verdict = judge(config, 0, windows, reference=reference)
-    drift = next(s for s in verdict.signals if s.name == "input_drift")
-    assert drift.status is SignalStatus.FAILED
-    assert drift.canary == pytest.approx(2 / 3)
-    assert verdict.action is Action.HOLD
-    assert any("inputs drifted" in r for r in verdict.reasons)
 
 
 def _with_inputs(windows: list[WindowObservation], stable, canary) -> list[WindowObservation]:
@@ -471,6 +426,44 @@ def _with_inputs(windows: list[WindowObservation], stable, canary) -> list[Windo
             VersionWindow(**{**last.canary.__dict__, "inputs": canary}),
         ),
     ]
+
+
+def test_input_drift_is_not_run_on_a_look_that_holds_anyway() -> None:
+    """Evidently runs only on a look that could end the step: a hold look skips it.
+
+    Input drift can only hold a rollout, and Evidently takes seconds; a look the other
+    signals already hold (the step's minimum duration is not reached here) says input drift
+    was not evaluated.
+    """
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
+    config = _input_drift(GateMode.ENABLED)
+    early = _with_inputs(_stream(Fault.NONE, (10,))[:1], shifted, shifted)
+    assert early[0].duration_s < config.steps[0].min_duration_s
+    verdict = judge(config, 0, early, reference=reference)
+    drift = next(s for s in verdict.signals if s.name == "input_drift")
+    assert verdict.action is Action.HOLD
+    assert drift.status is SignalStatus.SKIPPED
+    assert drift.canary is None
+    assert "the other signals hold this look" in drift.detail
+
+
+def test_input_drift_uses_evidently_and_holds_when_enabled() -> None:
+    """Canary inputs far from the training reference hold the rollout (mode enabled)."""
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
+    same = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
+    config = _input_drift(GateMode.ENABLED)
+    windows = _stream(Fault.NONE, (10,))
+    windows = _with_inputs(windows, same, shifted)
+    verdict = judge(config, 0, windows, reference=reference)
+    drift = next(s for s in verdict.signals if s.name == "input_drift")
+    assert drift.status is SignalStatus.FAILED
+    assert drift.canary == pytest.approx(2 / 3)
+    assert verdict.action is Action.HOLD
+    assert any("inputs drifted" in r for r in verdict.reasons)
 
 
 @pytest.mark.parametrize(
@@ -490,9 +483,7 @@ def test_repeated_rows_count_once_and_untested_drift_holds_promotion(
     reference = pd.DataFrame(rng.normal(size=(300, 2)), columns=["a", "b"])
     sample = pd.DataFrame(rng.normal(size=(40, 2)), columns=["a", "b"])
     repeated = pd.concat([sample] * 20, ignore_index=True)
-    config = CONFIG.model_copy(
-        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": mode})}
-    )
+    config = _input_drift(mode)
     windows = _with_inputs(_stream(Fault.NONE, (10, 40)), repeated, repeated.iloc[:400])
     verdict = judge(config, 1, windows, reference=reference)
     drift = next(s for s in verdict.signals if s.name == "input_drift")
@@ -578,19 +569,11 @@ def test_standby_without_windows_holds() -> None:
 # --------------------------------------------------------------------------- k classes
 
 CLASSES = np.array(["Adelie", "Chinstrap", "Gentoo"], dtype=object)
-MULTICLASS = CanaryConfig.model_validate(
-    {
-        "steps": [{"weight": 50, "min_requests": 300, "min_duration_s": 60}],
-        "hard_limits": {"min_requests": 50, "max_error_rate": 0.2, "max_p99_latency_ms": 500},
-        "quality": {
-            "min_labels": 100,
-            "metrics": {
-                "accuracy": {"max_regression": 0.02},
-                "roc_auc": {"max_regression": 0.02},
-                "log_loss": {"max_regression": 0.05},
-            },
-        },
-    }
+MULTICLASS = _config(
+    [{"weight": 50, "min_requests": 300, "min_duration_s": 60}],
+    accuracy=0.02,
+    roc_auc=0.02,
+    log_loss=0.05,
 )
 
 
@@ -679,17 +662,9 @@ def test_input_drift_never_decides_a_rollback() -> None:
     rng = np.random.default_rng(0)
     reference = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     shifted = pd.DataFrame(rng.normal(loc=[3, 3, 0], size=(200, 3)), columns=["a", "b", "c"])
-    config = CONFIG.model_copy(
-        update={"input_drift": CONFIG.input_drift.model_copy(update={"mode": GateMode.ENABLED})}
-    )
+    config = _input_drift(GateMode.ENABLED)
     windows = _stream(Fault.ERRORS, (1,), error_increase=0.5)
-    last = windows[-1]
-    windows[-1] = WindowObservation(
-        0,
-        last.duration_s,
-        VersionWindow(**{**last.stable.__dict__, "inputs": shifted}),
-        VersionWindow(**{**last.canary.__dict__, "inputs": shifted}),
-    )
+    windows = _with_inputs(windows, shifted, shifted)
     verdict = judge(config, 0, windows, reference=reference)
     assert verdict.action is Action.ROLLBACK
     assert next(s for s in verdict.signals if s.name == "input_drift").blocking

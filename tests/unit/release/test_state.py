@@ -22,10 +22,10 @@ from pipelines.release.state import (
     save_state,
     state_path,
 )
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 MODEL = "breast-cancer-classifier"
 AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -23,9 +23,9 @@ from pipelines.serving.predlog import (
     read_jsonl,
 )
 from pipelines.serving.schema import label_model, request_model
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[3]
 
 
 def manifest(task: str = "classification", **serve) -> ServingManifest:
@@ -203,7 +203,7 @@ def test_tree_sha256_changes_with_any_byte(tmp_path: Path) -> None:
 
 def test_repo_serve_config_loads() -> None:
     """configs/serve.yaml validates."""
-    assert load_serve_config(REPO / "configs" / "serve.yaml").api.max_records_per_request >= 1
+    assert load_serve_config(REPO_ROOT / "configs" / "serve.yaml").api.max_records_per_request >= 1
 
 
 def test_bad_serve_config_names_file_and_field(tmp_path: Path) -> None:

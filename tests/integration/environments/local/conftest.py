@@ -8,8 +8,6 @@ theirs, so packaging here in-process would depend on which test directory ran fi
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,6 @@ from pipelines.environments.local import reconcile
 from pipelines.environments.local.desired import DesiredEnv, LiveRelease, Role
 from tests.conftest import Project, make_project
 
-MLOPS = str(Path(sys.executable).with_name("mlops"))
 ENV = "staging"
 
 
@@ -75,14 +72,7 @@ class TwoVersions:
 
 def _mlops(project: Project, home: Path, *args: str) -> None:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    done = subprocess.run(
-        [MLOPS, *args, "--configs", str(project.configs)],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = project.mlops(*args, env=env)
     if done.returncode != 0:
         pytest.fail(f"mlops {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
