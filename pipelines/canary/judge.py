@@ -331,15 +331,21 @@ def _latency(config: CanaryConfig, steps: Sequence[StepSummary], alpha: float) -
         and s.stable.latency_count >= 2
         and s.canary.log_latency_mean is not None
         and s.stable.log_latency_mean is not None
+        and s.canary.latency_count >= spec.min_traffic_ratio * s.stable.latency_count
     ]
     n_c = np.array([s.canary.latency_count for s in rows], float)
     n_s = np.array([s.stable.latency_count for s in rows], float)
     if n_c.sum() < spec.min_samples or n_s.sum() < spec.min_samples:
+        share = (
+            f" in steps where the canary answered ≥ {spec.min_traffic_ratio:g}x stable's requests"
+            if spec.min_traffic_ratio
+            else ""
+        )
         return _skipped(
             name,
             test,
             spec.mode,
-            f"{int(n_c.sum())} canary and {int(n_s.sum())} stable latencies, need "
+            f"{int(n_c.sum())} canary and {int(n_s.sum())} stable latencies{share}, need "
             f"{spec.min_samples} each",
             True,
         )

@@ -676,3 +676,22 @@ def test_standby_rollback_names_its_hard_limit() -> None:
     """It names the breached hard limit as the decider of a switch back to blue."""
     verdict = judge_standby(BLUE_GREEN, [_green(100, 10, 5.0)])
     assert verdict.decided_by == ["hard_limit.error_rate"]
+
+
+def test_latency_is_compared_only_where_the_canary_gets_a_like_share_of_requests() -> None:
+    """``latency.min_traffic_ratio``: a step where the canary answers far fewer requests than
+    stable does not compare latencies (a less busy server is slower per request); the first
+    step with a like share does, and catches the slow canary there."""
+    config = CONFIG.model_copy(
+        update={"latency": CONFIG.latency.model_copy(update={"min_traffic_ratio": 0.8})}
+    )
+    at_10 = _stream(Fault.LATENCY, (10,))
+    latency = next(s for s in judge(config, 0, at_10).signals if s.name == "latency")
+    assert latency.status is SignalStatus.INSUFFICIENT
+    assert "canary answered ≥ 0.8x stable's requests" in latency.detail
+    assert "latency" in _names(judge(CONFIG, 0, at_10))  # compared in every step by default
+
+    at_50 = _stream(Fault.LATENCY, (10, 10))
+    verdict = judge(config, 1, at_50)
+    assert verdict.action is Action.ROLLBACK
+    assert "latency" in verdict.decided_by
