@@ -679,9 +679,12 @@ def test_standby_rollback_names_its_hard_limit() -> None:
 
 
 def test_latency_is_compared_only_where_the_canary_gets_a_like_share_of_requests() -> None:
-    """``latency.min_traffic_ratio``: a step where the canary answers far fewer requests than
-    stable does not compare latencies (a less busy server is slower per request); the first
-    step with a like share does, and catches the slow canary there."""
+    """Latency is compared only in steps where the canary answers a like share of requests.
+
+    With ``latency.min_traffic_ratio``, a step where the canary answers far fewer requests
+    than stable does not compare latencies (a less busy server is slower per request); the
+    first step with a like share does, and catches the slow canary there.
+    """
     config = CONFIG.model_copy(
         update={"latency": CONFIG.latency.model_copy(update={"min_traffic_ratio": 0.8})}
     )
