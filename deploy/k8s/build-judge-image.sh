@@ -62,6 +62,12 @@ if [ "$PRINT_TAG" -eq 1 ]; then
   exit 0
 fi
 
+# The input first (the commit to build), then the tools.
+revision="$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$COMMIT^{commit}")" \
+  || die "--commit: '$COMMIT' is not a commit of $REPO_ROOT"
+git -C "$REPO_ROOT" cat-file -e "$revision:$CONTAINERFILE" 2>/dev/null \
+  || die "--commit: $revision has no $CONTAINERFILE"
+
 if [ -z "$ENGINE" ]; then
   for candidate in docker podman buildah; do
     command -v "$candidate" >/dev/null || continue
@@ -77,11 +83,6 @@ case "$ENGINE" in
   *) die "--engine: expected docker, podman or buildah (got '$ENGINE')" ;;
 esac
 command -v "$ENGINE" >/dev/null || die "'$ENGINE' is not installed"
-
-revision="$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$COMMIT^{commit}")" \
-  || die "--commit: '$COMMIT' is not a commit of $REPO_ROOT"
-git -C "$REPO_ROOT" cat-file -e "$revision:$CONTAINERFILE" 2>/dev/null \
-  || die "--commit: $revision has no $CONTAINERFILE"
 
 CONTEXT="$(mktemp -d /var/tmp/judge-image.XXXXXX)"
 trap 'rm -rf "$CONTEXT"' EXIT
