@@ -107,7 +107,7 @@ class Scratch:
     root: Path
     config: ConfigSet
     canary: CanaryConfig
-    state: Workdir
+    workdir: Workdir
     packages: dict[int, PackageResult]
     accuracy: float
     max_duration_s: float = 600.0
@@ -145,18 +145,18 @@ def prepare(folder: Path, profile: Path) -> Scratch:
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "bench: scratch project")
     config = load_config_set(root / "configs", overrides={"canary": root / profile})
-    state = Workdir.for_project(config.root)
+    workdir = Workdir.for_project(config.root)
     packages: dict[int, PackageResult] = {}
     accuracy = 0.0
     for number in (1, 2):
-        result = train.run(config, state)
+        result = train.run(config, workdir)
         _mlops(root, "package", "--version", result.model_version)
         packages[number] = PackageResult.model_validate_json(
-            (state.results / "package.json").read_text()
+            (workdir.results / "package.json").read_text()
         )
         holdout = result.metrics.get("holdout", {}).get("accuracy")
         accuracy = float(getattr(holdout, "value", holdout) or 0.0) or accuracy
-    return Scratch(root, config, config.canary, state, packages, accuracy or 0.9)
+    return Scratch(root, config, config.canary, workdir, packages, accuracy or 0.9)
 
 
 def _fresh_env(scratch: Scratch, name: str) -> None:
@@ -180,14 +180,14 @@ def _rollout(
     return rollout.run(
         scratch.config,
         scratch.canary,
-        scratch.state,
+        scratch.workdir,
         env,
         package=scratch.packages[version],
         version=version,
         traffic=traffic,
         check_interval_s=5.0,
         max_duration_s=scratch.max_duration_s,
-        bentoml_home=Path(os.environ.get("BENTOML_HOME") or scratch.state.root / "bentoml"),
+        bentoml_home=Path(os.environ.get("BENTOML_HOME") or scratch.workdir.root / "bentoml"),
     )
 
 
@@ -239,8 +239,8 @@ def live_run(
     try:
         _fresh_env(scratch, env)
         if stable_sidecar:
-            reconcile.set_fault(env, scratch.state.root, "1", reconcile.FaultSpec())
-        access_log = gateway_access_log(scratch.state.root, env)
+            reconcile.set_fault(env, scratch.workdir.root, "1", reconcile.FaultSpec())
+        access_log = gateway_access_log(scratch.workdir.root, env)
         offset = access_log.stat().st_size if access_log.is_file() else 0
         spinner = _spinner() if busy_core else None
         started = time.monotonic()
@@ -250,7 +250,7 @@ def live_run(
         if spinner is not None:
             spinner.kill()
             spinner.wait()
-        reconcile.down(env, scratch.state.root)
+        reconcile.down(env, scratch.workdir.root)
     unparsable = sum("unparsable" in line for line in result.evidence)
     run = Run(
         kind=kind,

@@ -32,7 +32,7 @@ class TrackingServerError(ConfigError):
     """The configured tracking server does not answer (a bad-input error: exit 2)."""
 
 
-def tracking_uri(config: ConfigSet, state: Workdir) -> str:
+def tracking_uri(config: ConfigSet, workdir: Workdir) -> str:
     """``MLFLOW_TRACKING_URI`` set by the user, else the config's, else the embedded store.
 
     The environment holds only the user's choice: :func:`configure` never leaves its own URI
@@ -41,7 +41,7 @@ def tracking_uri(config: ConfigSet, state: Workdir) -> str:
     explicit = os.environ.get(TRACKING_ENV) or config.train.tracking_uri
     if explicit:
         return explicit
-    return f"sqlite:///{state.mlflow / 'mlflow.db'}"
+    return f"sqlite:///{workdir.mlflow / 'mlflow.db'}"
 
 
 def source_of(config: ConfigSet) -> str:
@@ -87,7 +87,7 @@ def check_reachable(uri: str, source: str, timeout_s: float = REACHABILITY_TIMEO
     _reachable.add(uri)
 
 
-def configure(config: ConfigSet, state: Workdir) -> str:
+def configure(config: ConfigSet, workdir: Workdir) -> str:
     """Point MLflow's tracking and registry at the configured store; return its URI.
 
     MLflow exports the URI it is given to the environment (for subprocesses); that export is
@@ -96,10 +96,10 @@ def configure(config: ConfigSet, state: Workdir) -> str:
     Raises:
         TrackingServerError: An http(s) tracking server does not answer (nothing is written).
     """
-    uri = tracking_uri(config, state)
+    uri = tracking_uri(config, workdir)
     check_reachable(uri, source_of(config))
     if uri.startswith("sqlite:///"):
-        state.mlflow.mkdir(parents=True, exist_ok=True)
+        workdir.mlflow.mkdir(parents=True, exist_ok=True)
     user = {name: os.environ.get(name) for name in (TRACKING_ENV, REGISTRY_ENV)}
     try:
         mlflow.set_tracking_uri(uri)
@@ -113,10 +113,10 @@ def configure(config: ConfigSet, state: Workdir) -> str:
     return uri
 
 
-def ensure_experiment(name: str, state: Workdir, uri: str) -> str:
+def ensure_experiment(name: str, workdir: Workdir, uri: str) -> str:
     """The id of experiment ``name``, created on first use.
 
-    With the embedded store its artifacts go under the state folder, not the working directory.
+    With the embedded store its artifacts go under .mlops/, not the current directory.
     """
     client = MlflowClient()
     existing = client.get_experiment_by_name(name)
@@ -124,7 +124,7 @@ def ensure_experiment(name: str, state: Workdir, uri: str) -> str:
         return existing.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
-        location = (state.mlflow / "artifacts").resolve().as_uri()
+        location = (workdir.mlflow / "artifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

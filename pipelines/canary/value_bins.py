@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def with_value_bins(
-    config: ConfigSet, canary_config: CanaryConfig, state: Workdir, stable_version: str
+    config: ConfigSet, canary_config: CanaryConfig, workdir: Workdir, stable_version: str
 ) -> CanaryConfig:
     """``canary_config`` with a regressor's value bins in ``prediction_drift.edges``.
 
@@ -33,7 +33,7 @@ def with_value_bins(
     Args:
         config: The project's configs (model code, data, registered model name).
         canary_config: The canary config of this rollout.
-        state: The state folder (its MLflow store, unless a tracking server is configured).
+        workdir: The .mlops/ folder (its MLflow store, unless a tracking server is configured).
         stable_version: The stable registered version; its predictions are the reference.
     """
     spec = canary_config.prediction_drift
@@ -51,7 +51,7 @@ def with_value_bins(
     if code.task is not Task.REGRESSION:
         return canary_config
     _, _, parts = prepare(config)
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     uri = f"models:/{config.train.registered_model_name}/{stable_version}"
     reference = predict(mlflow.sklearn.load_model(uri), parts.X_train, Task.REGRESSION)
     edges = value_edges(reference.values, spec.bins)

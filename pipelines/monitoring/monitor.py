@@ -42,7 +42,7 @@ class LogPaths:
     origin: str
 
 
-def served_logs(state: Workdir, env: str, version: int, logs_dir: Path | None) -> LogPaths:
+def served_logs(workdir: Workdir, env: str, version: int, logs_dir: Path | None) -> LogPaths:
     """Where the serving version's logs are: shipped to ``logs_dir``, or the local record.
 
     Raises:
@@ -56,13 +56,13 @@ def served_logs(state: Workdir, env: str, version: int, logs_dir: Path | None) -
         )
     from pipelines.environments.local import reconcile
 
-    status = reconcile.status(env, state.root)
+    status = reconcile.status(env, workdir.root)
     try:
         item = status.release(str(version))
     except KeyError:
         raise ConfigError(
             f"environment '{env}': v{version} serves according to deploy/{env}.yaml but does "
-            f"not run on this host ({reconcile.env_dir(state.root, env)}); run the monitor "
+            f"not run on this host ({reconcile.env_dir(workdir.root, env)}); run the monitor "
             "where it serves, or ship its logs and pass --logs DIR"
         ) from None
     return LogPaths(Path(item.prediction_log), Path(item.labels_log), f"local environment {env}")
@@ -185,12 +185,12 @@ def measure(
 
 
 def _log_to_mlflow(
-    config: ConfigSet, state: Workdir, result: MonitorResult, html: list[Path]
+    config: ConfigSet, workdir: Workdir, result: MonitorResult, html: list[Path]
 ) -> str:
     import mlflow
 
-    uri = tracking.configure(config, state)
-    experiment_id = tracking.ensure_experiment(config.monitor.experiment, state, uri)
+    uri = tracking.configure(config, workdir)
+    experiment_id = tracking.ensure_experiment(config.monitor.experiment, workdir, uri)
     release = result.release
     name = f"monitor-{release.environment}-v{release.version}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
@@ -221,7 +221,7 @@ def _log_to_mlflow(
 
 def run(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     env: str,
     *,
     window: str | None = None,
@@ -233,7 +233,7 @@ def run(
 
     Args:
         config: The project's configs (``monitor.yaml`` among them).
-        state: The state folder: MLflow store, reports, the local environment's record.
+        workdir: The working folder .mlops/: MLflow store, reports, the local environment's record.
         env: The environment whose stable release is measured.
         window: How far back from ``now`` (``24h``); None takes ``monitor.yaml``'s.
         logs_dir: A folder of shipped ``predictions.jsonl`` / ``labels.jsonl`` (and rotated
@@ -253,9 +253,9 @@ def run(
     end = now or datetime.now(UTC)
     start = end - span
     release = serving_release(config, env)
-    tracking.configure(config, state)
+    tracking.configure(config, workdir)
     reference = load_reference(config, env, release)
-    paths = served_logs(state, env, release.version, logs_dir)
+    paths = served_logs(workdir, env, release.version, logs_dir)
     served = read_window(
         paths.predictions,
         paths.labels,
@@ -273,7 +273,7 @@ def run(
         len(served.labelled),
         paths.origin,
     )
-    results, drifted, html = measure(config, reference, served, state.reports)
+    results, drifted, html = measure(config, reference, served, workdir.reports)
     status, reasons = verdict(results, served.rows)
     result = MonitorResult(
         status=status,
@@ -304,9 +304,9 @@ def run(
     elif wanted and status is MonitorStatus.ACTION_NEEDED:
         from pipelines.monitoring.retrain import propose
 
-        proposal = propose(config, state, result, reference, served)
+        proposal = propose(config, workdir, result, reference, served)
         result = result.model_copy(update={"proposal": proposal})
-    run_id = _log_to_mlflow(config, state, result, html)
+    run_id = _log_to_mlflow(config, workdir, result, html)
     return result.model_copy(update={"mlflow_run_id": run_id})
 
 

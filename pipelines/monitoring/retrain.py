@@ -154,7 +154,7 @@ def _own_proposal(root: Path, ref: str, env: str) -> str | None:
 
 def propose(
     config: ConfigSet,
-    state: Workdir,
+    workdir: Workdir,
     result: MonitorResult,
     reference: Reference,
     served: ServedWindow,
@@ -202,7 +202,7 @@ def propose(
         content_hash=digest,
         rows=len(frame),
         added_rows=added,
-        body_path=str(state.reports / f"retrain-{env}.md"),
+        body_path=str(workdir.reports / f"retrain-{env}.md"),
         updated=previous is not None,
     )
     body = result.model_copy(update={"proposal": proposal}).to_markdown()

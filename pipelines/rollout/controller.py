@@ -94,7 +94,7 @@ class _Context:
 
     config: ConfigSet
     canary_config: CanaryConfig
-    state: Workdir
+    workdir: Workdir
     env: str
     version: int
     bentoml_home: Path
@@ -142,7 +142,7 @@ class _Context:
             wanted = self.load()
             status = reconcile.up(
                 desired_from_state(wanted),
-                self.state.root,
+                self.workdir.root,
                 self.bentoml_home,
                 project_root=self.config.root,
                 policy=self.policy,
@@ -171,7 +171,7 @@ class _Context:
         self.record(
             deploy.rollback(
                 self.config,
-                self.state,
+                self.workdir,
                 self.env,
                 reason=why,
                 version=self.version,
@@ -225,7 +225,7 @@ class _Ending:
 def run(
     config: ConfigSet,
     canary_config: CanaryConfig,
-    state: Workdir,
+    workdir: Workdir,
     env: str,
     *,
     package: PackageResult,
@@ -248,7 +248,7 @@ def run(
     Args:
         config: The project's configs.
         canary_config: Steps, limits and signals (``configs/canary.yaml`` or a local profile).
-        state: The state folder (MLflow store, environment records).
+        workdir: The working folder .mlops/ (MLflow store, environment records).
         env: The environment (``deploy/<env>.yaml``).
         package: ``mlops package``'s result for ``version``.
         version: The registered version to roll out.
@@ -259,7 +259,7 @@ def run(
             (default: :func:`default_max_duration_s`).
         progress: Called at every check and transition (e.g. a progress display).
         bentoml_home: The BentoML store with the Bentos (default ``$BENTOML_HOME`` or
-            ``<state>/bentoml``).
+            ``<workdir>/bentoml``).
         policy: Gateway health checks and retries (defaults are for loopback).
         identity: Commit author and committer of the transitions.
         settle_s: Seconds the synthetic clients keep going after the final transition, so
@@ -274,11 +274,21 @@ def run(
             the environment could not follow a rollback or promotion committed meanwhile.
         RolloutError: An error after the start, and rolling back failed too.
     """
-    home = bentoml_home or Path(os.environ.get("BENTOML_HOME") or state.root / "bentoml")
+    home = bentoml_home or Path(os.environ.get("BENTOML_HOME") or workdir.root / "bentoml")
     limit = max_duration_s if max_duration_s is not None else default_max_duration_s(canary_config)
     before = load_state(config.root, env, config.train.registered_model_name)
     ctx = _Context(
-        config, canary_config, state, env, version, home, policy, identity, limit, progress, before
+        config,
+        canary_config,
+        workdir,
+        env,
+        version,
+        home,
+        policy,
+        identity,
+        limit,
+        progress,
+        before,
     )
     ctx.on_transition = on_transition
     position = _position_to_judge(ctx, _start(ctx, package))
@@ -293,7 +303,7 @@ def _start(ctx: _Context, package: PackageResult) -> deploy.Transition:
     return ctx.record(
         deploy.start(
             ctx.config,
-            ctx.state,
+            ctx.workdir,
             ctx.env,
             ctx.version,
             package,
@@ -374,7 +384,7 @@ def _prepare_judge(ctx: _Context) -> pd.DataFrame | RolloutResult | None:
         stable = ctx.load().stable
         # A regressor's prediction drift needs value bins fixed before any live traffic.
         ctx.canary_config = with_value_bins(
-            ctx.config, ctx.canary_config, ctx.state, str(stable.version) if stable else ""
+            ctx.config, ctx.canary_config, ctx.workdir, str(stable.version) if stable else ""
         )
         return _reference(ctx.config, ctx.canary_config)
     except Exception as exc:
@@ -390,7 +400,7 @@ def _serve_canary(ctx: _Context) -> reconcile.EnvStatus | RolloutResult:
     except reconcile.EnvError as exc:
         reason = f"canary v{ctx.version} could not be started: {exc}"
         ctx.record(
-            deploy.rollback(ctx.config, ctx.state, ctx.env, reason=reason, identity=ctx.identity)
+            deploy.rollback(ctx.config, ctx.workdir, ctx.env, reason=reason, identity=ctx.identity)
         )
         ctx.reconcile()
         return ctx.result(RolloutOutcome.ROLLED_BACK, reason, decided_by=["canary_down"])
@@ -431,7 +441,7 @@ def _judge_under_traffic(ctx: _Context, run: _Run) -> RolloutResult:
         if loop is not None and loop.fault_on:
             with contextlib.suppress(reconcile.EnvError):
                 reconcile.set_fault(
-                    ctx.env, ctx.state.root, str(ctx.version), None, policy=ctx.policy
+                    ctx.env, ctx.workdir.root, str(ctx.version), None, policy=ctx.policy
                 )
     traffic_totals = TrafficTotals.of(totals) if totals is not None else None
     if loop is None:
@@ -619,7 +629,7 @@ def _make_move(ctx: _Context, loop: _Loop, verdict: Verdict) -> _Ending | None:
         transition = ctx.record(
             deploy.promote(
                 ctx.config,
-                ctx.state,
+                ctx.workdir,
                 ctx.env,
                 version=ctx.version,
                 evidence=verdict,
@@ -713,7 +723,7 @@ def _source(
     mirror = Path(status.mirror_log) if p.mirrored and status.mirror_log else None
     stable = ctx.load().stable
     # What the gateway answered, whoever sends the traffic (``driver`` or real clients).
-    gateway_log = gateway_access_log(ctx.state.root, ctx.env)
+    gateway_log = gateway_access_log(ctx.workdir.root, ctx.env)
     return LogSource(
         status,
         str(stable.version) if stable else "",
@@ -732,12 +742,18 @@ def _traffic_driver(
     rows, labels = synthetic.holdout_rows(ctx.config)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     outcomes_file = (
-        reconcile.env_dir(ctx.state.root, ctx.env)
+        reconcile.env_dir(ctx.workdir.root, ctx.env)
         / "traffic"
         / f"{stamp}-rollout-v{ctx.version}-{traffic.scenario}.jsonl"
     )
     return TrafficDriver(
-        status, rows, labels, traffic, outcomes_file, ctx.max_duration_s, state_root=ctx.state.root
+        status,
+        rows,
+        labels,
+        traffic,
+        outcomes_file,
+        ctx.max_duration_s,
+        state_root=ctx.workdir.root,
     )
 
 
@@ -745,7 +761,7 @@ def _start_traffic(ctx: _Context, loop: _Loop, traffic: synthetic.TrafficOptions
     """Inject the scenario's fault into the canary, then start the traffic process."""
     fault = fault_for(traffic)
     if fault is not None:
-        reconcile.set_fault(ctx.env, ctx.state.root, str(ctx.version), fault, policy=ctx.policy)
+        reconcile.set_fault(ctx.env, ctx.workdir.root, str(ctx.version), fault, policy=ctx.policy)
         loop.fault_on = True
     assert loop.driver is not None
     loop.driver.start()
@@ -771,7 +787,7 @@ def _canary_down(ctx: _Context) -> str | None:
     """Why the canary server cannot answer, or None if it is ready."""
     version = str(ctx.version)
     for attempt in range(2):
-        status = reconcile.status(ctx.env, ctx.state.root)
+        status = reconcile.status(ctx.env, ctx.workdir.root)
         found = next((r for r in status.releases if r.version == version), None)
         if found is None:
             return f"canary v{version} is not running in {ctx.env}"
