@@ -262,7 +262,9 @@ def test_a_judge_error_rolls_back_to_stable(
     written: list[int] = []
 
     def mislabel_once(event: rollout.RolloutProgress) -> None:
-        if event.check is not None and not written:
+        # Once the canary has logged requests (on a loaded machine the first check may come
+        # before it has answered any: then nothing is written and the next check tries again).
+        if event.check is not None and not any(written):
             written.append(_mislabel_the_canary(versions, env_name))
 
     hook = _refuse_rollback_commits(project.root) if git_refuses else None
@@ -276,7 +278,7 @@ def test_a_judge_error_rolls_back_to_stable(
         if hook is not None:
             hook.unlink()
 
-    assert written and written[0] > 0
+    assert any(written)
     if git_refuses:
         message = str(raised.value)
         assert "ValueError" in message and "Mix of label input types" in message, message
