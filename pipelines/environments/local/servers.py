@@ -326,7 +326,8 @@ def private_home(folder: Path, shared: Path) -> Path:
 
     ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts and
     keeps its workers' metrics there: two servers of one home would wipe and export each
-    other's series (``/metrics``, the judge's Prometheus source).
+    other's series (``/metrics``, the judge's Prometheus source). A folder found where a link
+    should be (a copy that an artifact upload made of the link) is replaced by the link.
     """
     home = folder / "bentoml-home"
     home.mkdir(parents=True, exist_ok=True)
@@ -334,6 +335,8 @@ def private_home(folder: Path, shared: Path) -> Path:
         link, target = home / name, shared.resolve() / name
         if link.is_symlink() and link.readlink() != target:
             link.unlink()
+        elif link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
         if not link.is_symlink():
             link.symlink_to(target, target_is_directory=True)
     return home

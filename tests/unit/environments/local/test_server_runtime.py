@@ -18,6 +18,7 @@ from pipelines.environments.local.servers import (
     ServerError,
     ServerRecord,
     choose_runtime,
+    private_home,
     runtime_setting,
 )
 
@@ -230,3 +231,25 @@ def test_env_up_refuses_a_bad_setting_before_changing_anything(
     with pytest.raises(reconcile.EnvError, match=RUNTIME_VARIABLE):
         reconcile.up(desired, tmp_path / "state", tmp_path / "bentoml", project_root=tmp_path)
     assert not (tmp_path / "state").exists()
+
+
+def test_a_private_home_links_the_store_and_replaces_a_copy_of_a_link(tmp_path: Path) -> None:
+    """It links ``bentos``/``models`` to the store, and puts the link back where a copy was.
+
+    An artifact upload stores a link's target: downloaded, the home holds real folders.
+    """
+    store = tmp_path / "bentoml"
+    for name in ("bentos", "models"):
+        (store / name / "m").mkdir(parents=True)
+    folder = tmp_path / "servers" / "v1"
+    (folder / "bentoml-home" / "bentos" / "m").mkdir(parents=True)
+    (folder / "bentoml-home" / "bentos" / "m" / "copied.txt").write_text("a copy")
+
+    home = private_home(folder, store)
+    again = private_home(folder, store)
+
+    assert home == again == folder / "bentoml-home"
+    for name in ("bentos", "models"):
+        assert (home / name).is_symlink(), name
+        assert (home / name).readlink() == store.resolve() / name
+    assert not (store / "bentos" / "m" / "copied.txt").exists()
