@@ -189,6 +189,30 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+# What a proxy in front of one version exports (the fault sidecar here, a mesh's sidecar on a
+# cluster: Flagger and Argo Rollouts read istio's and linkerd's request metrics the same way).
+# Its own family names, so a request the proxy forwards is never counted twice with the
+# server's; the same labels and buckets as REQUESTS and LATENCY, so one PromQL shape reads
+# both. Where a version is fronted, the judge takes its requests, errors and latency from these
+# (what clients saw: injected delays and errors never reach the server); everything else from
+# the server's families.
+PROXY_REQUESTS = Metric(
+    name="mlops_proxy_requests_total",
+    kind="counter",
+    labels=REQUESTS.labels,
+    help="Requests answered by the proxy in front of a version, by HTTP status class.",
+    used_for="as mlops_requests_total, for a version a proxy fronts",
+)
+PROXY_LATENCY = Metric(
+    name="mlops_proxy_request_duration_seconds",
+    kind="histogram",
+    labels=LATENCY.labels,
+    help="Request latency timed at the proxy in front of a version, on LATENCY_BUCKETS_S.",
+    used_for="as mlops_request_duration_seconds, for a version a proxy fronts",
+)
+PROXY_METRICS: tuple[Metric, ...] = (PROXY_REQUESTS, PROXY_LATENCY)
+
+
 def series_per_version(classes: int, score_bins: int, feature_bins: Mapping[str, int]) -> int:
     """The most series one version exports, per pod: the cardinality bound.
 
