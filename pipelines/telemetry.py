@@ -196,19 +196,22 @@ METRICS: tuple[Metric, ...] = (
 # both. Where a version is fronted, the judge takes its requests, errors and latency from these
 # (what clients saw: injected delays and errors never reach the server); everything else from
 # the server's families.
-PROXY_REQUESTS = Metric(
-    name="mlops_proxy_requests_total",
-    kind="counter",
-    labels=REQUESTS.labels,
-    help="Requests answered by the proxy in front of a version, by HTTP status class.",
-    used_for="as mlops_requests_total, for a version a proxy fronts",
+def _proxied(metric: Metric, name: str, help: str) -> Metric:
+    """``metric`` as a proxy exports it: its own name, the same kind and labels."""
+    return Metric(
+        name=name, kind=metric.kind, labels=metric.labels, help=help, used_for=f"as {metric.name}"
+    )
+
+
+PROXY_REQUESTS = _proxied(
+    REQUESTS,
+    "mlops_proxy_requests_total",
+    "Requests answered by the proxy in front of a version, by HTTP status class.",
 )
-PROXY_LATENCY = Metric(
-    name="mlops_proxy_request_duration_seconds",
-    kind="histogram",
-    labels=LATENCY.labels,
-    help="Request latency timed at the proxy in front of a version, on LATENCY_BUCKETS_S.",
-    used_for="as mlops_request_duration_seconds, for a version a proxy fronts",
+PROXY_LATENCY = _proxied(
+    LATENCY,
+    "mlops_proxy_request_duration_seconds",
+    "Request latency timed at the proxy in front of a version, on LATENCY_BUCKETS_S.",
 )
 PROXY_METRICS: tuple[Metric, ...] = (PROXY_REQUESTS, PROXY_LATENCY)
 
