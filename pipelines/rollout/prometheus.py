@@ -500,28 +500,48 @@ class PrometheusSource:
     The first reading is taken when the source is made (after a scrape that follows it);
     each :meth:`close_window` waits for a scrape after the call, reads again, and keeps the
     differences. Labels count in the window they arrived in (a counter cannot tell which
-    window the labelled prediction came from).
+    window the labelled prediction came from). A window that cannot be judged still moves the
+    reading on: the next window starts where it ended.
+
+    Args:
+        reader: Reads the counters of both versions.
+        stable: The stable version.
+        canary: The canary's version.
+        wait: Raise when the first reading fails (``False``: the first :meth:`close_window`
+            takes it instead, and that window is not enough evidence; the rollout loop).
 
     Raises (from the constructor and :meth:`close_window`):
         NotEnoughEvidence: Prometheus unreachable, a version not scraped, a counter reset.
     """
 
-    def __init__(self, reader: PrometheusReader, stable: str, canary: str) -> None:
+    def __init__(
+        self, reader: PrometheusReader, stable: str, canary: str, *, wait: bool = True
+    ) -> None:
         self.reader = reader
         self.stable, self.canary = stable, canary
-        self._at = reader.wait_for_scrape(time.time())
-        self._counts = reader.counts(self._at)
         self.windows: list[_Closed] = []
+        self._at: float | None = None
+        self._counts: dict[str, Counts] | None = None
+        try:
+            self._at = reader.wait_for_scrape(time.time())
+            self._counts = reader.counts(self._at)
+        except NotEnoughEvidence as exc:
+            if wait:
+                raise
+            log.warning("no first reading from Prometheus yet: %s", exc)
 
     def close_window(self, step_index: int, duration_s: float) -> None:
         """Read the counters again; the differences since the last reading are one window."""
         at = self.reader.wait_for_scrape(time.time())
         counts = self.reader.counts(at)
-        windows = window_between(self.reader, self._counts, counts, self._at, at)
+        before, since = self._counts, self._at
         self._at, self._counts = at, counts
-        self.windows.append(
-            _Closed(step_index, duration_s, windows[self.stable], windows[self.canary])
-        )
+        if before is None or since is None:
+            raise NotEnoughEvidence("no earlier reading from Prometheus: a window starts now")
+        windows = window_between(self.reader, before, counts, since, at)
+        # No stable version (a first release): an empty stable window, as the logs give.
+        stable = windows.get(self.stable, VersionWindow(requests=0))
+        self.windows.append(_Closed(step_index, duration_s, stable, windows[self.canary]))
 
     def observations(self) -> list[WindowObservation]:
         """Every window so far."""
