@@ -189,6 +189,33 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+# What a proxy in front of one version exports (the fault sidecar here, a mesh's sidecar on a
+# cluster: Flagger and Argo Rollouts read istio's and linkerd's request metrics the same way).
+# Its own family names, so a request the proxy forwards is never counted twice with the
+# server's; the same labels and buckets as REQUESTS and LATENCY, so one PromQL shape reads
+# both. Where a version is fronted, the judge takes its requests, errors and latency from these
+# (what clients saw: injected delays and errors never reach the server); everything else from
+# the server's families.
+def _proxied(metric: Metric, name: str, help: str) -> Metric:
+    """``metric`` as a proxy exports it: its own name, the same kind and labels."""
+    return Metric(
+        name=name, kind=metric.kind, labels=metric.labels, help=help, used_for=f"as {metric.name}"
+    )
+
+
+PROXY_REQUESTS = _proxied(
+    REQUESTS,
+    "mlops_proxy_requests_total",
+    "Requests answered by the proxy in front of a version, by HTTP status class.",
+)
+PROXY_LATENCY = _proxied(
+    LATENCY,
+    "mlops_proxy_request_duration_seconds",
+    "Request latency timed at the proxy in front of a version, on LATENCY_BUCKETS_S.",
+)
+PROXY_METRICS: tuple[Metric, ...] = (PROXY_REQUESTS, PROXY_LATENCY)
+
+
 def series_per_version(classes: int, score_bins: int, feature_bins: Mapping[str, int]) -> int:
     """The most series one version exports, per pod: the cardinality bound.
 

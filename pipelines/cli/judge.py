@@ -22,7 +22,10 @@ class Source(StrEnum):
     PROMETHEUS = "prometheus"
 
 
-def _url(value: str) -> str:
+def http_url(value: str | None) -> str | None:
+    """An ``--prometheus-url`` as given, if it is an http(s) URL (else exit 2, naming it)."""
+    if value is None:
+        return None
     if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
         raise typer.BadParameter(f"'{value}' is not an http(s):// URL")
     return value
@@ -43,7 +46,7 @@ def judge_command(
     ] = Source.PROMETHEUS,
     prometheus_url: Annotated[
         str,
-        typer.Option("--prometheus-url", callback=_url, help="The Prometheus to query."),
+        typer.Option("--prometheus-url", callback=http_url, help="The Prometheus to query."),
     ] = "http://127.0.0.1:9090",
     stable_version: Annotated[
         str,

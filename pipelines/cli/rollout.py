@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from pipelines.cli import common
+from pipelines.cli.judge import http_url
 from pipelines.cli.release import refusals
+
+
+class RolloutSource(StrEnum):
+    """Where the rollout's loop reads its windows."""
+
+    LOGS = "logs"  # the gateway's access log and the servers' logs
+    PROMETHEUS = "prometheus"  # the servers' and proxies' series (--prometheus-url)
 
 
 @common.app.command("rollout")
@@ -41,12 +50,37 @@ def rollout_command(
             "[twice the profile's step durations + 300, at least 900].",
         ),
     ] = None,
+    source: Annotated[
+        RolloutSource,
+        typer.Option(
+            "--source", help="Where the judge's windows come from (prometheus: canary strategy)."
+        ),
+    ] = RolloutSource.LOGS,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus-url",
+            callback=http_url,
+            help="The Prometheus that scrapes the environment's servers (with --source "
+            "prometheus).",
+        ),
+    ] = None,
     output: common.OutputOption = None,
 ) -> None:
     """Roll a version out: deploy, step, analyse, decide, commit; exit 0 promoted, 1 not."""
+    if source is RolloutSource.PROMETHEUS and prometheus_url is None:
+        raise typer.BadParameter(
+            "--source prometheus needs the Prometheus to read", param_hint="'--prometheus-url'"
+        )
+    if source is RolloutSource.LOGS and prometheus_url is not None:
+        raise typer.BadParameter(
+            "only read with --source prometheus", param_hint="'--prometheus-url'"
+        )
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipelines import rollout as step
+    from pipelines.config.base import ConfigError
+    from pipelines.config.canary import Strategy
     from pipelines.environments.local import reconcile
     from pipelines.package import PackageResult
     from pipelines.release.commit import GitIdentity
@@ -55,6 +89,11 @@ def rollout_command(
     with common.step_errors({**refusals(), **failed}):
         config, workdir = common.load(configs, canary=canary_config)
         canary = config.canary
+        if source is RolloutSource.PROMETHEUS and canary.strategy is not Strategy.CANARY:
+            raise ConfigError(
+                f"{config.sources['canary'][-1]}: field 'strategy': '{canary.strategy}' judges "
+                "mirrored traffic, which --source prometheus does not read (use --source logs)"
+            )
         package = common.read_result(
             package_result or workdir.results / "package.json", PackageResult
         )
@@ -96,6 +135,7 @@ def rollout_command(
                 check_interval_s=check_interval,
                 max_duration_s=max_duration,
                 progress=show,
+                prometheus_url=prometheus_url,
             )
     common.finish(
         result,

@@ -58,6 +58,12 @@ from pipelines.release import apply as deploy
 from pipelines.release.commit import GitIdentity, history
 from pipelines.release.state import EnvState, RolloutStatus, load_state, state_path
 from pipelines.rollout import strategies
+from pipelines.rollout.prometheus import (
+    NotEnoughEvidence,
+    PrometheusReader,
+    PrometheusSource,
+    http_query,
+)
 from pipelines.rollout.result import (
     CheckRecord,
     ProgressCallback,
@@ -107,6 +113,7 @@ class _Context:
     transitions: list[TransitionRecord] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
     on_transition: Callable[[deploy.Transition], None] | None = None
+    prometheus_url: str | None = None
 
     @property
     def resumed(self) -> int | None:
@@ -239,6 +246,7 @@ def run(
     identity: GitIdentity | None = None,
     settle_s: float = 2.0,
     on_transition: Callable[[deploy.Transition], None] | None = None,
+    prometheus_url: str | None = None,
 ) -> RolloutResult:
     """Roll ``version`` out to ``env`` and drive it to promotion or rollback.
 
@@ -265,6 +273,9 @@ def run(
         settle_s: Seconds the synthetic clients keep going after the final transition, so
             their count covers the switch.
         on_transition: Called after each transition that committed (e.g. to push it).
+        prometheus_url: Read the windows from the servers' series in this Prometheus
+            (:class:`~pipelines.rollout.prometheus.PrometheusSource`) instead of the logs; a
+            window Prometheus cannot say is not judged (the loop holds).
 
     Raises:
         pipelines.release.apply.RefusedError: Another version's rollout is in progress.
@@ -291,6 +302,7 @@ def run(
         before,
     )
     ctx.on_transition = on_transition
+    ctx.prometheus_url = prometheus_url
     position = _position_to_judge(ctx, _start(ctx, package))
     if isinstance(position, RolloutResult):
         return position
@@ -585,7 +597,13 @@ def _judge_until_settled(
             return _time_out(ctx, loop)
         time.sleep(min(check_interval_s, remaining))
         now = time.monotonic()
-        loop.source.close_window(loop.position.step, now - loop.window_start)
+        try:
+            loop.source.close_window(loop.position.step, now - loop.window_start)
+            judged = True
+        except NotEnoughEvidence as exc:
+            p = loop.position
+            ctx.tell(f"step {p.step + 1} at {p.weight:g} %: not judged: {exc}", p.step, p.weight)
+            judged = False
         loop.window_start = now
         superseded = _superseded(ctx)
         if superseded is not None:
@@ -599,6 +617,8 @@ def _judge_until_settled(
             reason = f"{down}: rolled back instead of restarting it"
             ctx.roll_back(reason, loop.last)
             return _Ending(RolloutOutcome.ROLLED_BACK, reason, ["canary_down"])
+        if not judged:
+            continue
         ending = _make_move(ctx, loop, _look(ctx, loop, reference))
         if ending is not None:
             return ending
@@ -714,8 +734,18 @@ def _tell_position(ctx: _Context, p: Position) -> None:
 
 def _source(
     ctx: _Context, status: reconcile.EnvStatus, p: Position, driver: TrafficDriver | None
-) -> LogSource:
-    """The logs to read at ``p``: with the mirror's copies while the canary is mirrored."""
+) -> ObservationSource:
+    """The logs to read at ``p``: with the mirror's copies while the canary is mirrored.
+
+    With ``ctx.prometheus_url``: the servers' (and proxies') series in that Prometheus.
+    """
+    if ctx.prometheus_url is not None:
+        stable_release = ctx.load().stable
+        stable_version = str(stable_release.version) if stable_release else ""
+        versions = [v for v in (stable_version, str(ctx.version)) if v]
+        query = http_query(ctx.prometheus_url)
+        reader = PrometheusReader(query, ctx.config.train.registered_model_name, versions)
+        return PrometheusSource(reader, stable_version, str(ctx.version), wait=False)
     if p.mirrored and status.mirror_log is None:
         raise reconcile.EnvError(
             f"{ctx.env}: v{ctx.version} should get mirrored traffic: no mirror"

@@ -18,6 +18,10 @@ representative rows, which is where binned data costs power:
 * labelled: the confusion matrix is exact (accuracy, precision, recall, F1); a binary ROC AUC
   is computed on bucketed scores (ties within a bucket); per-row proper scores (log loss,
   Brier) and a regressor's errors are sums, so they are not rebuilt as rows;
+* a version fronted by a proxy (the fault sidecar here, a mesh's sidecar on a cluster) has its
+  requests, errors and latency read from the proxy's families
+  (:data:`~pipelines.telemetry.PROXY_METRICS`: what clients saw), never added to the server's,
+  so no request counts twice; its predictions and labels still come from the server;
 * not observable here: the gateway's own errors (``gateway_errors`` is None), input rows
   (input drift is skipped), mirrored agreement.
 
@@ -68,6 +72,7 @@ class Counts:
         scores: Per class, the score histogram's cumulative buckets.
         labelled: Per (predicted, actual) class, labelled answers.
         labelled_scores: Per actual class, the positive score's cumulative buckets.
+        proxied: ``requests`` and ``latency`` are the proxy's in front of the version.
     """
 
     requests: dict[str, float] = field(default_factory=dict)
@@ -76,13 +81,22 @@ class Counts:
     scores: dict[str, Buckets] = field(default_factory=dict)
     labelled: dict[tuple[str, str], float] = field(default_factory=dict)
     labelled_scores: dict[str, Buckets] = field(default_factory=dict)
+    proxied: bool = False
 
     def minus(self, before: Counts, version: str) -> Counts:
         """The window from ``before`` to this instant.
 
         Raises:
-            NotEnoughEvidence: A counter went down (a server restarted): the window is unknown.
+            NotEnoughEvidence: A counter went down (a server restarted), or a proxy came or
+                went in front of the version: the window is unknown.
         """
+        if self.proxied != before.proxied:
+            change = "came in front of" if self.proxied else "left"
+            raise NotEnoughEvidence(
+                f"a proxy {change} version {version} within the window: its request counters "
+                "at the two ends are not the same series; judge again once a whole window has "
+                "passed"
+            )
 
         def sub(now: Mapping[Any, float], then: Mapping[Any, float], what: str) -> dict:
             out = {}
@@ -107,6 +121,7 @@ class Counts:
             scores=nested(self.scores, before.scores, "score bucket"),
             labelled=sub(self.labelled, before.labelled, "labelled"),
             labelled_scores=nested(self.labelled_scores, before.labelled_scores, "labelled score"),
+            proxied=self.proxied,
         )
 
 
@@ -351,13 +366,23 @@ class PrometheusReader:
             if math.isfinite(float(item["value"][1]))
         ]
 
-    def scraped_at(self, at: float) -> dict[str, float]:
-        """Per version, the time of its latest scraped request counter at ``at``."""
-        promql = f"max by (model_version) (timestamp({telemetry.REQUESTS.name}{{{self.selector}}}))"
+    def _latest(self, metric: str, at: float) -> dict[str, float]:
+        promql = f"max by (model_version) (timestamp({metric}{{{self.selector}}}))"
         return {
             item["metric"].get("model_version", ""): float(item["value"][1])
             for item in self.query(promql, at)
         }
+
+    def scraped_at(self, at: float) -> dict[str, float]:
+        """Per version, when it was last scraped at ``at``: the older of server and proxy."""
+        seen = self._latest(telemetry.REQUESTS.name, at)
+        for version, when in self._latest(telemetry.PROXY_REQUESTS.name, at).items():
+            seen[version] = min(seen.get(version, when), when)
+        return seen
+
+    def fronted(self, at: float) -> set[str]:
+        """The versions a proxy fronts at ``at`` (it exports series for them)."""
+        return set(self._latest(telemetry.PROXY_REQUESTS.name, at))
 
     def wait_for_scrape(self, after: float, timeout_s: float = SCRAPE_WAIT_S) -> float:
         """Wait until every version was scraped after ``after``; the instant to read at.
@@ -384,10 +409,22 @@ class PrometheusReader:
     def counts(self, at: float) -> dict[str, Counts]:
         """Every version's counters at Unix time ``at`` (versions without series: empty)."""
         out = {v: Counts() for v in self.versions}
-        for labels, value in self._sum(telemetry.REQUESTS.name, "status", at):
-            out[labels["model_version"]].requests[labels["status"]] = value
-        for labels, value in self._sum(f"{telemetry.LATENCY.name}_bucket", "le", at):
-            out[labels["model_version"]].latency[float(labels["le"])] = value
+        fronted = self.fronted(at)
+        for version in fronted & set(out):
+            out[version].proxied = True
+        # A fronted version's requests and latency: the proxy's series only (the server's
+        # count the forwarded ones again).
+        request_families = (
+            (telemetry.REQUESTS, telemetry.LATENCY, False),
+            (telemetry.PROXY_REQUESTS, telemetry.PROXY_LATENCY, True),
+        )
+        for requests, latency, proxied in request_families:
+            for labels, value in self._sum(requests.name, "status", at):
+                if (labels["model_version"] in fronted) is proxied:
+                    out[labels["model_version"]].requests[labels["status"]] = value
+            for labels, value in self._sum(f"{latency.name}_bucket", "le", at):
+                if (labels["model_version"] in fronted) is proxied:
+                    out[labels["model_version"]].latency[float(labels["le"])] = value
         for labels, value in self._sum(telemetry.PREDICTED_CLASSES.name, "class", at):
             out[labels["model_version"]].classes[labels["class"]] = value
         for labels, value in self._sum(
@@ -409,7 +446,13 @@ class PrometheusReader:
         """Per version, counter resets between ``start`` and ``end`` (any judged counter)."""
         seconds = max(math.ceil(end - start), 1)
         names = "|".join(
-            m.name for m in (telemetry.REQUESTS, telemetry.PREDICTED_CLASSES, telemetry.LABELLED)
+            m.name
+            for m in (
+                telemetry.REQUESTS,
+                telemetry.PROXY_REQUESTS,
+                telemetry.PREDICTED_CLASSES,
+                telemetry.LABELLED,
+            )
         )
         promql = (
             f'sum by (model_version) (resets({{__name__=~"{names}",{self.selector}}}[{seconds}s]))'
@@ -457,28 +500,48 @@ class PrometheusSource:
     The first reading is taken when the source is made (after a scrape that follows it);
     each :meth:`close_window` waits for a scrape after the call, reads again, and keeps the
     differences. Labels count in the window they arrived in (a counter cannot tell which
-    window the labelled prediction came from).
+    window the labelled prediction came from). A window that cannot be judged still moves the
+    reading on: the next window starts where it ended.
+
+    Args:
+        reader: Reads the counters of both versions.
+        stable: The stable version.
+        canary: The canary's version.
+        wait: Raise when the first reading fails (``False``: the first :meth:`close_window`
+            takes it instead, and that window is not enough evidence; the rollout loop).
 
     Raises (from the constructor and :meth:`close_window`):
         NotEnoughEvidence: Prometheus unreachable, a version not scraped, a counter reset.
     """
 
-    def __init__(self, reader: PrometheusReader, stable: str, canary: str) -> None:
+    def __init__(
+        self, reader: PrometheusReader, stable: str, canary: str, *, wait: bool = True
+    ) -> None:
         self.reader = reader
         self.stable, self.canary = stable, canary
-        self._at = reader.wait_for_scrape(time.time())
-        self._counts = reader.counts(self._at)
         self.windows: list[_Closed] = []
+        self._at: float | None = None
+        self._counts: dict[str, Counts] | None = None
+        try:
+            self._at = reader.wait_for_scrape(time.time())
+            self._counts = reader.counts(self._at)
+        except NotEnoughEvidence as exc:
+            if wait:
+                raise
+            log.warning("no first reading from Prometheus yet: %s", exc)
 
     def close_window(self, step_index: int, duration_s: float) -> None:
         """Read the counters again; the differences since the last reading are one window."""
         at = self.reader.wait_for_scrape(time.time())
         counts = self.reader.counts(at)
-        windows = window_between(self.reader, self._counts, counts, self._at, at)
+        before, since = self._counts, self._at
         self._at, self._counts = at, counts
-        self.windows.append(
-            _Closed(step_index, duration_s, windows[self.stable], windows[self.canary])
-        )
+        if before is None or since is None:
+            raise NotEnoughEvidence("no earlier reading from Prometheus: a window starts now")
+        windows = window_between(self.reader, before, counts, since, at)
+        # No stable version (a first release): an empty stable window, as the logs give.
+        stable = windows.get(self.stable, VersionWindow(requests=0))
+        self.windows.append(_Closed(step_index, duration_s, stable, windows[self.canary]))
 
     def observations(self) -> list[WindowObservation]:
         """Every window so far."""

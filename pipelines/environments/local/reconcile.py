@@ -116,6 +116,9 @@ class ReleaseStatus(BaseModel):
     prediction_log: str
     labels_log: str
     fault: FaultSpec | None = None
+    fault_url: str | None = Field(
+        default=None, description="The fault sidecar in front of it (its own /metrics)."
+    )
     runtime: Runtime = Runtime.BENTO
 
 
@@ -536,6 +539,7 @@ def _status(record: EnvRecord, changes: list[str]) -> EnvStatus:
                 prediction_log=server.prediction_log,
                 labels_log=server.labels_log,
                 fault=fault.fault if fault else None,
+                fault_url=f"http://{fault.dial}" if fault else None,
                 runtime=server.runtime,
             )
         )

@@ -2,10 +2,12 @@
 
 Caddy has no request mirroring, so in shadow (and blue-green at weight 0) the gateway proxies
 to this sidecar, which forwards every request to the primary split and returns its answer, and
-copies each ``POST /predict`` to the candidate in the background. The candidate's answer is
-never returned: it is compared with the primary's and one JSON line per pair is appended to
-``--log``. Copies are bounded (``--max-pending``; beyond it they are dropped and counted), so a
-slow candidate never slows clients. The fault injector that ``mlops traffic`` puts in front of
+copies each ``POST /predict`` to the candidate in the background, marked with
+:data:`pipelines.telemetry.TRAFFIC_HEADER` ``mirror`` (so the candidate's exporter counts the
+copies as ``traffic="mirror"``, never as live). The candidate's answer is never returned: it
+is compared with the primary's and one JSON line per pair is appended to ``--log``. Copies
+are bounded (``--max-pending``; beyond it they are dropped and counted), so a slow candidate
+never slows clients. The fault injector that ``mlops traffic`` puts in front of
 a version lives in :mod:`harness.faults` and reuses :class:`Proxy`.
 
 Run as ``python -m pipelines.environments.local.sidecar mirror ...``; loopback only.
@@ -24,6 +26,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from pipelines.telemetry import TRAFFIC_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,18 @@ HOP_HEADERS = frozenset(
 def forward_headers(headers: Any) -> dict[str, str]:
     """The headers of a request or answer without the hop-by-hop ones."""
     return {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
+
+
+def mirror_headers(headers: Any) -> dict[str, str]:
+    """A client's request headers for its mirrored copy: the traffic header says ``mirror``.
+
+    A traffic header the client sent is replaced, whatever its case: a client cannot make
+    its copy count as live.
+    """
+    kept = {
+        k: v for k, v in forward_headers(headers).items() if k.lower() != TRAFFIC_HEADER.lower()
+    }
+    return {**kept, TRAFFIC_HEADER: "mirror"}
 
 
 class Proxy:
@@ -113,7 +129,7 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
         status: int | None = None
         content = b""
         try:
-            answer = await candidate.forward("POST", path, query, headers, body)
+            answer = await candidate.forward("POST", path, query, mirror_headers(headers), body)
             status, content = answer.status_code, answer.content
         except httpx.HTTPError as exc:
             counters["shadow_errors"] += 1

@@ -35,10 +35,21 @@ class Prometheus:
     targets_file: Path
 
     def scrape(self, status: reconcile.EnvStatus) -> None:
-        """Scrape exactly the model servers of ``status`` (each server's own port)."""
+        """Scrape exactly the model servers of ``status`` and the fault sidecars before them.
+
+        A server is scraped on its own port; a version with a fault also on its sidecar's,
+        whose ``/metrics`` carries the proxy's request families (as a mesh's sidecar would).
+        """
         targets = [
             {"targets": [urlparse(r.url).netloc], "labels": {"env": status.environment}}
             for r in status.releases
+        ] + [
+            {
+                "targets": [urlparse(r.fault_url).netloc],
+                "labels": {"env": status.environment, "proxy": "fault"},
+            }
+            for r in status.releases
+            if r.fault_url is not None
         ]
         temporary = self.targets_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(targets))

@@ -6,11 +6,10 @@ window of traffic, the local loop's source (:class:`LogSource`: the gateway's ac
 the servers' logs) and the Prometheus source (the servers' counters) each feed the one judge;
 their verdicts must be the same.
 
-The slow and failing scenarios are not here: ``harness.faults`` injects those faults in a
-sidecar in front of the server, which the gateway's log sees and the server's own counters
-cannot (the delay and the injected 503s never reach the server). On a cluster the analogue is
-a fault inside the pod, which the exporter does see; making the local scenarios comparable
-needs the fault inside the server or a sidecar that exports the request families itself.
+The slow and failing scenarios put ``harness.faults`` in front of the canary's server, as
+``mlops traffic`` does, for the whole window: the injected delay and 503s never reach the
+server, so Prometheus also scrapes the sidecar, which exports the proxy's request families
+(as a mesh's sidecar would), and the canary's requests, errors and latency come from them.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness import traffic
+from harness.faults import DISCOVER_TIMEOUT_S
 from harness.traffic import Scenario, TrafficOptions
 from pipelines.canary import Action, Verdict, judge
 from pipelines.cli import app
@@ -68,12 +68,41 @@ def _split(versions: Versions, env: str, canary: int) -> reconcile.EnvStatus:
     )
 
 
+def _fault(scenario: Scenario) -> reconcile.FaultSpec | None:
+    """The fault ``mlops traffic`` injects for ``scenario`` (its default size), if any."""
+    options = TrafficOptions(scenario=scenario)
+    if scenario is Scenario.SLOW_CANARY:
+        return reconcile.FaultSpec(delay_ms=options.slow_ms)
+    if scenario is Scenario.FAILING_CANARY:
+        return reconcile.FaultSpec(error_rate=options.failing_rate)
+    return None
+
+
+def _wait_until_fronted(reader: PrometheusReader, version: str, prometheus: Prometheus) -> None:
+    """Wait until Prometheus has scraped the proxy in front of ``version``."""
+    deadline = time.monotonic() + 30.0 + DISCOVER_TIMEOUT_S
+    while version not in reader.fronted(time.time()):
+        if time.monotonic() >= deadline:
+            pytest.fail(
+                f"the fault sidecar of v{version} was not scraped\n{prometheus.diagnosis()}"
+            )
+        time.sleep(0.2)
+
+
 def _both_verdicts(
     versions: Versions, env: str, prometheus: Prometheus, canary: int, scenario: Scenario
 ) -> tuple[Verdict, Verdict, float, float]:
-    """One window of ``scenario`` traffic, judged from the logs and from Prometheus."""
+    """One window of ``scenario`` traffic, judged from the logs and from Prometheus.
+
+    A scenario's fault is in front of the canary from before the window to after it (the
+    caller removes it): the traffic itself is clean.
+    """
     project = versions.project
-    status = _split(versions, env, canary)
+    _split(versions, env, canary)
+    fault = _fault(scenario)
+    if fault is not None:
+        reconcile.set_fault(env, project.state.root, str(canary), fault)
+    status = reconcile.status(env, project.state.root)
     prometheus.scrape(status)
     model = project.config().train.registered_model_name
     reader = PrometheusReader(http_query(prometheus.url), model, [STABLE, str(canary)])
@@ -82,6 +111,8 @@ def _both_verdicts(
         reader.wait_for_scrape(time.time(), timeout_s=30.0)
     except NotEnoughEvidence as exc:
         pytest.fail(f"{exc}\n{prometheus.diagnosis()}")
+    if fault is not None:
+        _wait_until_fronted(reader, str(canary), prometheus)
     logs = LogSource(
         status,
         STABLE,
@@ -91,7 +122,7 @@ def _both_verdicts(
     from_prometheus = PrometheusSource(reader, STABLE, str(canary))
     start = time.time()
     options = TrafficOptions(
-        scenario=scenario,
+        scenario=Scenario.CLEAN,
         rate=40,
         concurrency=4,
         duration_s=TRAFFIC_S,
@@ -114,6 +145,8 @@ def _both_verdicts(
 SCENARIOS = [
     pytest.param(GOOD, Scenario.CLEAN, Action.PROMOTE, id="clean"),
     pytest.param(CRIPPLED, Scenario.CLEAN, Action.ROLLBACK, id="worse-model"),
+    pytest.param(GOOD, Scenario.SLOW_CANARY, Action.ROLLBACK, id="slow"),
+    pytest.param(GOOD, Scenario.FAILING_CANARY, Action.ROLLBACK, id="failing"),
 ]
 
 
@@ -126,26 +159,32 @@ def test_the_prometheus_verdict_equals_the_local_loops(
     scenario: Scenario,
     expected: Action,
 ) -> None:
-    """It reaches the local loop's verdict from the servers' counters, for the same window.
+    """It reaches the local loop's verdict from the servers' and proxies' counters.
 
     Clean traffic to a good candidate promotes (one step); the crippled model is rolled back
-    on labelled accuracy. ``mlops judge``'s step function, over the same span, says the same.
+    on labelled accuracy; a good model behind a slow or failing sidecar is rolled back on the
+    latency or errors its proxy counted. ``mlops judge``'s step function, over the same span,
+    says the same.
     """
-    local, remote, start, canary_requests = _both_verdicts(
-        versions, env_name, prometheus, canary, scenario
-    )
-    assert local.action is expected, local.to_markdown()
-    assert remote.action is local.action, (local.to_markdown(), remote.to_markdown())
-    assert canary_requests > 0
-    result = run_judge(
-        _config(versions),
-        versions.project.config().train.registered_model_name,
-        canary=str(canary),
-        stable=STABLE,
-        phase="step-1",
-        prometheus_url=prometheus.url,
-        window_s=time.time() - start,
-    )
+    try:
+        local, remote, start, canary_requests = _both_verdicts(
+            versions, env_name, prometheus, canary, scenario
+        )
+        assert local.action is expected, local.to_markdown()
+        assert remote.action is local.action, (local.to_markdown(), remote.to_markdown())
+        assert canary_requests > 0
+        result = run_judge(
+            _config(versions),
+            versions.project.config().train.registered_model_name,
+            canary=str(canary),
+            stable=STABLE,
+            phase="step-1",
+            prometheus_url=prometheus.url,
+            window_s=time.time() - start,
+        )
+    finally:
+        if _fault(scenario) is not None:
+            reconcile.set_fault(env_name, versions.project.state.root, str(canary), None)
     assert result.verdict is not None, result.reasons
     assert result.verdict.action is local.action, result.to_markdown()
     wanted = JudgeOutcome.PASSED if expected is Action.PROMOTE else JudgeOutcome.FAILED
