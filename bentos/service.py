@@ -150,13 +150,16 @@ class ModelServer:
         )
         self._request_ids = RequestIds(remember=manifest.serve.labels.remember_ids)
         self._label_book = LabelBook(self._request_ids, self.runner.classes)
-        METRICS.server = self.metrics = ServerMetrics(
-            bentoml.metrics,
-            manifest.model_name,
-            manifest.model_version,
-            self.runner.classes,
-            remember=manifest.serve.labels.remember_ids,
-        )
+        # MLOPS_EXPORTER=off: no mlops_* series (benchmarks/serving.py prices the exporter).
+        self.metrics: ServerMetrics | None = None
+        if os.environ.get("MLOPS_EXPORTER") != "off":
+            METRICS.server = self.metrics = ServerMetrics(
+                bentoml.metrics,
+                manifest.model_name,
+                manifest.model_version,
+                self.runner.classes,
+                remember=manifest.serve.labels.remember_ids,
+            )
         self.labels_path = _log_path("MLOPS_LABELS_LOG", manifest.serve.labels.path)
         self._head = (
             b'{"model_name":'
@@ -200,7 +203,8 @@ class ModelServer:
             # Valid JSON the estimator cannot score (e.g. a value that overflows once scaled).
             return _unprocessable(str(exc))
         request_id = self._request_ids.next(len(rows))
-        self.metrics.predictions(request_id, predictions, probabilities, TRAFFIC.get())
+        if self.metrics is not None:
+            self.metrics.predictions(request_id, predictions, probabilities, TRAFFIC.get())
         body = (
             self._head
             + b',"request_id":"'
@@ -248,7 +252,8 @@ class ModelServer:
             MANIFEST.serve.labels.rotation(),
         )
         self._label_book.commit(posted)
-        self.metrics.labels([(item.request_id, item.row, item.label) for item in posted])
+        if self.metrics is not None:
+            self.metrics.labels([(item.request_id, item.row, item.label) for item in posted])
         return Response(orjson.dumps({"recorded": recorded}), media_type=_JSON)
 
     @bentoml.on_shutdown
