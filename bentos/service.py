@@ -22,11 +22,18 @@ from typing import Any
 
 import bentoml
 import orjson
+from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.responses import Response
 
 from pipelines.serving.artifact import load_estimator, verify
 from pipelines.serving.batching import MicroBatcher
-from pipelines.serving.exporter import TRAFFIC, MetricsMiddleware, ServerMetrics, ServerMetricsRef
+from pipelines.serving.exporter import (
+    TRAFFIC,
+    MetricsMiddleware,
+    ServerMetrics,
+    ServerMetricsRef,
+    lock_scrapes,
+)
 from pipelines.serving.http import BearerTokenMiddleware, JsonOnlyMiddleware
 from pipelines.serving.manifest import MANIFEST_FILE, MLFLOW_MODEL_DIR, ServingManifest
 from pipelines.serving.predlog import Label, LabelBook, PredictionLog, RequestIds, append_labels
@@ -160,6 +167,9 @@ class ModelServer:
                 self.runner.classes,
                 remember=manifest.serve.labels.remember_ids,
             )
+            # Counted in process, written to /metrics by a thread; scrapes see whole flushes.
+            lock_scrapes(BentoMLContainer.metrics_client.get(), self.metrics.scrape_lock)
+            self.metrics.start()
         self.labels_path = _log_path("MLOPS_LABELS_LOG", manifest.serve.labels.path)
         self._head = (
             b'{"model_name":'
@@ -258,9 +268,11 @@ class ModelServer:
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Write out the prediction log before the worker exits."""
+        """Write out the prediction log and the exporter's last counts before the worker exits."""
         if self.prediction_log is not None:
             self.prediction_log.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 # First: the outermost of the service's middlewares, it counts what the others refuse too.
