@@ -436,12 +436,15 @@ def lock_scrapes(client: Any, lock: threading.Lock) -> None:
         client: BentoML's metrics client (``BentoMLContainer.metrics_client.get()``).
         lock: :attr:`ServerMetrics.scrape_lock`.
     """
-    generate = client.generate_latest
+    # A second service instance in one process (tests build several) replaces the first's
+    # lock rather than stacking another wrapper on it.
+    generate = getattr(client.generate_latest, "__wrapped__", client.generate_latest)
 
     def generate_latest() -> bytes:
         with lock:
             return generate()
 
+    generate_latest.__wrapped__ = generate  # type: ignore[attr-defined]
     client.generate_latest = generate_latest
 
 

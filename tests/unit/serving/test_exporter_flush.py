@@ -314,3 +314,24 @@ def test_a_scrape_never_sees_half_a_flush() -> None:
         server.close()
         sys.setswitchinterval(switching)
     assert seen > 0, "no scrape saw a flushed request"
+
+
+def test_locking_scrapes_again_replaces_the_lock() -> None:
+    """It wraps /metrics once: a later service's lock replaces the earlier one's."""
+    registry = CollectorRegistry()
+    generate = functools.partial(prometheus_client.generate_latest, registry)
+    client = SimpleNamespace(generate_latest=generate)
+    first, second = threading.Lock(), threading.Lock()
+    lock_scrapes(client, first)
+    lock_scrapes(client, second)
+    assert client.generate_latest.__wrapped__ is generate
+    with first:  # the first lock no longer holds scrapes out
+        assert client.generate_latest() == generate()
+    with second:
+        scraped: list[bytes] = []
+        scraper = threading.Thread(target=lambda: scraped.append(client.generate_latest()))
+        scraper.start()
+        scraper.join(timeout=0.2)
+        assert scraper.is_alive() and not scraped  # held out while the flush's lock is held
+    scraper.join(timeout=5)
+    assert scraped == [generate()]
