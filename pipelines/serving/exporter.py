@@ -9,8 +9,8 @@ Cost on the request path (issue 16): a request only adds to plain Python lists (
 delta, a histogram's bucket counts and sum) under one uncontended lock; a daemon thread,
 :meth:`ServerMetrics.start`, flushes the deltas into the bound ``prometheus_client`` children
 every :data:`FLUSH_INTERVAL_S` (a multiprocess child's ``inc`` is a write to the worker's
-mmap file under ``prometheus_client``'s global lock, and a histogram's ``observe`` one per
-bucket, sum and count), and :meth:`ServerMetrics.close` flushes once more at shutdown. So
+mmap file under ``prometheus_client``'s global lock, and a histogram's ``observe`` two: its
+bucket and its sum), and :meth:`ServerMetrics.close` flushes once more at shutdown. So
 ``/metrics`` is behind the requests by at most one interval plus a flush (about half a
 second): the judge reads counter differences between two scrapes, and a window that closes
 less than a second after its last request may miss that last half second, as it may miss
