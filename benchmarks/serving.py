@@ -7,6 +7,10 @@ Servers, each started on CPU 0 while ``wrk`` loads it from CPU 1 with single-row
 * ``floor-sklearn``: the same route calling the pipeline's ``predict_proba`` per request;
 * ``bento``: our Bento under ``bentoml serve`` as packaged, prediction log on;
 * ``bento-nolog``: the same with the prediction log off, to price the log;
+* optional (``--servers``): ``bento-noexport``, the Bento with the Prometheus exporter off
+  (``MLOPS_EXPORTER=off``: no ``mlops_*`` series), to price the exporter; ``bento-baseline``,
+  another packaged Bento (``--baseline-bento TAG``, e.g. one built before a change) with the
+  prediction log on, to compare two builds side by side;
 * optional (``--servers``): ``fastapi`` (``benchmarks/serving_fastapi_app.py``) and
   ``mlflow`` (``mlflow models serve``).
 
@@ -204,7 +208,16 @@ def bench_server(
         server_log.close()
 
 
-SERVERS = ("floor", "floor-sklearn", "bento", "bento-nolog", "fastapi", "mlflow")
+SERVERS = (
+    "floor",
+    "floor-sklearn",
+    "bento",
+    "bento-nolog",
+    "bento-noexport",
+    "bento-baseline",
+    "fastapi",
+    "mlflow",
+)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -305,6 +318,7 @@ def main() -> None:
         choices=SERVERS,
         default=["floor", "floor-sklearn", "bento", "bento-nolog"],
     )
+    parser.add_argument("--baseline-bento", help="the Bento tag the bento-baseline server runs")
     parser.add_argument("--output-dir", type=Path, default=ROOT / ".mlops/benchmarks")
     args = parser.parse_args()
     # A SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C: every server started is stopped.
@@ -312,6 +326,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    if "bento-baseline" in args.servers and not args.baseline_bento:
+        sys.exit("error: --servers bento-baseline needs --baseline-bento TAG")
     wrk = ensure_wrk()
     if not args.package_result.is_file():
         sys.exit(f"error: {args.package_result} not found; run `mlops package --alias challenger`")
@@ -362,6 +378,12 @@ def main() -> None:
             "floor-sklearn": (floor, {**model_env, "BENCH_FLOOR_SCORING": "sklearn"}, records),
             "bento": (bento, bento_env, records),
             "bento-nolog": (bento, {**bento_env, "MLOPS_PREDICTION_LOG": "off"}, records),
+            "bento-noexport": (bento, {**bento_env, "MLOPS_EXPORTER": "off"}, records),
+            "bento-baseline": (
+                [*bento[:2], str(args.baseline_bento), *bento[3:]],
+                bento_env,
+                records,
+            ),
             "fastapi": (
                 [
                     str(BIN / "uvicorn"),

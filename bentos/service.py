@@ -22,11 +22,18 @@ from typing import Any
 
 import bentoml
 import orjson
+from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.responses import Response
 
 from pipelines.serving.artifact import load_estimator, verify
 from pipelines.serving.batching import MicroBatcher
-from pipelines.serving.exporter import TRAFFIC, MetricsMiddleware, ServerMetrics, ServerMetricsRef
+from pipelines.serving.exporter import (
+    TRAFFIC,
+    MetricsMiddleware,
+    ServerMetrics,
+    ServerMetricsRef,
+    lock_scrapes,
+)
 from pipelines.serving.http import BearerTokenMiddleware, JsonOnlyMiddleware
 from pipelines.serving.manifest import MANIFEST_FILE, MLFLOW_MODEL_DIR, ServingManifest
 from pipelines.serving.predlog import Label, LabelBook, PredictionLog, RequestIds, append_labels
@@ -150,13 +157,19 @@ class ModelServer:
         )
         self._request_ids = RequestIds(remember=manifest.serve.labels.remember_ids)
         self._label_book = LabelBook(self._request_ids, self.runner.classes)
-        METRICS.server = self.metrics = ServerMetrics(
-            bentoml.metrics,
-            manifest.model_name,
-            manifest.model_version,
-            self.runner.classes,
-            remember=manifest.serve.labels.remember_ids,
-        )
+        # MLOPS_EXPORTER=off: no mlops_* series (benchmarks/serving.py prices the exporter).
+        self.metrics: ServerMetrics | None = None
+        if os.environ.get("MLOPS_EXPORTER") != "off":
+            METRICS.server = self.metrics = ServerMetrics(
+                bentoml.metrics,
+                manifest.model_name,
+                manifest.model_version,
+                self.runner.classes,
+                remember=manifest.serve.labels.remember_ids,
+            )
+            # Counted in process, written to /metrics by a thread; scrapes see whole flushes.
+            lock_scrapes(BentoMLContainer.metrics_client.get(), self.metrics.scrape_lock)
+            self.metrics.start()
         self.labels_path = _log_path("MLOPS_LABELS_LOG", manifest.serve.labels.path)
         self._head = (
             b'{"model_name":'
@@ -200,7 +213,8 @@ class ModelServer:
             # Valid JSON the estimator cannot score (e.g. a value that overflows once scaled).
             return _unprocessable(str(exc))
         request_id = self._request_ids.next(len(rows))
-        self.metrics.predictions(request_id, predictions, probabilities, TRAFFIC.get())
+        if self.metrics is not None:
+            self.metrics.predictions(request_id, predictions, probabilities, TRAFFIC.get())
         body = (
             self._head
             + b',"request_id":"'
@@ -248,14 +262,17 @@ class ModelServer:
             MANIFEST.serve.labels.rotation(),
         )
         self._label_book.commit(posted)
-        self.metrics.labels([(item.request_id, item.row, item.label) for item in posted])
+        if self.metrics is not None:
+            self.metrics.labels([(item.request_id, item.row, item.label) for item in posted])
         return Response(orjson.dumps({"recorded": recorded}), media_type=_JSON)
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Write out the prediction log before the worker exits."""
+        """Write out the prediction log and the exporter's last counts before the worker exits."""
         if self.prediction_log is not None:
             self.prediction_log.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 # First: the outermost of the service's middlewares, it counts what the others refuse too.

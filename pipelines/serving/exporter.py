@@ -5,12 +5,22 @@ mode (one file per worker under ``PROMETHEUS_MULTIPROC_DIR``, summed at scrape);
 through ``bentoml.metrics`` land in that registry, so this module makes every family there
 and ``/metrics`` carries them beside BentoML's own (the ServiceMonitor keeps ours only).
 
-Cost on the request path: every child series is bound once at start (``labels()`` is a dict
-look-up and a lock; a bound child's ``inc``/``observe`` is one write to the worker's mmap
-file), so a request adds a handful of counter writes. The labelled-quality counters need the
-prediction a label is for: :class:`Remembered` keeps the latest answers (bounded by
-``serve.yaml`` ``labels.remember_ids``, as the ids the server accepts labels for), as numpy
-rows that the cyclic garbage collector does not scan.
+Cost on the request path (issue 16): a request only adds to plain Python lists (a counter's
+delta, a histogram's bucket counts and sum) under one uncontended lock; a daemon thread,
+:meth:`ServerMetrics.start`, flushes the deltas into the bound ``prometheus_client`` children
+every :data:`FLUSH_INTERVAL_S` (a multiprocess child's ``inc`` is a write to the worker's
+mmap file under ``prometheus_client``'s global lock, and a histogram's ``observe`` two: its
+bucket and its sum), and :meth:`ServerMetrics.close` flushes once more at shutdown. So
+``/metrics`` is behind the requests by at most one interval plus a flush (about half a
+second): the judge reads counter differences between two scrapes, and a window that closes
+less than a second after its last request may miss that last half second, as it may miss
+the last scrape interval anyway. A flush writes every child under :attr:`ServerMetrics.
+scrape_lock`, which the worker's ``/metrics`` also takes (:func:`lock_scrapes`), so a scrape
+sees each histogram's buckets, count and sum from the same flush, never half of one.
+
+The labelled-quality counters need the prediction a label is for: :class:`Remembered` keeps
+the latest answers (bounded by ``serve.yaml`` ``labels.remember_ids``, as the ids the server
+accepts labels for), as numpy rows that the cyclic garbage collector does not scan.
 
 What is not exported yet: the regressor's value histogram (its edges are placed on the
 reference predictions by the rollout, which the server does not see) and the input feature
@@ -19,9 +29,12 @@ bins (see the report of issue 15); the families exist in :mod:`pipelines.telemet
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextvars
+import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +46,9 @@ from pipelines import telemetry
 # The traffic kind of the request being served, set by :class:`MetricsMiddleware` and read by
 # the API methods (a context variable: the middleware and the handler share the task).
 TRAFFIC: contextvars.ContextVar[str] = contextvars.ContextVar("mlops_traffic", default="live")
+# How often the flushing thread writes the request path's deltas into prometheus_client.
+FLUSH_INTERVAL_S = 0.5
+log = logging.getLogger(__name__)
 # A proper score's probabilities are clipped as pipelines.metrics clips them for log loss.
 _EPS = 1e-15
 
@@ -135,8 +151,23 @@ class Remembered:
         return float(self._predicted[slot]), proba
 
 
+class _Pending:
+    """Deltas not yet flushed: one per counter child; bucket counts and a sum per histogram."""
+
+    __slots__ = ("buckets", "counts", "sums")
+
+    def __init__(self, counters: int, buckets: Sequence[int]) -> None:
+        self.counts = [0.0] * counters
+        self.buckets = [[0] * n for n in buckets]
+        self.sums = [0.0] * len(buckets)
+
+
 class ServerMetrics:
-    """One model version's series, bound at start; the request path only increments them.
+    """One model version's series, bound at start; the request path only adds to deltas.
+
+    The deltas reach the ``prometheus_client`` children at :meth:`flush`: every
+    :data:`FLUSH_INTERVAL_S` from the thread :meth:`start` begins, and once more at
+    :meth:`close`.
 
     Args:
         metrics: ``bentoml.metrics`` (or ``prometheus_client`` in unit tests).
@@ -159,23 +190,37 @@ class ServerMetrics:
         self._class_names = None if classes is None else [str(c) for c in classes]
         self._index = None if classes is None else {_key(c): i for i, c in enumerate(classes)}
         self.remembered = Remembered(remember, 0 if classes is None else len(classes))
+        # Every child is bound here, once: a slot in the counters' or histograms' deltas.
+        self._counters: list[Any] = []
+        self._histograms: list[Any] = []
+        self._bounds: list[tuple[float, ...]] = []
         model = {"model_name": model_name, "model_version": model_version}
         f = self.families
+
+        def counter(name: str, **labels: str) -> int:
+            self._counters.append(f[name].labels(**model, **labels))
+            return len(self._counters) - 1
+
+        def histogram(name: str, **labels: str) -> int:
+            child = f[name].labels(**model, **labels)
+            self._histograms.append(child)
+            # The upper bounds with +Inf, as Histogram.observe walks them.
+            self._bounds.append(tuple(child._upper_bounds))
+            return len(self._histograms) - 1
+
         self._requests = {
-            (traffic, status): f[telemetry.REQUESTS.name].labels(
-                **model, traffic=traffic, status=status
-            )
+            (traffic, status): counter(telemetry.REQUESTS.name, traffic=traffic, status=status)
             for traffic in telemetry.TRAFFIC_VALUES
             for status in telemetry.STATUS_CLASSES
         }
         self._latency = {
-            traffic: f[telemetry.LATENCY.name].labels(**model, traffic=traffic)
+            traffic: histogram(telemetry.LATENCY.name, traffic=traffic)
             for traffic in telemetry.TRAFFIC_VALUES
         }
         names = self._class_names or []
         self._predicted = {
             traffic: [
-                f[telemetry.PREDICTED_CLASSES.name].labels(**model, traffic=traffic, **{"class": c})
+                counter(telemetry.PREDICTED_CLASSES.name, traffic=traffic, **{"class": c})
                 for c in names
             ]
             for traffic in telemetry.TRAFFIC_VALUES
@@ -185,38 +230,54 @@ class ServerMetrics:
         self._scored_from = 1 if len(names) == 2 else 0
         self._scores = {
             traffic: [
-                f[telemetry.PREDICTED_SCORES.name].labels(**model, traffic=traffic, **{"class": c})
+                histogram(telemetry.PREDICTED_SCORES.name, traffic=traffic, **{"class": c})
                 for c in scored
             ]
             for traffic in telemetry.TRAFFIC_VALUES
         }
+        # Every score histogram has the same buckets; a histogram's last bound is +Inf.
+        self._score_bounds = (*telemetry.score_buckets(), math.inf)
+        self._latency_bounds = (*telemetry.LATENCY_BUCKETS_S, math.inf)
         regressor = classes is None
         self._labelled = [
-            [f[telemetry.LABELLED.name].labels(**model, predicted=p, actual=a) for a in names]
-            for p in names
+            [counter(telemetry.LABELLED.name, predicted=p, actual=a) for a in names] for p in names
         ]
         self._labelled_scores = [
-            f[telemetry.LABELLED_SCORES.name].labels(**model, actual=a)
+            histogram(telemetry.LABELLED_SCORES.name, actual=a)
             for a in (names if len(names) == 2 else [])
         ]
-        self._log_loss = None if regressor else f[telemetry.LOG_LOSS.name].labels(**model)
-        self._brier = None if regressor else f[telemetry.BRIER.name].labels(**model)
+        self._log_loss = None if regressor else counter(telemetry.LOG_LOSS.name)
+        self._brier = None if regressor else counter(telemetry.BRIER.name)
         self._regression_labelled = (
-            f[telemetry.LABELLED.name].labels(**model, predicted="", actual="")
-            if regressor
-            else None
+            counter(telemetry.LABELLED.name, predicted="", actual="") if regressor else None
         )
-        self._squared = f[telemetry.SQUARED_ERROR.name].labels(**model) if regressor else None
-        self._absolute = f[telemetry.ABSOLUTE_ERROR.name].labels(**model) if regressor else None
+        self._squared = counter(telemetry.SQUARED_ERROR.name) if regressor else None
+        self._absolute = counter(telemetry.ABSOLUTE_ERROR.name) if regressor else None
         self._value_sums = {
-            power: f[telemetry.LABEL_VALUES.name].labels(**model, power=power)
+            power: counter(telemetry.LABEL_VALUES.name, power=power)
             for power in (("1", "2") if regressor else ())
         }
+        # The request path's lock guards the deltas only (never held while writing the
+        # children); the scrape lock is held while a flush writes them, and by scrapes.
+        self._lock = threading.Lock()
+        self.scrape_lock = threading.Lock()
+        self._pending = self._fresh()
+        self._stopping = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def _fresh(self) -> _Pending:
+        return _Pending(len(self._counters), [len(b) for b in self._bounds])
 
     def request(self, traffic: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency in the server."""
-        self._requests[(traffic, status_class(status))].inc()
-        self._latency[traffic].observe(seconds)
+        counter = self._requests[(traffic, status_class(status))]
+        latency = self._latency[traffic]
+        bucket = bisect.bisect_left(self._latency_bounds, seconds)
+        with self._lock:
+            pending = self._pending
+            pending.counts[counter] += 1
+            pending.buckets[latency][bucket] += 1
+            pending.sums[latency] += seconds
 
     def predictions(
         self,
@@ -232,15 +293,22 @@ class ServerMetrics:
         index = self._index
         counters = self._predicted[traffic]
         rows = [index.get(_key(p), -1) for p in predictions]
-        for i in rows:
-            if i >= 0:
-                counters[i].inc()
-        if probabilities is not None:
-            scores = self._scores[traffic]
-            first = self._scored_from
-            for row in probabilities:
-                for k, histogram in enumerate(scores):
-                    histogram.observe(row[first + k])
+        scores = self._scores[traffic]
+        first = self._scored_from
+        bounds = self._score_bounds
+        with self._lock:
+            pending = self._pending
+            counts = pending.counts
+            for i in rows:
+                if i >= 0:
+                    counts[counters[i]] += 1
+            if probabilities is not None:
+                buckets, sums = pending.buckets, pending.sums
+                for row in probabilities:
+                    for k, histogram in enumerate(scores):
+                        score = row[first + k]
+                        buckets[histogram][bisect.bisect_left(bounds, score)] += 1
+                        sums[histogram] += score
         self.remembered.add(request_id, rows, probabilities)
 
     def labels(self, labels: Sequence[tuple[str, int, Any]]) -> int:
@@ -250,47 +318,134 @@ class ServerMetrics:
             labels: ``(request_id, row, label)`` triples the server accepted.
         """
         counted = 0
-        for request_id, row, label in labels:
-            found = self.remembered.get(request_id, row)
-            if found is None:
-                continue
-            predicted, proba = found
-            if self._index is None:
-                self._regression(predicted, float(label))
-            else:
-                actual = self._index.get(_key(label))
-                if actual is None or predicted < 0:
+        with self._lock:
+            pending = self._pending
+            for request_id, row, label in labels:
+                found = self.remembered.get(request_id, row)
+                if found is None:
                     continue
-                self._classification(int(predicted), actual, proba)
-            counted += 1
+                predicted, proba = found
+                if self._index is None:
+                    self._regression(pending, predicted, float(label))
+                else:
+                    actual = self._index.get(_key(label))
+                    if actual is None or predicted < 0:
+                        continue
+                    self._classification(pending, int(predicted), actual, proba)
+                counted += 1
         return counted
 
-    def _classification(self, predicted: int, actual: int, proba: np.ndarray | None) -> None:
-        self._labelled[predicted][actual].inc()
+    def _classification(
+        self, pending: _Pending, predicted: int, actual: int, proba: np.ndarray | None
+    ) -> None:
+        counts = pending.counts
+        counts[self._labelled[predicted][actual]] += 1
         if proba is None or self._log_loss is None or self._brier is None:
             return
         if len(proba) == 2:
-            self._labelled_scores[actual].observe(float(proba[1]))
+            histogram, score = self._labelled_scores[actual], float(proba[1])
+            pending.buckets[histogram][bisect.bisect_left(self._score_bounds, score)] += 1
+            pending.sums[histogram] += score
         true = min(max(float(proba[actual]), _EPS), 1 - _EPS)
         total = float(np.sum(np.clip(proba, _EPS, 1 - _EPS)))
         # pipelines.metrics' log loss renormalises the clipped row (scikit-learn's does).
-        self._log_loss.inc(-math.log(true / total))
+        counts[self._log_loss] += -math.log(true / total)
         onehot = np.zeros(len(proba))
         onehot[actual] = 1.0
         if len(proba) == 2:
-            self._brier.inc(float((proba[1] - onehot[1]) ** 2))
+            counts[self._brier] += float((proba[1] - onehot[1]) ** 2)
         else:
-            self._brier.inc(float(np.sum((proba - onehot) ** 2)))
+            counts[self._brier] += float(np.sum((proba - onehot) ** 2))
 
-    def _regression(self, predicted: float, actual: float) -> None:
+    def _regression(self, pending: _Pending, predicted: float, actual: float) -> None:
         assert self._regression_labelled is not None  # a regressor's
         assert self._squared is not None and self._absolute is not None
-        self._regression_labelled.inc()
+        counts = pending.counts
+        counts[self._regression_labelled] += 1
         error = actual - predicted
-        self._squared.inc(error * error)
-        self._absolute.inc(abs(error))
-        self._value_sums["1"].inc(actual)
-        self._value_sums["2"].inc(actual * actual)
+        counts[self._squared] += error * error
+        counts[self._absolute] += abs(error)
+        if actual < 0:
+            # A counter only grows (prometheus_client's Counter.inc refuses a negative amount
+            # as it did here before the deltas): refused at the label, not in the flush.
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        counts[self._value_sums["1"]] += actual
+        counts[self._value_sums["2"]] += actual * actual
+
+    def flush(self) -> None:
+        """Write the deltas counted since the last flush into the ``prometheus_client`` children.
+
+        Takes the deltas under the request path's lock (a swap), then writes them under
+        :attr:`scrape_lock`: a scrape sees all of one flush or none of it.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, self._fresh()
+        with self.scrape_lock:
+            for child, delta in zip(self._counters, pending.counts, strict=True):
+                if delta:
+                    child.inc(delta)
+            for child, buckets, total in zip(
+                self._histograms, pending.buckets, pending.sums, strict=True
+            ):
+                if not any(buckets):
+                    continue
+                # Histogram.observe's writes, one per bucket instead of one per observation
+                # (prometheus_client keeps per-bucket counts; the count is summed from them).
+                for bucket, count in enumerate(buckets):
+                    if count:
+                        child._buckets[bucket].inc(count)
+                child._sum.inc(total)
+
+    def start(self, interval_s: float = 0.0) -> None:
+        """Flush every ``interval_s`` (default :data:`FLUSH_INTERVAL_S`) from a daemon thread."""
+        if self._flusher is not None:
+            return
+        self._stopping.clear()
+        self._flusher = threading.Thread(
+            target=self._flush_every,
+            args=(interval_s or FLUSH_INTERVAL_S,),
+            name="mlops-metrics-flush",
+            daemon=True,
+        )
+        self._flusher.start()
+
+    def _flush_every(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            try:
+                self.flush()
+            except Exception:
+                # The next flush retries with what is counted by then; the thread stays.
+                log.exception("flushing the exporter's counters failed")
+
+    def close(self) -> None:
+        """Stop the flushing thread and flush what is left (the worker is shutting down)."""
+        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=10)
+            self._flusher = None
+        self.flush()
+
+
+def lock_scrapes(client: Any, lock: threading.Lock) -> None:
+    """Make ``client.generate_latest`` (BentoML's ``/metrics``) hold ``lock`` while it reads.
+
+    BentoML reads the worker's metric files in a thread of its own; holding the flush's lock
+    there means a scrape never reads a histogram between two of a flush's writes.
+
+    Args:
+        client: BentoML's metrics client (``BentoMLContainer.metrics_client.get()``).
+        lock: :attr:`ServerMetrics.scrape_lock`.
+    """
+    # A second service instance in one process (tests build several) replaces the first's
+    # lock rather than stacking another wrapper on it.
+    generate = getattr(client.generate_latest, "__wrapped__", client.generate_latest)
+
+    def generate_latest() -> bytes:
+        with lock:
+            return generate()
+
+    generate_latest.__wrapped__ = generate  # type: ignore[attr-defined]
+    client.generate_latest = generate_latest
 
 
 def _key(value: Any) -> tuple[bool, Any]:

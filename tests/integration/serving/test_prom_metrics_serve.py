@@ -6,11 +6,14 @@ worker, summed at scrape); these tests read what a Prometheus scrape would get.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
 from pipelines import telemetry
 from pipelines.data import load_dataset
+from pipelines.serving.exporter import FLUSH_INTERVAL_S
 from tests.integration.serving.conftest import Packaged, Server
 
 pytestmark = pytest.mark.integration
@@ -40,6 +43,22 @@ def _samples(server: Server, version: str) -> dict[Key, float]:
     return out
 
 
+def _flushed(server: Server, version: str, before: dict[Key, float]) -> dict[Key, float]:
+    """The samples once the worker's thread has flushed the last counts (every FLUSH_INTERVAL_S).
+
+    Polls until two scrapes two intervals apart agree and differ from ``before``.
+    """
+    deadline = time.monotonic() + 30
+    previous = _samples(server, version)
+    while True:
+        time.sleep(2 * FLUSH_INTERVAL_S)
+        current = _samples(server, version)
+        if current == previous and current != before:
+            return current
+        assert time.monotonic() < deadline, "the exporter's counts did not settle"
+        previous = current
+
+
 def _post(server: Server, path: str, payload: object) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=payload, timeout=30)
 
@@ -63,7 +82,7 @@ def test_metrics_count_requests_predictions_and_labels(packaged: Packaged, serve
     first = answers[0].json()
     label = {"request_id": first["request_id"], "label": first["predictions"][0]}
     assert _post(served, "/labels", {"labels": [label]}).status_code == 200
-    after = _samples(served, version)
+    after = _flushed(served, version, before)
 
     def delta(name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))

@@ -1,4 +1,8 @@
-"""The server's Prometheus exporter: series, values and bounds (a registry of its own)."""
+"""The server's Prometheus exporter: series, values and bounds (a registry of its own).
+
+The request path counts into deltas; each test flushes them (as the worker's thread does)
+before it reads the registry.
+"""
 
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ def test_requests_are_counted_by_status_and_timed() -> None:
     server.request("live", 200, 0.3)
     server.request("live", 503, 0.02)
     server.request("mirror", 200, 0.01)
+    server.flush()
     total = "mlops_requests_total"
     assert _value(registry, total, traffic="live", status="2xx") == 2
     assert _value(registry, total, traffic="live", status="5xx") == 1
@@ -109,6 +114,7 @@ def test_binary_predictions_count_classes_and_the_positive_score() -> None:
     """It counts predicted classes and puts the positive class's score on the score buckets."""
     server, registry = _metrics([0, 1])
     server.predictions("a", [1, 0, 1], [[0.2, 0.8], [0.9, 0.1], [0.45, 0.55]])
+    server.flush()
     assert _value(registry, "mlops_predictions_total", traffic="live", **{"class": "1"}) == 2
     assert _value(registry, "mlops_predictions_total", traffic="live", **{"class": "0"}) == 1
     bucket = "mlops_prediction_score_bucket"
@@ -128,6 +134,7 @@ def test_labels_fill_the_confusion_matrix_and_proper_scores() -> None:
     server.predictions("b", [0, 0], [[0.7, 0.3], [0.6, 0.4]])
     counted = server.labels([("a", 0, 1), ("b", 0, 1), ("b", 1, 0), ("zzz", 0, 1), ("a", 5, 0)])
     assert counted == 3
+    server.flush()
     matrix = "mlops_labelled_predictions_total"
     assert _value(registry, matrix, predicted="1", actual="1") == 1
     assert _value(registry, matrix, predicted="0", actual="1") == 1
@@ -146,6 +153,7 @@ def test_a_label_for_a_forgotten_answer_is_not_counted() -> None:
         server.predictions(request_id, ["a"], [[0.5, 0.3, 0.2]])
     assert len(server.remembered) == 2
     assert server.labels([("r1", 0, "a"), ("r3", 0, "b")]) == 1
+    server.flush()
     assert _value(registry, "mlops_labelled_predictions_total", predicted="a", actual="b") == 1
     assert _value(registry, "mlops_label_brier_total") == pytest.approx(0.25 + 0.49 + 0.04)
 
@@ -155,6 +163,7 @@ def test_a_regressor_sums_its_errors_and_label_values() -> None:
     server, registry = _metrics(None)
     server.predictions("a", [1.0, 2.0], None)
     assert server.labels([("a", 0, 2.0), ("a", 1, 1.5)]) == 2
+    server.flush()
     assert _value(registry, "mlops_labelled_predictions_total", predicted="", actual="") == 2
     assert _value(registry, "mlops_label_squared_error_total") == pytest.approx(1.25)
     assert _value(registry, "mlops_label_absolute_error_total") == pytest.approx(1.5)
@@ -196,6 +205,7 @@ def test_the_middleware_counts_the_status_the_app_answered_and_sets_the_traffic(
     asyncio.run(call("/predict", []))
     asyncio.run(call("/labels", []))
     assert seen == ["mirror", "live", "live"]
+    server.flush()
     assert _value(registry, "mlops_requests_total", traffic="mirror", status="4xx") == 1
     assert _value(registry, "mlops_requests_total", traffic="live", status="4xx") == 1
     assert _value(registry, "mlops_requests_total", traffic="live", status="2xx") == 0
@@ -208,6 +218,7 @@ def test_the_series_stay_within_the_stated_bound() -> None:
     server.labels([("x", 0, "a"), ("x", 1, "c")])
     for traffic in telemetry.TRAFFIC_VALUES:
         server.request(traffic, 200, 0.01)
+    server.flush()
     samples = [
         s
         for metric in registry.collect()
