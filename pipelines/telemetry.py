@@ -159,8 +159,10 @@ ABSOLUTE_ERROR = Metric(
 LABEL_VALUES = Metric(
     name="mlops_label_value_total",
     kind="counter",
-    labels=(*MODEL_LABELS, "power"),
-    help="Sums of a regressor's actual values, power '1' and '2' (r2's total sum of squares).",
+    labels=(*MODEL_LABELS, "power", "sign"),
+    help="Sums of |actual|^power of a regressor's labels, power '1' and '2', by the label's "
+    "sign ('positive', 'negative'): a counter only grows, so sum(y) is positive - negative "
+    "and sum(y^2) their total (r2's total sum of squares).",
     used_for="quality: r2",
 )
 INPUT_BINS = Metric(
@@ -237,6 +239,6 @@ def series_per_version(classes: int, score_bins: int, feature_bins: Mapping[str,
         labelled = classes * classes + classes * (score_bins - 1 + histogram) + 2  # + log, brier
     else:
         predictions = traffic * (score_bins - 1 + histogram)
-        labelled = 1 + 2 + 2  # count, squared and absolute errors, value sums
+        labelled = 1 + 2 + 4  # count, squared and absolute errors, value sums by sign
     inputs = traffic * sum(bins + 2 for bins in feature_bins.values())
     return requests + latency + predictions + labelled + inputs

@@ -254,8 +254,9 @@ class ServerMetrics:
         self._squared = counter(telemetry.SQUARED_ERROR.name) if regressor else None
         self._absolute = counter(telemetry.ABSOLUTE_ERROR.name) if regressor else None
         self._value_sums = {
-            power: counter(telemetry.LABEL_VALUES.name, power=power)
+            (power, sign): counter(telemetry.LABEL_VALUES.name, power=power, sign=sign)
             for power in (("1", "2") if regressor else ())
+            for sign in ("positive", "negative")
         }
         # The request path's lock guards the deltas only (never held while writing the
         # children); the scrape lock is held while a flush writes them, and by scrapes.
@@ -365,12 +366,10 @@ class ServerMetrics:
         error = actual - predicted
         counts[self._squared] += error * error
         counts[self._absolute] += abs(error)
-        if actual < 0:
-            # A counter only grows (prometheus_client's Counter.inc refuses a negative amount
-            # as it did here before the deltas): refused at the label, not in the flush.
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        counts[self._value_sums["1"]] += actual
-        counts[self._value_sums["2"]] += actual * actual
+        # A counter only grows: a negative label adds its magnitude to the 'negative' sums.
+        sign = "negative" if actual < 0 else "positive"
+        counts[self._value_sums["1", sign]] += abs(actual)
+        counts[self._value_sums["2", sign]] += actual * actual
 
     def flush(self) -> None:
         """Write the deltas counted since the last flush into the ``prometheus_client`` children.

@@ -347,7 +347,7 @@ def test_telemetry_cardinality_bound() -> None:
     assert binary == 8 + 32 + 4 + 24 + 4 + 24 + 2 + 48
     assert binary < 500
     regressor = telemetry.series_per_version(0, 10, {})
-    assert regressor == 8 + 32 + 24 + 5
+    assert regressor == 8 + 32 + 24 + 7  # count, two error sums, value sums by power and sign
 
 
 def test_plain_routes_validate_against_the_gateway_api_crd() -> None:

@@ -90,8 +90,10 @@ class Direct:
             self.f[telemetry.LABELLED.name].labels(**MODEL, predicted="", actual="").inc()
             self.f[telemetry.SQUARED_ERROR.name].labels(**MODEL).inc(error * error)
             self.f[telemetry.ABSOLUTE_ERROR.name].labels(**MODEL).inc(abs(error))
-            self.f[telemetry.LABEL_VALUES.name].labels(**MODEL, power="1").inc(float(label))
-            self.f[telemetry.LABEL_VALUES.name].labels(**MODEL, power="2").inc(float(label) ** 2)
+            sign = "negative" if float(label) < 0 else "positive"
+            values = self.f[telemetry.LABEL_VALUES.name]
+            values.labels(**MODEL, power="1", sign=sign).inc(abs(float(label)))
+            values.labels(**MODEL, power="2", sign=sign).inc(float(label) ** 2)
             return
         self.f[telemetry.LABELLED.name].labels(
             **MODEL, predicted=str(predicted), actual=str(label)

@@ -159,16 +159,22 @@ def test_a_label_for_a_forgotten_answer_is_not_counted() -> None:
 
 
 def test_a_regressor_sums_its_errors_and_label_values() -> None:
-    """It sums squared and absolute errors and the label values of a regressor."""
+    """It sums squared and absolute errors, and the label values by sign (a negative label too).
+
+    A counter only grows: sum(y) is the positive sum minus the negative one.
+    """
     server, registry = _metrics(None)
-    server.predictions("a", [1.0, 2.0], None)
-    assert server.labels([("a", 0, 2.0), ("a", 1, 1.5)]) == 2
+    server.predictions("a", [1.0, 2.0, 0.0], None)
+    assert server.labels([("a", 0, 2.0), ("a", 1, 1.5), ("a", 2, -3.0)]) == 3
     server.flush()
-    assert _value(registry, "mlops_labelled_predictions_total", predicted="", actual="") == 2
-    assert _value(registry, "mlops_label_squared_error_total") == pytest.approx(1.25)
-    assert _value(registry, "mlops_label_absolute_error_total") == pytest.approx(1.5)
-    assert _value(registry, "mlops_label_value_total", power="1") == pytest.approx(3.5)
-    assert _value(registry, "mlops_label_value_total", power="2") == pytest.approx(6.25)
+    assert _value(registry, "mlops_labelled_predictions_total", predicted="", actual="") == 3
+    assert _value(registry, "mlops_label_squared_error_total") == pytest.approx(1.25 + 9.0)
+    assert _value(registry, "mlops_label_absolute_error_total") == pytest.approx(1.5 + 3.0)
+    value = functools.partial(_value, registry, "mlops_label_value_total")
+    assert value(power="1", sign="positive") == pytest.approx(3.5)
+    assert value(power="1", sign="negative") == pytest.approx(3.0)
+    assert value(power="2", sign="positive") == pytest.approx(6.25)
+    assert value(power="2", sign="negative") == pytest.approx(9.0)
 
 
 def test_a_boolean_label_is_not_the_class_one() -> None:
