@@ -7,10 +7,10 @@ Servers, each started on CPU 0 while ``wrk`` loads it from CPU 1 with single-row
 * ``floor-sklearn``: the same route calling the pipeline's ``predict_proba`` per request;
 * ``bento``: our Bento under ``bentoml serve`` as packaged, prediction log on;
 * ``bento-nolog``: the same with the prediction log off, to price the log;
-* optional (``--servers``): ``bento-noexport``, the Bento with the Prometheus exporter off
-  (``MLOPS_EXPORTER=off``: no ``mlops_*`` series), to price the exporter; ``bento-baseline``,
-  another packaged Bento (``--baseline-bento TAG``, e.g. one built before a change) with the
-  prediction log on, to compare two builds side by side;
+* ``bento-noexport``: the Bento with the Prometheus exporter off (``MLOPS_EXPORTER=off``: no
+  ``mlops_*`` series), to price the exporter;
+* optional (``--servers``): ``bento-baseline``, another packaged Bento (``--baseline-bento
+  TAG``, e.g. one built before a change) with the prediction log on, to compare two builds;
 * optional (``--servers``): ``fastapi`` (``benchmarks/serving_fastapi_app.py``) and
   ``mlflow`` (``mlflow models serve``).
 
@@ -84,18 +84,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its children, in MiB."""
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of a process and all its children, in MiB: the RSS sum and the PSS sum.
+
+    The RSS sum counts pages the processes share once per process; PSS divides each shared
+    page among its sharers, so its sum is what the tree costs the machine.
+    """
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return float("nan")
-    total = 0
+        return float("nan"), float("nan")
+    rss = pss = 0
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total / 2**20
+            memory = proc.memory_full_info()
+            rss += memory.rss
+            pss += memory.pss
+    return rss / 2**20, pss / 2**20
 
 
 def wait_ready(url: str, process: subprocess.Popen, body: bytes, timeout: float = 180) -> None:
@@ -182,7 +188,7 @@ def bench_server(
             log.error("%s log:\n%s", name, (workdir / f"{name}.log").read_text()[-3000:])
             raise
         time.sleep(2)
-        idle = tree_rss_mb(process.pid)
+        idle, idle_pss = tree_memory_mb(process.pid)
         run_wrk(wrk, script, url, 8, args.warmup)
         levels = []
         for connections in args.concurrency:
@@ -196,7 +202,7 @@ def bench_server(
                 result["errors"],
             )
             levels.append(result)
-        return {"server": name, "idle_rss_mb": idle, "levels": levels}
+        return {"server": name, "idle_rss_mb": idle, "idle_pss_mb": idle_pss, "levels": levels}
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 15)
@@ -235,9 +241,10 @@ def summarize(runs: list[list[dict]]) -> dict[str, dict]:
             levels[c] = {
                 key: _spread([lv[key] for lv in at]) for key in ("rps", "p50_ms", "p99_ms")
             } | {"errors": sum(lv["errors"] for lv in at)}
-        summary[server] = {"idle_rss_mb": _spread([r["idle_rss_mb"] for r in results])} | {
-            "levels": levels
-        }
+        summary[server] = {
+            memory: _spread([r[memory] for r in results])
+            for memory in ("idle_rss_mb", "idle_pss_mb")
+        } | {"levels": levels}
     return summary
 
 
@@ -266,6 +273,23 @@ def targets(summary: dict[str, dict], concurrency: list[int]) -> dict[str, bool]
     return result
 
 
+def costs(summary: dict[str, dict], concurrency: list[int]) -> list[str]:
+    """What the prediction log and the exporter cost the Bento, in % of RPS, from the medians."""
+    bento = summary.get("bento")
+    lines = []
+    for server, part in (("bento-nolog", "the prediction log"), ("bento-noexport", "the exporter")):
+        without = summary.get(server)
+        if bento is None or without is None:
+            continue
+        rps = {
+            c: (bento["levels"][c]["rps"]["median"], without["levels"][c]["rps"]["median"])
+            for c in concurrency
+        }
+        shares = ", ".join(f"{100 * (1 - on / off):.1f} % at c{c}" for c, (on, off) in rps.items())
+        lines.append(f"- {part} costs {shares} of RPS (bento against {server})")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The report as a markdown table: medians, [min-max], % of the floor."""
     summary = report["summary"]
@@ -277,8 +301,8 @@ def markdown(report: dict) -> str:
         f"{report['duration_s']} s per level; median [min-max] of the runs; load average before "
         f"each run: {'; '.join(report['loadavg'])}.",
         "",
-        "| server | c | RPS | % floor | p50 ms | p99 ms | errors | idle RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | c | RPS | % floor | p50 ms | p99 ms | errors | idle RSS MiB | idle PSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(spread: dict[str, float], digits: int) -> str:
@@ -297,11 +321,12 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {server} | {c} | {fmt(lv['rps'], 0)} | {share} | {fmt(lv['p50_ms'], 1)} | "
                 f"{fmt(lv['p99_ms'], 1)} | {lv['errors']} | "
-                f"{fmt(result['idle_rss_mb'], 0)} |"
+                f"{fmt(result['idle_rss_mb'], 0)} | {fmt(result['idle_pss_mb'], 0)} |"
             )
     lines += [""] + [
         f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in report["targets"].items()
     ]
+    lines += costs(summary, report["concurrency"])
     return "\n".join(lines) + "\n"
 
 
@@ -316,7 +341,7 @@ def main() -> None:
         "--servers",
         nargs="+",
         choices=SERVERS,
-        default=["floor", "floor-sklearn", "bento", "bento-nolog"],
+        default=["floor", "floor-sklearn", "bento", "bento-nolog", "bento-noexport"],
     )
     parser.add_argument("--baseline-bento", help="the Bento tag the bento-baseline server runs")
     parser.add_argument("--output-dir", type=Path, default=ROOT / ".mlops/benchmarks")
@@ -438,6 +463,7 @@ def main() -> None:
         "bento_tag": package["bento_tag"],
         "runs": args.runs,
         "duration_s": args.duration,
+        "concurrency": args.concurrency,
         "loadavg": loadavgs,
         "summary": summary,
         "targets": targets(summary, args.concurrency),
