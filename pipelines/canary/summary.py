@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.canary.observations import Labelled, VersionWindow, WindowObservation, merge_versions
 from pipelines.config.canary import CanaryConfig, PredictionDriftSignal
 from pipelines.metrics import METRICS, Predictions
+from pipelines.serving.input_bins import quantile_edges
 
 # --------------------------------------------------------------------------- metric variances
 
@@ -181,12 +182,11 @@ def value_edges(reference: np.ndarray, bins: int) -> list[float]:
     Raises:
         ValueError: No finite reference prediction.
     """
-    values = np.asarray(reference, float)
-    values = values[np.isfinite(values)]
-    if not len(values):
+    # One placement for value bins and the servers' input bins (mlops package writes both).
+    edges = quantile_edges(np.asarray(reference, float), bins)
+    if not edges:
         raise ValueError("no finite reference predictions to place value bins on")
-    quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
-    return sorted({float(q) for q in quantiles} or {float(values[0])})
+    return edges
 
 
 def _value_bins(edges: Sequence[float], values: np.ndarray) -> dict[str, int]:
