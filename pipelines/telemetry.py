@@ -201,9 +201,9 @@ INPUT_REFERENCE = Metric(
     name="mlops_input_reference_bin_rows",
     kind="gauge",
     labels=(*MODEL_LABELS, "feature", "bin"),
-    help="Training reference rows per feature and bin, as the serving manifest records them "
-    "(constant while the version serves; the same in every worker and pod).",
-    used_for="input_drift (binned): the expected proportions of the chi-square test",
+    help="Training reference rows per feature and bin, from the manifest (constant per version).",
+    used_for="input_drift (binned): the expected proportions of the chi-square test of each "
+    "feature's live counts",
 )
 
 METRICS: tuple[Metric, ...] = (

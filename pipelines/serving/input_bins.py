@@ -165,20 +165,26 @@ class InputBinner:
         sizes = [len(b.labels) for b in self.bins]
         self.offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
         self._numeric = [k for k, b in enumerate(self.bins) if b.edges is not None]
-        self._edges = [np.asarray(self.bins[k].edges, float) for k in self._numeric]
+        self._numeric_columns = [self.columns[k] for k in self._numeric]
+        # Every numeric feature's edges in one matrix, padded with +inf: a value's bin is the
+        # count of its feature's edges at or below it (searchsorted's side="right").
+        counts = [len(self.bins[k].edges or []) for k in self._numeric]
+        self._edges = np.full((len(self._numeric), max(counts, default=0)), np.inf)
+        for j, k in enumerate(self._numeric):
+            self._edges[j, : counts[j]] = self.bins[k].edges or []
+        self._edge_counts = np.asarray(counts, dtype=np.intp)
         self._categorical = [k for k, b in enumerate(self.bins) if b.categories is not None]
 
     def count(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
         """Rows per slot for ``rows`` (each a list of values in signature order)."""
         positions = np.empty((len(rows), len(self.bins)), dtype=np.intp)
         if self._numeric:
-            numbers = np.asarray(
-                [[row[self.columns[k]] for k in self._numeric] for row in rows], dtype=float
-            )
-            for j, (k, edges) in enumerate(zip(self._numeric, self._edges, strict=True)):
-                values = numbers[:, j]
-                found = np.searchsorted(edges, values, side="right")
-                positions[:, k] = np.where(np.isnan(values), len(edges) + 1, found)
+            take = self._numeric_columns
+            numbers = np.asarray([[row[c] for c in take] for row in rows], dtype=float)
+            found = np.sum(numbers[:, :, None] >= self._edges[None, :, :], axis=2)
+            # +inf is at or above the padding too: it belongs in the feature's last bin.
+            found = np.minimum(found, self._edge_counts)
+            positions[:, self._numeric] = np.where(np.isnan(numbers), self._edge_counts + 1, found)
         for k in self._categorical:
             column = self.columns[k]
             positions[:, k] = feature_positions(

@@ -96,3 +96,24 @@ def test_a_reference_of_a_regressor_needs_increasing_value_edges() -> None:
     """It refuses value edges that do not increase."""
     with pytest.raises(ValidationError, match="value_edges"):
         ReferenceBins(rows=10, features=[], value_edges=[2.0, 1.0])
+
+
+def test_the_binners_matrix_pass_agrees_with_one_feature_at_a_time() -> None:
+    """It bins numeric features of different edge counts as feature_positions does, inf too."""
+    rng = np.random.default_rng(2)
+    features = [FeatureSpec(name=f"f{k}", type="double", nullable=True) for k in range(4)]
+    columns = {f.name: rng.normal(size=300).round(k) for k, f in enumerate(features)}
+    placed = reference_bins(columns, features)
+    assert len({len(f.edges or []) for f in placed}) > 1  # edges of different lengths
+    rows = rng.normal(size=(50, 4)).round(1).tolist()
+    rows[0][1], rows[1][2], rows[2][3] = None, float("inf"), float("-inf")
+    counts = InputBinner([f.name for f in features], placed).count(rows)
+    expected = np.concatenate(
+        [
+            np.bincount(
+                feature_positions(f.edges, None, [r[k] for r in rows]), minlength=len(f.labels)
+            )
+            for k, f in enumerate(placed)
+        ]
+    )
+    assert counts.tolist() == expected.tolist()
