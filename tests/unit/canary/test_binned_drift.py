@@ -140,3 +140,23 @@ def test_the_judge_bins_a_regressor_on_the_stables_value_edges() -> None:
     stable = Counts(values=_values([1.0, 2.0], [1, 1, 1]))
     assert with_stable_value_edges(config, stable).prediction_drift.edges == [1.0, 2.0]
     assert with_stable_value_edges(config, Counts()).prediction_drift.edges is None
+
+
+@pytest.mark.parametrize(
+    ("canary_buckets", "status"),
+    [([100, 100, 100, 100], SignalStatus.PASSED), ([10, 40, 100, 250], SignalStatus.FAILED)],
+    ids=["same-values", "shifted-values"],
+)
+def test_a_regressors_prediction_drift_is_judged_from_the_value_histograms(
+    canary_buckets: list[int], status: SignalStatus
+) -> None:
+    """It judges a regressor's values from both versions' histograms on the stable's edges."""
+    edges = [1.0, 2.0, 3.0]
+    stable = Counts(requests={"2xx": 400.0}, values=_values(edges, [100, 100, 100, 100]))
+    canary = Counts(requests={"2xx": 400.0}, values=_values(edges, canary_buckets))
+    config = with_stable_value_edges(_config(GateMode.DRY_RUN), stable)
+    window = WindowObservation(0, 120.0, version_window(stable), version_window(canary))
+    verdict = judge(config, 0, [window])
+    drift = next(s for s in verdict.signals if s.name == "prediction_drift")
+    assert drift.status is status, drift.detail
+    assert "(4 bins)" in drift.detail
