@@ -8,7 +8,10 @@ local canary profile, its quality judged on labels with the offline gates' error
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -19,13 +22,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import predict_batch, rollout, tracking
+from pipelines import predict_batch, rollout, telemetry, tracking
 from pipelines.config.canary import CanaryConfig
 from pipelines.data import load_dataset
 from pipelines.environments.local import reconcile
 from pipelines.inference import predict
 from pipelines.metrics import Task
 from pipelines.release.state import load_state
+from pipelines.serving.manifest import MANIFEST_FILE, ServingManifest
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, make_project
 from tests.integration import chain
@@ -137,6 +141,44 @@ def test_served_regressor_answers_values(versions: Versions, holdout, tmp_path: 
     assert logged[0]["inputs"] == rows
     written = list(read_jsonl(tmp_path / "labels.jsonl"))
     assert [w["label"] for w in written] == [151.5] * 5
+
+
+def test_a_served_regressor_counts_its_values_on_the_manifests_edges(
+    versions: Versions, holdout, tmp_path: Path
+) -> None:
+    """It exports values in buckets just under the value edges mlops package placed.
+
+    The edges are version 1's own predictions of the training reference, at
+    prediction_drift.bins quantiles; every served value lands in one bucket.
+    """
+    features, expected = holdout
+    bento = Path(versions.packages[1].bento_path) / "src" / MANIFEST_FILE
+    manifest = ServingManifest.read(bento)
+    assert manifest.reference_bins is not None
+    edges = manifest.reference_bins.value_edges
+    assert edges and len(edges) <= versions.canary.prediction_drift.bins - 1
+    assert min(expected) < edges[0] and edges[-1] < max(expected)
+    with serving(versions.packages[1].bento_tag, versions.bentoml_home, tmp_path) as server:
+        rows = orjson.loads(features.head(40).to_json(orient="records"))
+        response = httpx.post(f"{server.url}/predict", json={"records": rows}, timeout=30)
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10.0
+        buckets: dict[float, float] = {}
+        while buckets.get(math.inf) != 40 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the exporter's flush
+            text = httpx.get(f"{server.url}/metrics", timeout=10).text
+            buckets = {
+                float(found.group(1)): float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("mlops_prediction_value_bucket")
+                and 'traffic="live"' in line
+                and (found := re.search(r'le="([^"]+)"', line))
+            }
+    assert sorted(buckets) == [*telemetry.value_buckets(edges), math.inf]
+    assert buckets[math.inf] == 40
+    index = np.searchsorted(edges, expected[:40], side="right")
+    cumulative = np.cumsum(np.bincount(index, minlength=len(edges) + 1))
+    assert [buckets[b] for b in sorted(buckets)] == cumulative.tolist()
 
 
 def test_predict_batch_writes_values(versions: Versions, holdout, tmp_path: Path) -> None:

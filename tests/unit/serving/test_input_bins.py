@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from pipelines import telemetry
 from pipelines.canary.summary import value_edges
+from pipelines.config.serve import ServeConfig
 from pipelines.serving.input_bins import InputBinner, feature_positions, reference_bins
-from pipelines.serving.manifest import FeatureBins, FeatureSpec, ReferenceBins
+from pipelines.serving.manifest import (
+    FeatureBins,
+    FeatureSpec,
+    ManifestError,
+    ReferenceBins,
+    ServingManifest,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -117,3 +126,46 @@ def test_the_binners_matrix_pass_agrees_with_one_feature_at_a_time() -> None:
         ]
     )
     assert counts.tolist() == expected.tolist()
+
+
+def _manifest_fields(task: str = "classification") -> dict:
+    return {
+        "model_name": "m",
+        "model_version": "3",
+        "task": task,
+        "bentoml_model_tag": "m:v3-abc",
+        "artifact_sha256": "0" * 64,
+        "model_file": "model.skops",
+        "serialization_format": "skops",
+        "features": [{"name": "x", "type": "double"}],
+        "serve": ServeConfig().model_dump(mode="json"),
+    }
+
+
+def test_a_manifest_written_before_the_bins_still_loads(tmp_path) -> None:
+    """It reads a manifest without reference_bins (packaged before issue 15): no bins."""
+    path = tmp_path / "serving_manifest.json"
+    path.write_text(json.dumps(_manifest_fields()))
+    assert ServingManifest.read(path).reference_bins is None
+
+
+@pytest.mark.parametrize(
+    ("task", "bins", "message"),
+    [
+        ("classification", {"rows": 1, "features": [], "value_edges": [1.0]}, "only a regressor"),
+        (
+            "regression",
+            {
+                "rows": 1,
+                "features": [{"name": "y", "edges": [], "reference": {"0": 1, "missing": 0}}],
+            },
+            "not distinct input features",
+        ),
+    ],
+)
+def test_a_manifest_refuses_bins_that_do_not_fit_its_model(task, bins, message, tmp_path) -> None:
+    """It refuses value edges for a classifier and bins of a feature the model does not take."""
+    path = tmp_path / "serving_manifest.json"
+    path.write_text(json.dumps({**_manifest_fields(task), "reference_bins": bins}))
+    with pytest.raises(ManifestError, match=message):
+        ServingManifest.read(path)
