@@ -180,7 +180,12 @@ class InputBinner:
         positions = np.empty((len(rows), len(self.bins)), dtype=np.intp)
         if self._numeric:
             take = self._numeric_columns
-            numbers = np.asarray([[row[c] for c in take] for row in rows], dtype=float)
+            try:
+                numbers = np.asarray([[row[c] for c in take] for row in rows], dtype=float)
+            except (TypeError, ValueError):
+                # Not a number where one was declared (the schema refuses it before here):
+                # counted as missing, never an error on the request path.
+                numbers = np.column_stack([_numeric([row[c] for row in rows]) for c in take])
             found = np.sum(numbers[:, :, None] >= self._edges[None, :, :], axis=2)
             # +inf is at or above the padding too: it belongs in the feature's last bin.
             found = np.minimum(found, self._edge_counts)

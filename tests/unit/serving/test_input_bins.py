@@ -169,3 +169,11 @@ def test_a_manifest_refuses_bins_that_do_not_fit_its_model(task, bins, message, 
     path.write_text(json.dumps({**_manifest_fields(task), "reference_bins": bins}))
     with pytest.raises(ManifestError, match=message):
         ServingManifest.read(path)
+
+
+def test_a_value_that_is_not_a_number_counts_as_missing() -> None:
+    """It counts a non-number in a numeric feature as missing rather than failing the request."""
+    (x,) = reference_bins({"x": [0.0, 1.0, 2.0]}, FEATURES[:1])
+    binner = InputBinner(["x"], [x])
+    counts = dict(zip(binner.slots, binner.count([["high"], [True], [1.5]]).tolist(), strict=True))
+    assert counts[("x", "missing")] == 2
