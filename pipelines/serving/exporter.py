@@ -25,11 +25,12 @@ accepts labels for), as numpy rows that the cyclic garbage collector does not sc
 Input bins and a regressor's values (issue 15 §1): the serving manifest's ``reference_bins``
 (placed by ``mlops package`` on the training reference) give each input feature's bins and a
 regressor's value edges. Every answered row is counted into its feature's bin
-(:class:`~pipelines.serving.input_bins.InputBinner`: one numpy pass per feature and one
-``bincount`` per request, added to a numpy delta), a regressor's values into the value
-histogram, and the reference's own rows per bin are set once in a gauge, so the judge reads
-the expected proportions beside the live counts. A manifest without ``reference_bins``
-(packaged before issue 15) exports none of these.
+(:class:`~pipelines.serving.input_bins.InputBinner`: one numpy comparison of every numeric
+value with its feature's edges, a dict lookup per categorical value, one ``bincount``, added
+to a numpy delta: about 11 µs for a 30-feature row, 70 µs for 32 rows, measured in process),
+a regressor's values into the value histogram, and the reference's own rows per bin are set
+once in a gauge, so the judge reads the expected proportions beside the live counts. A
+manifest without ``reference_bins`` (packaged before issue 15) exports none of these.
 """
 
 from __future__ import annotations
@@ -160,7 +161,11 @@ class Remembered:
 
 
 class _Pending:
-    """Deltas not yet flushed: one per counter child; bucket counts and a sum per histogram."""
+    """Deltas not yet flushed.
+
+    One per counter child; bucket counts and a sum per histogram; input rows per traffic kind
+    and input bin slot.
+    """
 
     __slots__ = ("buckets", "counts", "inputs", "sums")
 
