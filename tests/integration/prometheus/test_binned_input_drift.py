@@ -17,7 +17,7 @@ from harness import traffic
 from harness.traffic import Scenario, TrafficOptions
 from pipelines.canary import SignalStatus, judge
 from pipelines.config.canary import CanaryConfig
-from pipelines.rollout.prometheus import PrometheusSource
+from pipelines.rollout.prometheus import PrometheusSource, run_judge
 from tests.integration.conftest import GOOD, Versions
 from tests.integration.prometheus.conftest import Prometheus
 from tests.integration.prometheus.test_prometheus_judge import STABLE, _config, _split
@@ -43,7 +43,21 @@ def _input_drift(versions: Versions, env: str, prometheus: Prometheus, scenario:
     assert window.canary.binned_inputs is not None, "no input bins read from Prometheus"
     config: CanaryConfig = _config(versions)
     verdict = judge(config, 0, source.observations())
-    return next(s for s in verdict.signals if s.name == "input_drift"), window
+    # mlops judge's step function over the same span reads the same bins.
+    result = run_judge(
+        config,
+        model,
+        canary=str(GOOD),
+        stable=STABLE,
+        phase="step-1",
+        prometheus_url=prometheus.url,
+        window_s=time.time() - start,
+    )
+    assert result.verdict is not None, result.reasons
+    signals = [
+        next(s for s in v.signals if s.name == "input_drift") for v in (verdict, result.verdict)
+    ]
+    return signals, window
 
 
 @pytest.mark.parametrize(
@@ -61,10 +75,12 @@ def test_the_binned_input_drift_signal_reads_the_servers_bins(
     """It tests the canary's live input bins against its reference: drifted rows fire it.
 
     Clean holdout rows leave the drifted share under max_drifted_share; rows with 20 of 30
-    features shifted put it over. The signal names the chi-square test and its row count.
+    features shifted put it over. The signal names the chi-square test; `mlops judge`'s step
+    function, over the same span, says the same.
     """
-    drift, window = _input_drift(versions, env_name, prometheus, scenario)
+    (drift, judged), window = _input_drift(versions, env_name, prometheus, scenario)
     assert window.canary.binned_inputs is not None
     assert window.canary.binned_inputs.rows == window.canary.requests > 0
     assert drift.test.startswith("chi-square"), drift
     assert drift.status is status, drift.detail
+    assert judged.status is status, judged.detail
