@@ -22,13 +22,19 @@ import pandas as pd
 import pytest
 import yaml
 
+from harness import traffic
+from harness.traffic import TrafficOptions
 from pipelines import predict_batch, rollout, telemetry, tracking
+from pipelines.canary import SignalStatus, judge
+from pipelines.canary.value_bins import with_value_bins
 from pipelines.config.canary import CanaryConfig
 from pipelines.data import load_dataset
 from pipelines.environments.local import reconcile
 from pipelines.inference import predict
 from pipelines.metrics import Task
 from pipelines.release.state import load_state
+from pipelines.rollout.prometheus import PrometheusSource, with_stable_value_edges
+from pipelines.rollout.sources import LogSource
 from pipelines.serving.manifest import MANIFEST_FILE, ServingManifest
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, make_project
@@ -44,6 +50,11 @@ from tests.integration.conftest import (
     load,
     run_rollout,
 )
+
+# Debian's Prometheus, started once for this module (the fixture, under this name).
+from tests.integration.prometheus.conftest import Prometheus
+from tests.integration.prometheus.conftest import prometheus as prometheus_server  # noqa: F401
+from tests.integration.prometheus.test_prometheus_judge import STABLE, _split
 from tests.integration.serving.conftest import serving
 
 pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
@@ -270,3 +281,43 @@ def test_a_shadow_regressor_agrees_within_the_value_tolerance(
     assert agreement["status"] == "passed", agreement
     assert shadow.agreement.min_rate <= agreement["canary"] < 1.0, agreement
     assert signals["quality.rmse"]["status"] == "passed", signals["quality.rmse"]
+
+
+def test_a_regressors_prediction_drift_from_prometheus_is_the_logs(
+    versions: Versions,
+    env_name: str,
+    prometheus_server: Prometheus,  # noqa: F811 (the imported fixture, requested by name)
+) -> None:
+    """It judges the barely-learned regressor's values from Prometheus as from the logs.
+
+    The value edges the rollout places on the stable's predictions are the ones the stable's
+    server exports (both are version 1's predictions of the training reference); on them the
+    canary's values, read back from its own buckets, drift as its logged values do.
+    """
+    project = versions.project
+    config = project.config()
+    status = _split(versions, env_name, WORSE)
+    prometheus_server.scrape(status)
+    reader = prometheus_server.reader(config.train.registered_model_name, [STABLE, str(WORSE)])
+    logs = LogSource(status, STABLE, str(WORSE))
+    from_prometheus = PrometheusSource(reader, STABLE, str(WORSE))
+    start = time.time()
+    options = TrafficOptions(rate=40, concurrency=4, duration_s=8.0, label_fraction=0.0)
+    traffic.run(config, project.state.root, env_name, options)
+    time.sleep(1.5)  # the prediction logs' last flush
+    logs.close_window(0, time.time() - start)
+    from_prometheus.close_window(0, time.time() - start)
+    placed = with_value_bins(config, versions.canary, project.state, STABLE)
+    counts = reader.counts(time.time())
+    read_back = with_stable_value_edges(versions.canary, counts[STABLE])
+    assert read_back.prediction_drift.edges == placed.prediction_drift.edges
+    drift = [
+        next(
+            s
+            for s in judge(placed, 0, source.observations()).signals
+            if s.name == "prediction_drift"
+        )
+        for source in (logs, from_prometheus)
+    ]
+    assert drift[0].status is SignalStatus.FAILED, drift[0].detail
+    assert drift[1].status is drift[0].status, (drift[0].detail, drift[1].detail)
