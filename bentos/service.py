@@ -166,6 +166,8 @@ class ModelServer:
                 manifest.model_version,
                 self.runner.classes,
                 remember=manifest.serve.labels.remember_ids,
+                reference=manifest.reference_bins,
+                feature_names=manifest.feature_names,
             )
             # Counted in process, written to /metrics by a thread; scrapes see whole flushes.
             lock_scrapes(BentoMLContainer.metrics_client.get(), self.metrics.scrape_lock)
@@ -214,7 +216,9 @@ class ModelServer:
             return _unprocessable(str(exc))
         request_id = self._request_ids.next(len(rows))
         if self.metrics is not None:
-            self.metrics.predictions(request_id, predictions, probabilities, TRAFFIC.get())
+            traffic = TRAFFIC.get()
+            self.metrics.inputs(rows, traffic)
+            self.metrics.predictions(request_id, predictions, probabilities, traffic)
         body = (
             self._head
             + b',"request_id":"'

@@ -31,7 +31,9 @@ from pipelines.serving.artifact import tree_sha256
 from pipelines.serving.manifest import (
     MANIFEST_FILE,
     MLFLOW_MODEL_DIR,
+    FeatureSpec,
     ManifestError,
+    ReferenceBins,
     ServingManifest,
     read_mlmodel,
     signature_features,
@@ -56,6 +58,7 @@ SERVING_MODULES = (
     "pipelines/serving/batching.py",
     "pipelines/serving/exporter.py",
     "pipelines/serving/http.py",
+    "pipelines/serving/input_bins.py",
     "pipelines/serving/manifest.py",
     "pipelines/serving/predlog.py",
     "pipelines/serving/runner.py",
@@ -214,6 +217,42 @@ def _task(tags: dict[str, str], name: str, number: str) -> str:
     return task
 
 
+def reference_bins(
+    config: ConfigSet, features: list[FeatureSpec], model_dir: Path, task: str
+) -> ReferenceBins:
+    """The training reference's bins for the serving manifest (issue 15 §1).
+
+    The reference is the training split the rollout's input-drift check uses
+    (:func:`pipelines.train.prepare`); a regressor's value edges are placed on this model's
+    predictions of it with ``prediction_drift.bins`` quantiles, as
+    :func:`pipelines.canary.value_bins.with_value_bins` places them once it is the stable one.
+
+    Raises:
+        ConfigError: The training data lacks one of the model's input features.
+    """
+    # Imported here: training code and the data loaders are slow to import.
+    from pipelines.canary.summary import value_edges
+    from pipelines.serving.input_bins import reference_bins as place
+    from pipelines.train import prepare
+
+    frame = prepare(config)[2].X_train
+    try:
+        bins = place({c: frame[c].to_numpy() for c in frame.columns}, features)
+    except ValueError as exc:
+        raise ConfigError(f"{config.sources['data'][-1]}: training reference: {exc}") from None
+    edges = None
+    if task == "regression":
+        import mlflow.sklearn
+
+        from pipelines.inference import predict
+        from pipelines.metrics import Task
+
+        reference = predict(mlflow.sklearn.load_model(str(model_dir)), frame, Task.REGRESSION)
+        edges = value_edges(reference.values, config.canary.prediction_drift.bins)
+    log.info("reference bins of %d features on %d training rows", len(bins), len(frame))
+    return ReferenceBins(rows=len(frame), features=bins, value_edges=edges)
+
+
 def _check_bentoml_home(expected: Path) -> None:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
@@ -274,11 +313,12 @@ def run(
         from mlflow.tracking import MlflowClient
 
         model_version = MlflowClient().get_model_version(name, number)
+        task = _task(model_version.tags, name, number)
         manifest = ServingManifest(
             model_name=name,
             model_version=number,
             run_id=model_version.run_id,
-            task=_task(model_version.tags, name, number),
+            task=task,
             bentoml_model_tag=model_tag,
             artifact_sha256=sha256,
             model_file=model_file,
@@ -286,6 +326,7 @@ def run(
             features=features,
             serve=with_python_version(serve),
             python_packages=pinned_requirements(),
+            reference_bins=reference_bins(config, features, local, task),
         )
         created_model = _import_model(
             model_tag,

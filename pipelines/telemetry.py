@@ -19,19 +19,25 @@ Cardinality: label values come only from closed sets fixed before the server sta
 classes, the model's classes, the reference's bins), never from request content, so the
 series of one version are bounded by :func:`series_per_version` and a rollout has two
 versions live (three at most while blue stands by). Prometheus adds ``pod`` and ``instance``:
-multiply by the replicas.
+multiply by the replicas. The input bins dominate: a feature has at most
+:data:`MAX_CATEGORIES` + 2 bins (a numeric one :data:`MAX_FEATURE_BINS` + 1), each a series
+per traffic kind plus one reference gauge, so at most 66 series a feature and 1,980 for the
+30 features of the example model (its numeric features: 33 each, 990 in all); at most
+:data:`MAX_BINNED_FEATURES` features are binned.
 
-What the exporter fills today: every family but ``PREDICTED_VALUES`` (a regressor's value
-edges are placed on the reference predictions by the rollout, which the server does not see)
-and ``INPUT_BINS`` (the reference's bins are not in the serving manifest yet);
-``LABELLED_SCORES`` is filled for binary models only. The judge's Prometheus source reads
-requests, latency, predicted classes and scores, and the labelled confusion matrix with its
-scores; the proper-score and regression sums are exported for dashboards and a later judge.
+What the exporter fills: every family, ``LABELLED_SCORES`` for binary models only;
+``INPUT_BINS``, ``INPUT_REFERENCE`` and ``PREDICTED_VALUES`` (a regressor) from the serving
+manifest's ``reference_bins`` (written by ``mlops package``; an older manifest has none, and
+then these have no series). The judge's Prometheus source reads requests, latency, predicted
+classes, scores and values, the labelled confusion matrix with its scores, and the input bins
+with the reference's; the proper-score and regression sums are exported for dashboards and a
+later judge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +59,23 @@ SCORE_BINS = 10
 TRAFFIC_HEADER = "X-Mlops-Traffic"
 MISSING_BIN = "missing"  # a nullable feature without a value
 OTHER_BIN = "other"  # a category outside the reference's (``unknown: count``)
+# The reference's bins per input feature (pipelines.serving.input_bins): a numeric feature's
+# quantile bins, a categorical one's most frequent categories, and how many features are
+# binned. With ``missing`` and ``other`` a feature has at most MAX_CATEGORIES + 2 bins.
+MAX_FEATURE_BINS = 10
+MAX_CATEGORIES = 20
+MAX_BINNED_FEATURES = 200
+
+
+def value_buckets(edges: Sequence[float]) -> tuple[float, ...]:
+    """A regressor's value histogram bounds: the float just below each of the reference's edges.
+
+    A Prometheus bucket ``le=b`` counts values ``<= b``; with ``b`` the float just under an
+    edge ``e`` that is ``< e``, so the buckets are exactly the rollout's value bins
+    ``[e_k-1, e_k)`` (:func:`pipelines.canary.summary.value_edges`) and ``math.nextafter(b,
+    inf)`` gives the edge back.
+    """
+    return tuple(math.nextafter(float(e), -math.inf) for e in edges)
 
 
 def score_buckets(bins: int = SCORE_BINS) -> tuple[float, ...]:
@@ -69,7 +92,7 @@ class Metric(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^mlops_[a-z_]+$")
-    kind: Literal["counter", "histogram"]
+    kind: Literal["counter", "gauge", "histogram"]
     labels: tuple[str, ...]
     help: str
     used_for: str = Field(description="The judge's signal that reads it.")
@@ -108,8 +131,9 @@ PREDICTED_VALUES = Metric(
     name="mlops_prediction_value",
     kind="histogram",
     labels=(*MODEL_LABELS, "traffic"),
-    help="Predicted values of a regressor, on the edges placed on the reference predictions "
-    "(prediction_drift.edges, or its quantile bins).",
+    help="Predicted values of a regressor, on the value edges of the serving manifest (its "
+    "predictions of the training reference, prediction_drift.bins quantiles); a bucket "
+    "le=b holds the values under the edge just above b (value_buckets).",
     used_for="prediction_drift on values",
 )
 LABELLED = Metric(
@@ -173,6 +197,14 @@ INPUT_BINS = Metric(
     "feature's bin index ('0'...), a category's value, 'missing' or 'other'.",
     used_for="input_drift (binned, against the reference's own bin counts)",
 )
+INPUT_REFERENCE = Metric(
+    name="mlops_input_reference_bin_rows",
+    kind="gauge",
+    labels=(*MODEL_LABELS, "feature", "bin"),
+    help="Training reference rows per feature and bin, from the manifest (constant per version).",
+    used_for="input_drift (binned): the expected proportions of the chi-square test of each "
+    "feature's live counts",
+)
 
 METRICS: tuple[Metric, ...] = (
     REQUESTS,
@@ -216,6 +248,9 @@ PROXY_LATENCY = _proxied(
     "Request latency timed at the proxy in front of a version, on LATENCY_BUCKETS_S.",
 )
 PROXY_METRICS: tuple[Metric, ...] = (PROXY_REQUESTS, PROXY_LATENCY)
+# Made only by a server whose manifest has the reference's bins (manifests before issue 15
+# have none: then neither it nor INPUT_BINS has a series).
+REFERENCE_METRICS: tuple[Metric, ...] = (INPUT_REFERENCE,)
 
 
 def series_per_version(classes: int, score_bins: int, feature_bins: Mapping[str, int]) -> int:
@@ -240,5 +275,6 @@ def series_per_version(classes: int, score_bins: int, feature_bins: Mapping[str,
     else:
         predictions = traffic * (score_bins - 1 + histogram)
         labelled = 1 + 2 + 4  # count, squared and absolute errors, value sums by sign
-    inputs = traffic * sum(bins + 2 for bins in feature_bins.values())
+    # Live counts per traffic kind, and the reference's rows once (a gauge, no traffic label).
+    inputs = (traffic + 1) * sum(bins + 2 for bins in feature_bins.values())
     return requests + latency + predictions + labelled + inputs

@@ -507,6 +507,8 @@ def _agreement(config: CanaryConfig, steps: Sequence[StepSummary], alpha: float)
 def _input_drift(config: CanaryConfig, current: StepSummary) -> SignalResult:
     spec = config.input_drift
     name, test = INPUT_DRIFT, "Evidently drift of live inputs vs the training reference"
+    if current.canary.input_drift_binned:
+        test = "chi-square of the canary's binned live inputs vs its training reference's bins"
     if spec.mode is GateMode.DISABLED:
         return _skipped(name, test, spec.mode, "disabled in config", False)
     share = current.canary.input_drifted_share

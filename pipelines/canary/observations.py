@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.canary.binned_drift import BinnedInputs
 from pipelines.metrics import Predictions
 
 
@@ -105,6 +106,8 @@ class VersionWindow:
         predictions: The version's predictions in the window (values, and scores if any).
         labelled: The subset of requests with a label, joined by request id.
         inputs: A sample of the request features, for input drift against the training data.
+        binned_inputs: Or the version's input rows per feature and bin with its reference's
+            (read from Prometheus): the binned input-drift test.
     """
 
     requests: int
@@ -114,6 +117,7 @@ class VersionWindow:
     predictions: Predictions | None = None
     labelled: Labelled | None = None
     inputs: pd.DataFrame | None = field(default=None, repr=False)
+    binned_inputs: BinnedInputs | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.requests < 0 or self.server_errors < 0 or (self.gateway_errors or 0) < 0:
@@ -223,6 +227,7 @@ def merge_versions(parts: Sequence[VersionWindow]) -> VersionWindow:
         predictions=_concat_predictions([p.predictions for p in parts]),
         labelled=Labelled.concat(labelled) if labelled else None,
         inputs=pd.concat(inputs, ignore_index=True) if inputs else None,
+        binned_inputs=BinnedInputs.merge([p.binned_inputs for p in parts if p.binned_inputs]),
     )
 
 

@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.canary.binned_drift import BinnedInputs, drifted_features
 from pipelines.canary.observations import Labelled, VersionWindow, WindowObservation, merge_versions
 from pipelines.config.canary import CanaryConfig, PredictionDriftSignal
 from pipelines.metrics import METRICS, Predictions
+from pipelines.serving.input_bins import quantile_edges
 
 # --------------------------------------------------------------------------- metric variances
 
@@ -158,6 +160,9 @@ class VersionSummary(Frozen):
     )
     input_drifted_share: float | None = None
     input_drifted_features: list[str] = Field(default_factory=list)
+    input_drift_binned: bool = Field(
+        default=False, description="Tested on binned counts (chi-square), not rows (Evidently)."
+    )
 
 
 class StepSummary(Frozen):
@@ -181,12 +186,11 @@ def value_edges(reference: np.ndarray, bins: int) -> list[float]:
     Raises:
         ValueError: No finite reference prediction.
     """
-    values = np.asarray(reference, float)
-    values = values[np.isfinite(values)]
-    if not len(values):
+    # One placement for value bins and the servers' input bins (mlops package writes both).
+    edges = quantile_edges(np.asarray(reference, float), bins)
+    if not edges:
         raise ValueError("no finite reference predictions to place value bins on")
-    quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
-    return sorted({float(q) for q in quantiles} or {float(values[0])})
+    return edges
 
 
 def _value_bins(edges: Sequence[float], values: np.ndarray) -> dict[str, int]:
@@ -237,6 +241,7 @@ def _summarize_version(
     version: VersionWindow,
     reference: pd.DataFrame | None,
     inputs: pd.DataFrame | None = None,
+    binned: BinnedInputs | None = None,
 ) -> VersionSummary:
     summary: dict = {
         "requests": version.requests,
@@ -268,6 +273,11 @@ def _summarize_version(
         summary.update(labels=len(version.labelled), quality=quality)
     if inputs is not None:
         summary.update(input_rows=len(inputs))
+    elif binned is not None:
+        summary.update(input_rows=binned.rows, input_drift_binned=True)
+        if binned.rows >= config.input_drift.min_rows:
+            share, drifted = drifted_features(binned, config.input_drift.drift_threshold)
+            summary.update(input_drifted_share=share, input_drifted_features=drifted)
     if reference is not None and inputs is not None and len(inputs) >= config.input_drift.min_rows:
         # Imported here: Evidently is slow to import and only this path needs it.
         from pipelines.datachecks import run_data_checks
@@ -330,7 +340,10 @@ def summarize_step(
         # Input drift is a property of the live stream, which the router splits (or the
         # mirror copies) between both versions: tested once, on the step's inputs of both,
         # and recorded with the canary.
-        canary=_summarize_version(config, canary, reference, _live_inputs(stable, canary)),
+        # Without rows (Prometheus), the canary's binned counts against its own reference.
+        canary=_summarize_version(
+            config, canary, reference, _live_inputs(stable, canary), canary.binned_inputs
+        ),
         agreement_pairs=sum(a.pairs for a in agreements),
         agreement_agreed=sum(a.agreed for a in agreements),
     )

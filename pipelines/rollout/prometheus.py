@@ -22,8 +22,14 @@ representative rows, which is where binned data costs power:
   requests, errors and latency read from the proxy's families
   (:data:`~pipelines.telemetry.PROXY_METRICS`: what clients saw), never added to the server's,
   so no request counts twice; its predictions and labels still come from the server;
-* not observable here: the gateway's own errors (``gateway_errors`` is None), input rows
-  (input drift is skipped), mirrored agreement.
+* inputs: no rows, but each version's rows per feature and bin on its training reference's
+  bins, with the reference's own rows per bin (a gauge): the canary's are tested per feature
+  with a chi-square test against its reference (:mod:`pipelines.canary.binned_drift`);
+* a regressor's values: each bucket ``[e_k-1, e_k)`` of the value histogram spread evenly over
+  it (the end buckets at their edge), binned by the judge on ``prediction_drift.edges``: the
+  stable's value edges read back from its buckets when the config has none;
+* not observable here: the gateway's own errors (``gateway_errors`` is None), mirrored
+  agreement.
 
 Every failure to read is :class:`NotEnoughEvidence`, with the reason: never a pass or a fail.
 """
@@ -44,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import telemetry
 from pipelines.canary import Action, Labelled, Verdict, VersionWindow, WindowObservation, judge
+from pipelines.canary.binned_drift import BinnedInputs
 from pipelines.canary.judge import judge_standby
 from pipelines.config.canary import CanaryConfig
 from pipelines.metrics import Predictions
@@ -72,6 +79,9 @@ class Counts:
         scores: Per class, the score histogram's cumulative buckets.
         labelled: Per (predicted, actual) class, labelled answers.
         labelled_scores: Per actual class, the positive score's cumulative buckets.
+        values: A regressor's value histogram, cumulative buckets.
+        inputs: Input rows per (feature, bin).
+        reference: The training reference's rows per (feature, bin): a gauge, not differenced.
         proxied: ``requests`` and ``latency`` are the proxy's in front of the version.
     """
 
@@ -81,6 +91,9 @@ class Counts:
     scores: dict[str, Buckets] = field(default_factory=dict)
     labelled: dict[tuple[str, str], float] = field(default_factory=dict)
     labelled_scores: dict[str, Buckets] = field(default_factory=dict)
+    values: Buckets = field(default_factory=dict)
+    inputs: dict[tuple[str, str], float] = field(default_factory=dict)
+    reference: dict[tuple[str, str], float] = field(default_factory=dict)
     proxied: bool = False
 
     def minus(self, before: Counts, version: str) -> Counts:
@@ -121,6 +134,9 @@ class Counts:
             scores=nested(self.scores, before.scores, "score bucket"),
             labelled=sub(self.labelled, before.labelled, "labelled"),
             labelled_scores=nested(self.labelled_scores, before.labelled_scores, "labelled score"),
+            values=sub(self.values, before.values, "value bucket"),
+            inputs=sub(self.inputs, before.inputs, "input bin"),
+            reference=dict(self.reference),
             proxied=self.proxied,
         )
 
@@ -165,6 +181,50 @@ def score_rows(cumulative: Buckets) -> np.ndarray:
             top = min(upper, 1.0)
             values.append(np.full(count, (lower + top) / 2.0))
     return np.concatenate(values) if values else np.asarray([], float)
+
+
+def value_edges_of(cumulative: Buckets) -> list[float]:
+    """The reference's value edges back from a value histogram's finite bounds.
+
+    Each bound is the float just under an edge (:func:`pipelines.telemetry.value_buckets`).
+    """
+    return [math.nextafter(b, math.inf) for b in sorted(cumulative) if math.isfinite(b)]
+
+
+def value_rows(cumulative: Buckets) -> np.ndarray:
+    """A regressor's values, each bucket ``[e_k-1, e_k)`` spread evenly over it.
+
+    The first bucket's values stand just under its edge, the last's (``+Inf``) on its edge:
+    re-binned on the same edges they land in their own bin; on other edges (another
+    version's), as if uniform within the bucket.
+    """
+    edges = value_edges_of(cumulative)
+    values: list[np.ndarray] = []
+    for k, (_, upper, count) in enumerate(_per_bucket(cumulative)):
+        if not count:
+            continue
+        if k == 0:
+            values.append(np.full(count, upper))
+        elif not math.isfinite(upper):
+            values.append(np.full(count, edges[-1]))
+        else:
+            low, high = edges[k - 1], edges[k]
+            values.append(low + (high - low) * (np.arange(count) + 0.5) / count)
+    return np.concatenate(values) if values else np.asarray([], float)
+
+
+def binned_inputs(window: Counts) -> BinnedInputs | None:
+    """The window's input rows per feature and bin, with the reference's (None: no reference)."""
+    if not window.reference:
+        return None
+
+    def grouped(flat: Mapping[tuple[str, str], float]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for (feature, label), rows in flat.items():
+            out.setdefault(feature, {})[label] = rows
+        return out
+
+    return BinnedInputs(counts=grouped(window.inputs), reference=grouped(window.reference))
 
 
 def typed_class(name: str) -> Any:
@@ -218,6 +278,9 @@ def version_window(window: Counts) -> VersionWindow:
             predictions = _binary(classes, values, score_rows(scored))
         else:
             predictions = Predictions(values=values)
+    elif not classes and window.values:
+        regressed = value_rows(window.values)
+        predictions = Predictions(values=regressed) if len(regressed) else None
     labelled = None
     if any(window.labelled.values()):
         y_true: list[Any] = []
@@ -247,6 +310,7 @@ def version_window(window: Counts) -> VersionWindow:
         latencies_ms=latencies if len(latencies) else None,
         predictions=predictions,
         labelled=labelled,
+        binned_inputs=binned_inputs(window),
     )
 
 
@@ -358,8 +422,10 @@ class PrometheusReader:
         names = "|".join(_quote(v) for v in self.versions)
         self.selector = f'model_name="{_quote(model_name)}",model_version=~"{names}"'
 
-    def _sum(self, metric: str, by: str, at: float) -> list[tuple[dict[str, str], float]]:
-        promql = f"sum by (model_version, {by}) ({metric}{{{self.selector}}})"
+    def _sum(
+        self, metric: str, by: str, at: float, how: str = "sum"
+    ) -> list[tuple[dict[str, str], float]]:
+        promql = f"{how} by (model_version, {by}) ({metric}{{{self.selector}}})"
         return [
             (item["metric"], float(item["value"][1]))
             for item in self.query(promql, at)
@@ -440,6 +506,13 @@ class PrometheusReader:
         ):
             target = out[labels["model_version"]].labelled_scores.setdefault(labels["actual"], {})
             target[float(labels["le"])] = value
+        for labels, value in self._sum(f"{telemetry.PREDICTED_VALUES.name}_bucket", "le", at):
+            out[labels["model_version"]].values[float(labels["le"])] = value
+        for labels, value in self._sum(telemetry.INPUT_BINS.name, "feature, bin", at):
+            out[labels["model_version"]].inputs[(labels["feature"], labels["bin"])] = value
+        # Every worker and pod of a version exports the same reference: one of them.
+        for labels, value in self._sum(telemetry.INPUT_REFERENCE.name, "feature, bin", at, "max"):
+            out[labels["model_version"]].reference[(labels["feature"], labels["bin"])] = value
         return out
 
     def resets(self, start: float, end: float) -> dict[str, float]:
@@ -452,6 +525,7 @@ class PrometheusReader:
                 telemetry.PROXY_REQUESTS,
                 telemetry.PREDICTED_CLASSES,
                 telemetry.LABELLED,
+                telemetry.INPUT_BINS,
             )
         )
         promql = (
@@ -583,6 +657,21 @@ def check_score_bins(bins: int) -> str | None:
     return None
 
 
+def with_stable_value_edges(config: CanaryConfig, stable: Counts) -> CanaryConfig:
+    """``config`` with a regressor's value edges read back from the stable's value histogram.
+
+    The rollout places them on the stable's predictions of the training reference
+    (:func:`pipelines.canary.value_bins.with_value_bins`); ``mlops package`` placed the
+    stable's buckets there too, so without configured edges they are the same. Unchanged when
+    the edges are configured or the stable exports no value histogram.
+    """
+    spec = config.prediction_drift
+    edges = value_edges_of(stable.values)
+    if spec.edges is not None or not edges:
+        return config
+    return config.model_copy(update={"prediction_drift": spec.model_copy(update={"edges": edges})})
+
+
 # --------------------------------------------------------------------------- mlops judge
 
 
@@ -712,13 +801,15 @@ def run_judge(
     }
     try:
         at = reader.wait_for_scrape(end)
-        windows = window_between(reader, reader.counts(start), reader.counts(at), start, at)
+        after = reader.counts(at)
+        windows = window_between(reader, reader.counts(start), after, start, at)
     except NotEnoughEvidence as exc:
         log.warning("not enough evidence: %s", exc)
         return JudgeResult(
             outcome=JudgeOutcome.NOT_ENOUGH_EVIDENCE, window_end=end, reasons=[str(exc)], **base
         )
     duration = max(at - start, 0.0)
+    config = with_stable_value_edges(config, after.get(stable or "", Counts()))
     if step_index is None or stable is None:
         empty = VersionWindow(requests=0)
         window = WindowObservation(0, duration, empty, windows[canary])

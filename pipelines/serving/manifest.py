@@ -1,19 +1,23 @@
 """The serving manifest: what ``mlops package`` pins into a Bento, read by the service.
 
 It is the contract between packaging and serving: exactly one registered model version,
-the sha256 of its artifact, its input features (from the MLflow signature) and the
-resolved serving configuration.
+the sha256 of its artifact, its input features (from the MLflow signature), the resolved
+serving configuration and, since issue 15, the training reference's bins
+(:class:`ReferenceBins`) that the exporter counts live inputs and a regressor's values on.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipelines import telemetry
 from pipelines.config.serve import ServeConfig
 
 MANIFEST_FILE = "serving_manifest.json"
@@ -42,6 +46,92 @@ class FeatureSpec(BaseModel):
     unknown: Literal["refuse", "count"] = "refuse"
 
 
+def _increasing(edges: list[float], what: str) -> None:
+    if not all(math.isfinite(e) for e in edges):
+        raise ValueError(f"{what}: every edge must be finite")
+    if any(b <= a for a, b in pairwise(edges)):
+        raise ValueError(f"{what}: edges must be strictly increasing")
+
+
+def bin_labels(edges: list[float] | None, categories: list[str] | None) -> list[str]:
+    """A feature's bin labels, ``missing`` last.
+
+    Numeric ``edges`` give ``"0"``... (one more than the edges); else ``categories``, ``other``.
+    """
+    if edges is not None:
+        return [str(k) for k in range(len(edges) + 1)] + [telemetry.MISSING_BIN]
+    return [*(categories or []), telemetry.OTHER_BIN, telemetry.MISSING_BIN]
+
+
+class FeatureBins(BaseModel):
+    """One input feature's bins on the training reference, and the reference rows in each.
+
+    A numeric feature has ``edges``: bin ``k`` (label ``"k"``) holds values in
+    ``[edges[k-1], edges[k])`` (the first from minus infinity, the last to plus infinity), as
+    :func:`pipelines.canary.summary.value_edges` bins a regressor's values. A categorical one
+    has ``categories`` (the reference's most frequent first) and ``other`` for the rest. Both
+    have ``missing`` (no value).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    edges: list[float] | None = Field(
+        default=None, max_length=telemetry.MAX_FEATURE_BINS - 1, description="Numeric: edges."
+    )
+    categories: list[str] | None = Field(
+        default=None, max_length=telemetry.MAX_CATEGORIES, description="Categorical: values."
+    )
+    reference: dict[str, int] = Field(description="Reference rows per bin label.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FeatureBins:
+        if (self.edges is None) == (self.categories is None):
+            raise ValueError(f"feature {self.name}: give exactly one of edges or categories")
+        if self.edges is not None:
+            _increasing(self.edges, f"feature {self.name}")
+        if self.categories is not None:
+            reserved = {telemetry.MISSING_BIN, telemetry.OTHER_BIN} & set(self.categories)
+            if reserved or len(set(self.categories)) != len(self.categories):
+                raise ValueError(
+                    f"feature {self.name}: categories must be distinct and not "
+                    f"'{telemetry.MISSING_BIN}' or '{telemetry.OTHER_BIN}'"
+                )
+        if set(self.reference) != set(self.labels) or min(self.reference.values()) < 0:
+            raise ValueError(
+                f"feature {self.name}: reference must count every bin {self.labels} (>= 0)"
+            )
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        """The bin labels, in the exporter's order."""
+        return bin_labels(self.edges, self.categories)
+
+
+class ReferenceBins(BaseModel):
+    """The training reference's bins, fixed at package time, that the server counts on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rows: int = Field(ge=1, description="Reference rows the bins were placed on.")
+    features: list[FeatureBins] = Field(max_length=telemetry.MAX_BINNED_FEATURES)
+    value_edges: list[float] | None = Field(
+        default=None,
+        max_length=100,
+        description="A regressor: value bins on its predictions of the reference rows "
+        "(pipelines.canary.summary.value_edges, prediction_drift.bins of canary.yaml).",
+    )
+
+    @model_validator(mode="after")
+    def _valid_edges(self) -> ReferenceBins:
+        if self.value_edges is not None:
+            if not self.value_edges:
+                raise ValueError("value_edges: at least one edge")
+            _increasing(self.value_edges, "value_edges")
+        return self
+
+
 class ServingManifest(BaseModel):
     """Exactly one registered model version, pinned by name, version and content hash."""
 
@@ -60,6 +150,26 @@ class ServingManifest(BaseModel):
     python_packages: list[str] = Field(
         default_factory=list, description="Pinned requirements of the serving image."
     )
+    reference_bins: ReferenceBins | None = Field(
+        default=None,
+        description="The training reference's bins (absent in manifests written before issue "
+        "15: nothing is exported for them).",
+    )
+
+    @model_validator(mode="after")
+    def _bins_match_features(self) -> ServingManifest:
+        if self.reference_bins is None:
+            return self
+        names = self.feature_names
+        binned = [f.name for f in self.reference_bins.features]
+        unknown = sorted(set(binned) - set(names))
+        if unknown or len(set(binned)) != len(binned):
+            raise ValueError(
+                f"reference_bins.features: {unknown or binned} are not distinct input features"
+            )
+        if self.reference_bins.value_edges is not None and self.task != "regression":
+            raise ValueError("reference_bins.value_edges: only a regressor has value bins")
+        return self
 
     @property
     def feature_names(self) -> list[str]:

@@ -11,6 +11,7 @@ variant set (with the shared serve, image and canary files) and whose data is th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -183,6 +184,35 @@ def test_unknown_counted_category_is_scored_and_counted(server: tuple[str, Path]
         if line.startswith("mlops_unknown_category_values") and 'feature="sex"' in line
     ]
     assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, metrics[-2000:]
+
+
+def _input_bins(url: str) -> dict[tuple[str, str], float]:
+    """The live input bin counters at /metrics, by (feature, bin)."""
+    found = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("mlops_input_feature_bin_total{") and 'traffic="live"' in line:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            found[(labels["feature"], labels["bin"])] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_served_inputs_are_counted_on_the_references_bins(server: tuple[str, Path]) -> None:
+    """It counts a category in its bin, an unseen one as other, a null number as missing."""
+    url, _ = server
+    before = _input_bins(url)
+    assert ("island", "Dream") in before and ("sex", "other") in before, sorted(before)
+    rows = [_row(island="Dream", sex="MALE", bill_length_mm=None)]
+    response = httpx.post(f"{url}/predict", json={"records": rows}, timeout=30)
+    assert response.status_code == 200, response.text
+    wanted = [("island", "Dream"), ("sex", "other"), ("bill_length_mm", "missing")]
+    deadline = time.monotonic() + 10
+    while True:
+        time.sleep(0.5)  # the exporter's flush
+        after = _input_bins(url)
+        moved = {key: after[key] - before.get(key, 0.0) for key in wanted}
+        if all(moved.values()) or time.monotonic() > deadline:
+            break
+    assert moved == dict.fromkeys(wanted, 1.0)
 
 
 def test_predict_batch_writes_a_probability_column_per_class(chain: Chain, tmp_path: Path) -> None:

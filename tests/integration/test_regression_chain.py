@@ -8,7 +8,10 @@ local canary profile, its quality judged on labels with the offline gates' error
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -19,13 +22,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import predict_batch, rollout, tracking
+from harness import traffic
+from harness.traffic import TrafficOptions
+from pipelines import predict_batch, rollout, telemetry, tracking
+from pipelines.canary import SignalStatus, judge
+from pipelines.canary.value_bins import with_value_bins
 from pipelines.config.canary import CanaryConfig
 from pipelines.data import load_dataset
 from pipelines.environments.local import reconcile
 from pipelines.inference import predict
 from pipelines.metrics import Task
 from pipelines.release.state import load_state
+from pipelines.rollout.prometheus import PrometheusSource, with_stable_value_edges
+from pipelines.rollout.sources import LogSource
+from pipelines.serving.manifest import MANIFEST_FILE, ServingManifest
 from pipelines.serving.predlog import read_jsonl
 from tests.conftest import REPO_ROOT, make_project
 from tests.integration import chain
@@ -40,6 +50,11 @@ from tests.integration.conftest import (
     load,
     run_rollout,
 )
+
+# Debian's Prometheus, started once for this module (the fixture, under this name).
+from tests.integration.prometheus.conftest import Prometheus
+from tests.integration.prometheus.conftest import prometheus as prometheus_server  # noqa: F401
+from tests.integration.prometheus.test_prometheus_judge import STABLE, _split
 from tests.integration.serving.conftest import serving
 
 pytestmark = [pytest.mark.integration, LIVE_ROLLOUT]
@@ -139,6 +154,44 @@ def test_served_regressor_answers_values(versions: Versions, holdout, tmp_path: 
     assert [w["label"] for w in written] == [151.5] * 5
 
 
+def test_a_served_regressor_counts_its_values_on_the_manifests_edges(
+    versions: Versions, holdout, tmp_path: Path
+) -> None:
+    """It exports values in buckets just under the value edges mlops package placed.
+
+    The edges are version 1's own predictions of the training reference, at
+    prediction_drift.bins quantiles; every served value lands in one bucket.
+    """
+    features, expected = holdout
+    bento = Path(versions.packages[1].bento_path) / "src" / MANIFEST_FILE
+    manifest = ServingManifest.read(bento)
+    assert manifest.reference_bins is not None
+    edges = manifest.reference_bins.value_edges
+    assert edges and len(edges) <= versions.canary.prediction_drift.bins - 1
+    assert min(expected) < edges[0] and edges[-1] < max(expected)
+    with serving(versions.packages[1].bento_tag, versions.bentoml_home, tmp_path) as server:
+        rows = orjson.loads(features.head(40).to_json(orient="records"))
+        response = httpx.post(f"{server.url}/predict", json={"records": rows}, timeout=30)
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10.0
+        buckets: dict[float, float] = {}
+        while buckets.get(math.inf) != 40 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the exporter's flush
+            text = httpx.get(f"{server.url}/metrics", timeout=10).text
+            buckets = {
+                float(found.group(1)): float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("mlops_prediction_value_bucket")
+                and 'traffic="live"' in line
+                and (found := re.search(r'le="([^"]+)"', line))
+            }
+    assert sorted(buckets) == [*telemetry.value_buckets(edges), math.inf]
+    assert buckets[math.inf] == 40
+    index = np.searchsorted(edges, expected[:40], side="right")
+    cumulative = np.cumsum(np.bincount(index, minlength=len(edges) + 1))
+    assert [buckets[b] for b in sorted(buckets)] == cumulative.tolist()
+
+
 def test_predict_batch_writes_values(versions: Versions, holdout, tmp_path: Path) -> None:
     """It writes one float per CSV row, equal to in-process predictions, no probability."""
     features, expected = holdout
@@ -228,3 +281,43 @@ def test_a_shadow_regressor_agrees_within_the_value_tolerance(
     assert agreement["status"] == "passed", agreement
     assert shadow.agreement.min_rate <= agreement["canary"] < 1.0, agreement
     assert signals["quality.rmse"]["status"] == "passed", signals["quality.rmse"]
+
+
+def test_a_regressors_prediction_drift_from_prometheus_is_the_logs(
+    versions: Versions,
+    env_name: str,
+    prometheus_server: Prometheus,  # noqa: F811 (the imported fixture, requested by name)
+) -> None:
+    """It judges the barely-learned regressor's values from Prometheus as from the logs.
+
+    The value edges the rollout places on the stable's predictions are the ones the stable's
+    server exports (both are version 1's predictions of the training reference); on them the
+    canary's values, read back from its own buckets, drift as its logged values do.
+    """
+    project = versions.project
+    config = project.config()
+    status = _split(versions, env_name, WORSE)
+    prometheus_server.scrape(status)
+    reader = prometheus_server.reader(config.train.registered_model_name, [STABLE, str(WORSE)])
+    logs = LogSource(status, STABLE, str(WORSE))
+    from_prometheus = PrometheusSource(reader, STABLE, str(WORSE))
+    start = time.time()
+    options = TrafficOptions(rate=40, concurrency=4, duration_s=8.0, label_fraction=0.0)
+    traffic.run(config, project.state.root, env_name, options)
+    time.sleep(1.5)  # the prediction logs' last flush
+    logs.close_window(0, time.time() - start)
+    from_prometheus.close_window(0, time.time() - start)
+    placed = with_value_bins(config, versions.canary, project.state, STABLE)
+    counts = reader.counts(time.time())
+    read_back = with_stable_value_edges(versions.canary, counts[STABLE])
+    assert read_back.prediction_drift.edges == placed.prediction_drift.edges
+    drift = [
+        next(
+            s
+            for s in judge(placed, 0, source.observations()).signals
+            if s.name == "prediction_drift"
+        )
+        for source in (logs, from_prometheus)
+    ]
+    assert drift[0].status is SignalStatus.FAILED, drift[0].detail
+    assert drift[1].status is drift[0].status, (drift[0].detail, drift[1].detail)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from pipelines import telemetry
 from pipelines.environments.local import procs, reconcile
+from pipelines.rollout.prometheus import NotEnoughEvidence, PrometheusReader, http_query
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_INTERVAL = "1s"
@@ -54,6 +56,18 @@ class Prometheus:
         temporary = self.targets_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(targets))
         temporary.replace(self.targets_file)  # atomic: Prometheus never reads half a file
+
+    def reader(self, model: str, versions: list[str]) -> PrometheusReader:
+        """A reader of ``versions`` once every one was scraped (else the test fails, diagnosed).
+
+        A first scrape of the servers may take a refresh of the targets file and an interval.
+        """
+        reader = PrometheusReader(http_query(self.url), model, versions)
+        try:
+            reader.wait_for_scrape(time.time(), timeout_s=30.0)
+        except NotEnoughEvidence as exc:
+            pytest.fail(f"{exc}\n{self.diagnosis()}")
+        return reader
 
     def diagnosis(self) -> str:
         """Each target's health and last scrape error, and the end of Prometheus' log."""

@@ -29,10 +29,8 @@ from pipelines.environments.local import reconcile
 from pipelines.environments.local.desired import DesiredEnv, LiveRelease, Role
 from pipelines.rollout.prometheus import (
     JudgeOutcome,
-    NotEnoughEvidence,
     PrometheusReader,
     PrometheusSource,
-    http_query,
     run_judge,
 )
 from pipelines.rollout.sources import LogSource, gateway_access_log
@@ -105,12 +103,7 @@ def _both_verdicts(
     status = reconcile.status(env, project.state.root)
     prometheus.scrape(status)
     model = project.config().train.registered_model_name
-    reader = PrometheusReader(http_query(prometheus.url), model, [STABLE, str(canary)])
-    # A first scrape of both servers may take a refresh of the targets file and an interval.
-    try:
-        reader.wait_for_scrape(time.time(), timeout_s=30.0)
-    except NotEnoughEvidence as exc:
-        pytest.fail(f"{exc}\n{prometheus.diagnosis()}")
+    reader = prometheus.reader(model, [STABLE, str(canary)])
     if fault is not None:
         _wait_until_fronted(reader, str(canary), prometheus)
     logs = LogSource(

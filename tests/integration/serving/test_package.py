@@ -94,3 +94,16 @@ def test_result_json_round_trips(packaged: Packaged) -> None:
     """The result written by the CLI is plain JSON with the tags the image step needs."""
     payload = json.loads(packaged.result.model_dump_json())
     assert {"bento_tag", "bentoml_model_tag", "artifact_sha256", "model_version"} <= payload.keys()
+
+
+def test_the_manifest_carries_the_training_references_bins(packaged: Packaged) -> None:
+    """It writes every input feature's reference bins into the manifest, and no value bins.
+
+    Each feature's reference counts sum to the reference rows; a classifier has no value edges.
+    """
+    manifest = ServingManifest.read(Path(packaged.result.bento_path) / "src" / MANIFEST_FILE)
+    bins = manifest.reference_bins
+    assert bins is not None and bins.value_edges is None
+    assert [f.name for f in bins.features] == manifest.feature_names
+    assert all(sum(f.reference.values()) == bins.rows for f in bins.features)
+    assert all(f.edges for f in bins.features if f.name == "mean_radius")

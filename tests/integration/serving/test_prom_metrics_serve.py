@@ -106,7 +106,7 @@ def test_every_series_name_is_one_of_telemetrys(packaged: Packaged, served: Serv
     """It exports only names that pipelines.telemetry defines (the ServiceMonitor keeps them)."""
     names = {name for name, _ in _samples(served, str(packaged.train.model_version))}
     known = set()
-    for metric in telemetry.METRICS:
+    for metric in (*telemetry.METRICS, *telemetry.REFERENCE_METRICS):
         if metric.kind == "histogram":
             known |= {f"{metric.name}_{s}" for s in ("bucket", "sum", "count")}
         else:

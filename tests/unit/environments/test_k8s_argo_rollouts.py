@@ -344,7 +344,7 @@ def test_telemetry_cardinality_bound() -> None:
     assert len(set(names)) == len(names)
     assert all(n.startswith(telemetry.PREFIX) for n in names)
     binary = telemetry.series_per_version(2, 10, {"a": 10, "b": 10})
-    assert binary == 8 + 32 + 4 + 24 + 4 + 24 + 2 + 48
+    assert binary == 8 + 32 + 4 + 24 + 4 + 24 + 2 + 72  # inputs: two traffic kinds + reference
     assert binary < 500
     regressor = telemetry.series_per_version(0, 10, {})
     assert regressor == 8 + 32 + 24 + 7  # count, two error sums, value sums by power and sign
