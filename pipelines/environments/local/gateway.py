@@ -526,15 +526,15 @@ def servers(spec: GatewaySpec) -> dict[str, Any]:
     if spec.primary_port is None:
         raise GatewayError("a mirror needs the internal primary port")
     primary = _loopback(spec.primary_port)
-    front = _proxy([spec.mirror_dial, primary], spec.policy, {"policy": "first"})
+    # Passive health only: an active check of the mirror goes through the split listener,
+    # which a reload makes fail for an instant, and both hops marked down answered 503.
+    front = _proxy(
+        [spec.mirror_dial, primary], spec.policy, {"policy": "first"}, active_health=False
+    )
     gateway = _server([listen], [{"handle": [front]}])
     if spec.behind_front:
         gateway["errors"] = _ABORT_ON_502
-    return {
-        "gateway": gateway,
-        "primary": _server([primary], split),
-        **bucket,
-    }
+    return {"gateway": gateway, "primary": _server([primary], split), **bucket}
 
 
 def full_config(admin: str, spec: GatewaySpec) -> dict[str, Any]:

@@ -64,19 +64,36 @@ def mirror_headers(headers: Any) -> dict[str, str]:
     return {**kept, TRAFFIC_HEADER: "mirror"}
 
 
-class Proxy:
-    """Forward a request to ``upstream`` and relay the answer."""
+def resendable(method: str, path: str) -> bool:
+    """What the gateway's front sends again after a failed hop: reads, and ``POST /predict``."""
+    return method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and path == "/predict")
 
-    def __init__(self, upstream: str) -> None:
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+
+class Proxy:
+    """Forward a request to ``upstream`` and relay the answer.
+
+    With ``keep_alive=False`` every request gets a fresh connection, for an upstream that is
+    the reloaded Caddy: a reload closes its idle kept-alive connections, and a request sent on
+    one at that instant fails. A request that failed on its connection (reset, closed before
+    an answer) is sent once more when :func:`resendable`, as the gateway's front does.
+    """
+
+    def __init__(self, upstream: str, *, keep_alive: bool = True) -> None:
+        idle = 64 if keep_alive else 0
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=idle)
         self.client = httpx.AsyncClient(base_url=upstream, timeout=60.0, limits=limits)
 
     async def forward(self, method: str, path: str, query: bytes, headers: Any, body: bytes):
         """Send one request upstream; return its answer."""
         url = path + ("?" + query.decode() if query else "")
-        return await self.client.request(
-            method, url, content=body, headers=forward_headers(headers)
-        )
+        sent = forward_headers(headers)
+        try:
+            return await self.client.request(method, url, content=body, headers=sent)
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            if not resendable(method, path):
+                raise
+            log.info("%s %s failed on its connection (%s): sent again", method, path, exc)
+            return await self.client.request(method, url, content=body, headers=sent)
 
     async def pass_on(self, request: Any, body: bytes) -> httpx.Response:
         """Send a client's request (a Starlette ``Request`` and its body) upstream as it came."""
@@ -117,7 +134,8 @@ def mirror_app(primary: str, shadow: str, log_path: Path, max_pending: int):
     from starlette.requests import Request
     from starlette.responses import Response
 
-    front = Proxy(primary)
+    # The primary is the gateway's own split listener, which reloads: fresh connections.
+    front = Proxy(primary, keep_alive=False)
     candidate = Proxy(shadow)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

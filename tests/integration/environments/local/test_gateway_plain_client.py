@@ -279,6 +279,61 @@ def test_plain_clients_see_no_failure_when_the_canary_is_killed(
     assert failures == [], f"{len(failures)} of {sum(served.values()) + len(failures)} failed"
 
 
+def test_plain_clients_see_no_failure_through_the_mirror_while_the_gateway_reloads(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """It answers every request that goes through the mirror sidecar across 56 reloads.
+
+    In shadow (and blue-green at weight 0) the gateway sends clients to the mirror, which
+    forwards each request to the gateway's own split listener and copies it to the candidate.
+    Each reload closes that listener's idle kept-alive connections: a mirror that reused one
+    answered a client 502 (seen in a shadow rollback). Clients must see none.
+    """
+    port, primary, mirror_port = reserve_ports(3, exclude=upstreams.ports.values())
+    mirror_log = tmp_path / "mirror.jsonl"
+    mirror = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.environments.local.sidecar",
+            "mirror",
+            "--port",
+            str(mirror_port),
+            "--primary",
+            f"http://127.0.0.1:{primary}",
+            "--shadow",
+            f"http://127.0.0.1:{upstreams.ports['2']}",
+            "--log",
+            str(mirror_log),
+        ]
+    )
+
+    def mirrored(canary: int) -> GatewaySpec:
+        return upstreams.spec(port, canary).model_copy(
+            update={"mirror_dial": f"127.0.0.1:{mirror_port}", "primary_port": primary}
+        )
+
+    gw = Gateway.start(tmp_path / "gateway", mirrored(0))
+    try:
+        _wait_ready(mirror_port)
+        clients, stop, threads = _clients(port)
+        try:
+            for _ in range(7):
+                for canary in (*CANARY_STEPS[1:], CANARY_STEPS[0]):
+                    assert gw.apply(mirrored(canary)) in ("weights", "servers")
+                    time.sleep(0.15)
+        finally:
+            served, failures = _finish(clients, stop, threads)
+    finally:
+        gw.stop()
+        mirror.terminate()
+        mirror.wait(timeout=30)
+    copies = [json.loads(line) for line in mirror_log.read_text().splitlines()]
+    assert served["1"] > 100 and served["2"] > 50, served
+    assert len(copies) > 100 and all(c["shadow_status"] == 200 for c in copies)
+    assert failures == [], f"{len(failures)} of {sum(served.values()) + len(failures)} failed"
+
+
 @pytest.mark.timeout(900)
 def test_a_live_rollout_of_bento_servers_costs_plain_clients_nothing(env: TwoVersions) -> None:
     """It answers every request of plain keep-alive clients through ``mlops env up`` steps.
