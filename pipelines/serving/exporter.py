@@ -56,6 +56,8 @@ from pipelines.serving.manifest import ReferenceBins
 TRAFFIC: contextvars.ContextVar[str] = contextvars.ContextVar("mlops_traffic", default="live")
 # How often the flushing thread writes the request path's deltas into prometheus_client.
 FLUSH_INTERVAL_S = 0.5
+# Input rows kept for the flush to bin, per traffic kind, before a request bins them itself.
+MAX_UNBINNED_ROWS = 4096
 log = logging.getLogger(__name__)
 # A proper score's probabilities are clipped as pipelines.metrics clips them for log loss.
 _EPS = 1e-15
@@ -123,6 +125,9 @@ class Remembered:
         self._written = 0  # rows written since the start
         # Per request id: its first row's position and its row count.
         self._start: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        # The server calls it from its event loop only; the lock makes callers on several
+        # threads safe too (two evictions at once popped an empty dict).
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """How many requests are remembered (all of whose rows are still in the rings)."""
@@ -135,6 +140,15 @@ class Remembered:
         proba: Sequence[Sequence[float]] | None,
     ) -> None:
         """Remember one request's rows (class indexes or values, and probability rows)."""
+        with self._lock:
+            self._add(request_id, predicted, proba)
+
+    def _add(
+        self,
+        request_id: str,
+        predicted: Sequence[float],
+        proba: Sequence[Sequence[float]] | None,
+    ) -> None:
         first = self._written
         size = self._size
         for k, value in enumerate(predicted):
@@ -149,15 +163,16 @@ class Remembered:
 
     def get(self, request_id: str, row: int) -> tuple[float, np.ndarray | None] | None:
         """One row's prediction and probabilities (None: forgotten or never answered)."""
-        found = self._start.get(request_id)
-        if found is None or not 0 <= row < found[1]:
-            return None
-        position = found[0] + row
-        if position < self._written - self._size:
-            return None  # written over by later requests
-        slot = position % self._size
-        proba = None if self._proba is None else self._proba[slot].astype(np.float64)
-        return float(self._predicted[slot]), proba
+        with self._lock:
+            found = self._start.get(request_id)
+            if found is None or not 0 <= row < found[1]:
+                return None
+            position = found[0] + row
+            if position < self._written - self._size:
+                return None  # written over by later requests
+            slot = position % self._size
+            proba = None if self._proba is None else self._proba[slot].astype(np.float64)
+            return float(self._predicted[slot]), proba
 
 
 class _Pending:
@@ -167,7 +182,7 @@ class _Pending:
     and input bin slot.
     """
 
-    __slots__ = ("buckets", "counts", "inputs", "sums")
+    __slots__ = ("buckets", "counts", "inputs", "rows", "sums")
 
     def __init__(self, counters: int, buckets: Sequence[int], inputs: int) -> None:
         self.counts = [0.0] * counters
@@ -175,6 +190,8 @@ class _Pending:
         self.sums = [0.0] * len(buckets)
         # Input rows per traffic kind and (feature, bin) slot: added to as whole arrays.
         self.inputs = np.zeros((len(telemetry.TRAFFIC_VALUES), inputs), dtype=np.int64)
+        # Input rows not binned yet, per traffic kind: binned together at the flush.
+        self.rows: list[list[Sequence[Any]]] = [[] for _ in telemetry.TRAFFIC_VALUES]
 
 
 class ServerMetrics:
@@ -328,12 +345,25 @@ class ServerMetrics:
         return _Pending(len(self._counters), [len(b) for b in self._bounds], slots)
 
     def inputs(self, rows: Sequence[Sequence[Any]], traffic: str = "live") -> None:
-        """Count one request's rows into the reference's input bins (nothing without bins)."""
+        """Keep one request's rows for the reference's input bins (nothing without bins).
+
+        The request path only appends them; the flush bins all the rows of its interval in
+        one numpy pass per traffic kind (binning each request alone cost ~11 µs of numpy
+        call overhead per single-row request). Past :data:`MAX_UNBINNED_ROWS` waiting rows,
+        the request that crosses the bound bins them itself, so memory stays bounded.
+        """
         if self.binner is None:
             return
-        counts = self.binner.count(rows)
         row = self._traffic_row[traffic]
         with self._lock:
+            waiting = self._pending.rows[row]
+            waiting.extend(rows)
+            if len(waiting) < MAX_UNBINNED_ROWS:
+                return
+            self._pending.rows[row] = []
+        counts = self.binner.count(waiting)
+        with self._lock:
+            # Into whichever deltas are pending now (a flush may have swapped them meanwhile).
             self._pending.inputs[row] += counts
 
     def request(self, traffic: str, status: int, seconds: float) -> None:
@@ -465,6 +495,10 @@ class ServerMetrics:
         """
         with self._lock:
             pending, self._pending = self._pending, self._fresh()
+        if self.binner is not None:
+            for row, waiting in enumerate(pending.rows):
+                if waiting:
+                    pending.inputs[row] += self.binner.count(waiting)
         with self.scrape_lock:
             for child, delta in zip(self._counters, pending.counts, strict=True):
                 if delta:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipelines import telemetry
+from pipelines.serving import exporter
 from pipelines.serving.exporter import ServerMetrics
 from pipelines.serving.input_bins import reference_bins
 from pipelines.serving.manifest import FeatureSpec, ReferenceBins
@@ -69,6 +70,29 @@ def test_numeric_categorical_and_missing_values_are_counted_in_their_bins() -> N
     assert count(traffic="live", feature="colour", bin="missing") == 1
     assert count(traffic="mirror", feature="x", bin="9") == 1
     assert count(traffic="mirror", feature="colour", bin="blue") == 1
+
+
+def test_rows_wait_for_the_flush_and_a_full_queue_is_binned_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It bins the rows at the flush; past the bound the request that crosses it bins them.
+
+    Either way every row is counted once, whichever flush it lands in.
+    """
+    monkeypatch.setattr(exporter, "MAX_UNBINNED_ROWS", 3)
+    server, registry = _server([0, 1], _reference())
+    count = functools.partial(
+        _value, registry, "mlops_input_feature_bin_total", traffic="live", feature="colour"
+    )
+    server.inputs([[0.5, "red"], [0.5, "red"]], "live")
+    server.flush()
+    assert count(bin="red") == 2
+    server.inputs([[0.5, "blue"], [0.5, "blue"]], "live")
+    server.inputs([[0.5, "blue"]], "live")  # the third waiting row: binned on this request
+    server.inputs([[0.5, "red"]], "live")  # waits for the flush
+    assert count(bin="blue") == 0  # nothing reaches the registry before a flush
+    server.flush()
+    assert (count(bin="red"), count(bin="blue")) == (3, 3)
 
 
 def test_the_reference_rows_per_bin_are_exported_once() -> None:
