@@ -80,6 +80,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.environments.local import procs
+from pipelines.environments.local.sidecar import IDEMPOTENT_POSTS, RESENT_METHODS
 from pipelines.release.state import HTTP_HEADER_NAME
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ STICKY_SERVER = "sticky"
 ACCESS_LOG = "access.jsonl"
 # Caddy names a server's access logger ``http.log.access.<name>``; only that logger goes there.
 ACCESS_LOGGER = "mlops"
-# Endpoints whose POST may be repeated on another upstream after a mid-request failure.
-IDEMPOTENT_POSTS = ("/predict",)
 
 
 class GatewayError(Exception):
@@ -270,7 +269,7 @@ def _load_balancing(policy: GatewayPolicy, selection: dict[str, Any]) -> dict[st
         "try_duration": policy.try_duration,
         "try_interval": policy.try_interval,
         "retry_match": [
-            {"method": ["GET", "HEAD", "OPTIONS"]},
+            {"method": list(RESENT_METHODS)},
             {"method": ["POST"], "path": list(IDEMPOTENT_POSTS)},
         ],
     }

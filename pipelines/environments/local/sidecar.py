@@ -64,9 +64,15 @@ def mirror_headers(headers: Any) -> dict[str, str]:
     return {**kept, TRAFFIC_HEADER: "mirror"}
 
 
+# What may be sent again after a failed hop (the gateway's retries and the sidecars' resend):
+# reads, and the POST endpoints whose repeat is harmless.
+RESENT_METHODS = ("GET", "HEAD", "OPTIONS")
+IDEMPOTENT_POSTS = ("/predict",)
+
+
 def resendable(method: str, path: str) -> bool:
-    """What the gateway's front sends again after a failed hop: reads, and ``POST /predict``."""
-    return method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and path == "/predict")
+    """Whether a request may be sent again after its connection failed."""
+    return method in RESENT_METHODS or (method == "POST" and path in IDEMPOTENT_POSTS)
 
 
 class Proxy:
