@@ -121,26 +121,26 @@ def wait_ready(url: str, process: subprocess.Popen, body: bytes, timeout: float 
     raise RuntimeError(f"server at {url} not ready after {timeout}s")
 
 
-def run_wrk(wrk: str, script: Path, url: str, connections: int, duration: float) -> dict:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            wrk,
-            "-t1",
-            f"-c{connections}",
-            f"-d{round(duration)}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def wrk_command(wrk: str, script: Path, url: str, connections: int, duration: float) -> list[str]:
+    """``wrk`` on CPU 1, one thread, ``connections`` connections, the script's RESULT line."""
+    return [
+        "taskset",
+        "-c",
+        "1",
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{round(duration)}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+
+
+def parse_wrk(out: str, connections: int) -> dict:
+    """RPS, p50, p99 and errors from the RESULT line ``WRK_SCRIPT`` prints."""
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     raw = json.loads(line[len("RESULT ") :])
     errors = sum(raw[k] for k in ("connect", "read", "write", "status", "timeout"))
@@ -154,6 +154,57 @@ def run_wrk(wrk: str, script: Path, url: str, connections: int, duration: float)
     }
 
 
+def run_wrk(wrk: str, script: Path, url: str, connections: int, duration: float) -> dict:
+    command = wrk_command(wrk, script, url, connections, duration)
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out, connections)
+
+
+def start_server(
+    name: str, command: list[str], env: dict[str, str], url: str, body: bytes, workdir: Path
+) -> subprocess.Popen:
+    """Start one server on CPU 0 (its own session) and wait until it answers ``body``."""
+    log.info("%s: starting", name)
+    with (workdir / f"{name}.log").open("w") as server_log:
+        process = subprocess.Popen(
+            ["taskset", "-c", "0", *command],
+            # mlflow serve execs `uvicorn` from PATH: the venv's, as for the others.
+            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
+        )
+    try:
+        wait_ready(url, process, body)
+    except RuntimeError:
+        stop_server(process)
+        log.error("%s log:\n%s", name, (workdir / f"{name}.log").read_text()[-3000:])
+        raise
+    return process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; SIGKILL it if it is not gone in 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wrk_script(name: str, body: bytes, workdir: Path) -> Path:
+    """The wrk script that posts ``body`` and prints a RESULT line."""
+    body_file = workdir / f"{name}.json"
+    body_file.write_bytes(body)
+    script = workdir / f"{name}.lua"
+    script.write_text(WRK_SCRIPT % {"body": body_file})
+    return script
+
+
 def bench_server(
     name: str,
     command: list[str],
@@ -165,28 +216,9 @@ def bench_server(
     workdir: Path,
 ) -> dict:
     """Start one server on CPU 0, measure idle RSS, warm up, then load it at each level."""
-    log.info("%s: starting", name)
-    body_file = workdir / f"{name}.json"
-    body_file.write_bytes(body)
-    script = workdir / f"{name}.lua"
-    script.write_text(WRK_SCRIPT % {"body": body_file})
-    server_log = (workdir / f"{name}.log").open("w")
-    process = subprocess.Popen(
-        ["taskset", "-c", "0", *command],
-        # mlflow serve execs `uvicorn` from PATH: the venv's, as for the others.
-        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=workdir,
-    )
+    script = wrk_script(name, body, workdir)
+    process = start_server(name, command, env, url, body, workdir)
     try:
-        try:
-            wait_ready(url, process, body)
-        except RuntimeError:
-            server_log.flush()
-            log.error("%s log:\n%s", name, (workdir / f"{name}.log").read_text()[-3000:])
-            raise
         time.sleep(2)
         idle, idle_pss = tree_memory_mb(process.pid)
         run_wrk(wrk, script, url, 8, args.warmup)
@@ -204,14 +236,35 @@ def bench_server(
             levels.append(result)
         return {"server": name, "idle_rss_mb": idle, "idle_pss_mb": idle_pss, "levels": levels}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-        server_log.close()
+        stop_server(process)
+
+
+def load_package(path: Path) -> dict:
+    """What ``mlops package`` wrote (the Bento's tag, the model's name and version)."""
+    if not path.is_file():
+        sys.exit(f"error: {path} not found; run `mlops package --alias challenger`")
+    return json.loads(path.read_text())
+
+
+def example_row() -> dict:
+    """The first row of the configured dataset: the single-row body every server gets."""
+    sys.path.insert(0, str(ROOT))
+    from pipelines.config.loader import load_config_set
+    from pipelines.data import load_dataset
+
+    config = load_config_set(ROOT / "configs")
+    return load_dataset(config.data, config.root).X.iloc[0].to_dict()
+
+
+def bento_server(package: dict, state: Path, work: Path) -> tuple[list[str], dict[str, str]]:
+    """``bentoml serve`` of the packaged Bento (port ``{port}``), its logs under ``work``."""
+    command = [str(BIN / "bentoml"), "serve", package["bento_tag"], "--port", "{port}"]
+    env = {
+        "BENTOML_HOME": str(state / "bentoml"),
+        "MLOPS_PREDICTION_LOG": str(work / "predictions.jsonl"),
+        "MLOPS_LABELS_LOG": str(work / "labels.jsonl"),
+    }
+    return command, env
 
 
 SERVERS = (
@@ -354,19 +407,11 @@ def main() -> None:
     if "bento-baseline" in args.servers and not args.baseline_bento:
         sys.exit("error: --servers bento-baseline needs --baseline-bento TAG")
     wrk = ensure_wrk()
-    if not args.package_result.is_file():
-        sys.exit(f"error: {args.package_result} not found; run `mlops package --alias challenger`")
-    package = json.loads(args.package_result.read_text())
+    package = load_package(args.package_result)
     state = args.package_result.parent.parent
     uri = f"models:/{package['model_name']}/{package['model_version']}"
     tracking = f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
-
-    sys.path.insert(0, str(ROOT))
-    from pipelines.config.loader import load_config_set
-    from pipelines.data import load_dataset
-
-    config = load_config_set(ROOT / "configs")
-    row = load_dataset(config.data, config.root).X.iloc[0].to_dict()
+    row = example_row()
     records = json.dumps({"records": [row]}).encode()
     dataframe = json.dumps({"dataframe_records": [row]}).encode()
 
@@ -374,12 +419,7 @@ def main() -> None:
     loadavgs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
-        bento_env = {
-            "BENTOML_HOME": str(state / "bentoml"),
-            "MLOPS_PREDICTION_LOG": str(work / "predictions.jsonl"),
-            "MLOPS_LABELS_LOG": str(work / "labels.jsonl"),
-        }
-        bento = [str(BIN / "bentoml"), "serve", package["bento_tag"], "--port", "{port}"]
+        bento, bento_env = bento_server(package, state, work)
         floor = [
             str(BIN / "uvicorn"),
             "serving_floor_app:app",

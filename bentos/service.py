@@ -151,6 +151,8 @@ class ModelServer:
                 flush_interval_ms=log_config.flush_interval_ms,
                 max_pending=log_config.max_pending,
                 rotation=log_config.rotation(),
+                # benchmarks/serving_log_cost.py prices the queue alone with this off.
+                write=os.environ.get("MLOPS_PREDICTION_LOG_WRITE") != "off",
             )
             if log_config.enabled and os.environ.get("MLOPS_PREDICTION_LOG") != "off"
             else None

@@ -181,8 +181,12 @@ class PredictionLog:
         flush_interval_ms: float = 50.0,
         max_pending: int = 100_000,
         rotation: Rotation | None = None,
+        write: bool = True,
     ) -> None:
         self.path = path
+        # write=False: records are queued as usual and dropped unserialised at each flush, so
+        # a benchmark can price the request path's part apart from the writer thread's.
+        self._write = write
         self.rotation = rotation
         self._model = {"name": model_name, "version": model_version}
         self._features = list(feature_names)
@@ -237,8 +241,8 @@ class PredictionLog:
             items = []
             while self._pending:
                 items.append(self._pending.popleft())
-            if not items:
-                return 0
+            if not items or not self._write:
+                return len(items)
             data = b"".join(self._line(item) for item in items)
             if self._size == 0:
                 self._born = time.time()  # a file's age counts from its first line

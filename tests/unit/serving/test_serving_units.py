@@ -171,6 +171,24 @@ def test_prediction_log_writes_one_line_per_request(tmp_path: Path) -> None:
     assert records[1]["model"] == {"name": "m", "version": "3"} and records[1]["latency_ms"] == 2.0
 
 
+def test_prediction_log_that_does_not_write_drains_its_queue(tmp_path: Path) -> None:
+    """write=False (the log-cost benchmark's middle variant): queued, flushed away, no line."""
+    path = tmp_path / "p.jsonl"
+    plog = PredictionLog(
+        path,
+        model_name="m",
+        model_version="3",
+        feature_names=["a"],
+        flush_interval_ms=60_000,
+        write=False,
+    )
+    plog.record("r1", 0.0, [[1.0]], [1], None, 1.5)
+    plog.record("r2", 0.0, [[2.0]], [0], None, 1.5)
+    assert plog.flush() == 2 and plog.flush() == 0
+    plog.close()
+    assert path.read_bytes() == b""
+
+
 def test_labels_append_and_torn_lines_are_skipped(tmp_path: Path) -> None:
     """Labels only ever append; a torn last line (crash mid-write) is ignored by readers."""
     path = tmp_path / "labels.jsonl"
