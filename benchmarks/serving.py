@@ -279,7 +279,7 @@ SERVERS = (
 )
 
 
-def _spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -292,10 +292,10 @@ def summarize(runs: list[list[dict]]) -> dict[str, dict]:
         for c in [lv["concurrency"] for lv in results[0]["levels"]]:
             at = [next(lv for lv in r["levels"] if lv["concurrency"] == c) for r in results]
             levels[c] = {
-                key: _spread([lv[key] for lv in at]) for key in ("rps", "p50_ms", "p99_ms")
+                key: spread([lv[key] for lv in at]) for key in ("rps", "p50_ms", "p99_ms")
             } | {"errors": sum(lv["errors"] for lv in at)}
         summary[server] = {
-            memory: _spread([r[memory] for r in results])
+            memory: spread([r[memory] for r in results])
             for memory in ("idle_rss_mb", "idle_pss_mb")
         } | {"levels": levels}
     return summary
@@ -381,6 +381,14 @@ def markdown(report: dict) -> str:
     ]
     lines += costs(summary, report["concurrency"])
     return "\n".join(lines) + "\n"
+
+
+def write_report(folder: Path, stem: str, report: dict, text: str) -> None:
+    """``<stem>.json`` and ``<stem>.md`` under ``folder``; the markdown also to stdout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(text)
+    sys.stdout.write(text)
 
 
 def main() -> None:
@@ -509,11 +517,7 @@ def main() -> None:
         "targets": targets(summary, args.concurrency),
         "raw": runs,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (args.output_dir / "serving.md").write_text(text)
-    sys.stdout.write(text)
+    write_report(args.output_dir, "serving", report, markdown(report))
 
 
 if __name__ == "__main__":

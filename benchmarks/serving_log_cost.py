@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,8 +44,10 @@ from serving import (
     free_port,
     load_package,
     parse_wrk,
+    spread,
     start_server,
     stop_server,
+    write_report,
     wrk_command,
     wrk_script,
 )
@@ -105,10 +106,6 @@ def load_pair(wrk: str, servers: dict, pair: tuple[str, str], connections: int, 
     return result
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarize(rounds: list[dict], concurrency: list[int]) -> dict:
     """Per concurrency: each pair's RPS ratio and each variant's CPU per request, spread."""
     summary: dict = {}
@@ -122,10 +119,10 @@ def summarize(rounds: list[dict], concurrency: list[int]) -> dict:
                 for r in at
                 if set(r["servers"]) == {first, second}
             ]
-            ratios[key] = _spread(values)
+            ratios[key] = spread(values)
         cpu = {
             name: {
-                part: _spread(
+                part: spread(
                     [
                         r["servers"][name][f"{part}_cpu_us_per_request"]
                         for r in at
@@ -246,11 +243,7 @@ def main() -> None:
         "summary": summarize(rounds, args.concurrency),
         "raw": rounds,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "serving_log_cost.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (args.output_dir / "serving_log_cost.md").write_text(text)
-    sys.stdout.write(text)
+    write_report(args.output_dir, "serving_log_cost", report, markdown(report))
 
 
 if __name__ == "__main__":
