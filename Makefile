@@ -114,8 +114,8 @@ bench-serving: venv ## Bento as % of the floor (uvicorn+orjson+numpy) at c1/c32,
 	$(VENV)/bin/python benchmarks/serving.py --runs 3 --duration 15
 
 .PHONY: bench-log-cost
-bench-log-cost: venv ## The prediction log's parts priced side by side on one core: off, queued only, on (.mlops/benchmarks/serving_log_cost.md)
-	$(VENV)/bin/python benchmarks/serving_log_cost.py --rounds 6 --duration 8
+bench-log-cost: venv ## The prediction log's parts priced on one core, each copy alone in turn: off, queued only, on (.mlops/benchmarks/serving_log_cost.md)
+	$(VENV)/bin/python benchmarks/serving_log_cost.py --mode alternate --rounds 8 --duration 10
 
 .PHONY: bench-canary
 bench-canary: venv ## Canary judge vs a Flagger-style rule: false rollbacks, detection, requests to decide
