@@ -363,10 +363,11 @@ def cost_lines(costs: dict) -> list[str]:
     lines = []
     for server, per_level in costs.items():
         text = ", ".join(
-            f"{100 * v['median']:.1f} % [{100 * v['min']:.1f} to {100 * v['max']:.1f}] at c{c}"
+            f"{100 * v['median']:.1f} % of RPS "
+            f"[{100 * v['min']:.1f} to {100 * v['max']:.1f}] at c{c}"
             for c, v in per_level.items()
         )
-        lines.append(f"- {PARTS[server]} costs {text} of RPS (bento against {server}, per run)")
+        lines.append(f"- {PARTS[server]}: {text} (bento against {server}, per run)")
     return lines
 
 
